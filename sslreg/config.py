@@ -1,0 +1,259 @@
+"""Run configuration: frozen attrs sections, ``--set a.b=v`` overrides, validation.
+
+Every override goes through ``attrs.evolve`` and so through the field validators: a
+wrong key or value is refused with one clear line before any work starts.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import types
+import typing
+from typing import Any, Iterable
+
+import attrs
+from attrs import field
+from attrs.validators import ge, gt, in_, instance_of, le, lt
+
+from sslreg.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "lars", "adamw")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@attrs.frozen(kw_only=True)
+class OptimConfig:
+    """Optimizer and schedule. ``lr`` is the base rate for a batch of 256, scaled
+    linearly with the batch size (Goyal et al. 2017), warmed up linearly for
+    ``warmup_epochs`` then decayed to zero on a cosine."""
+
+    name: str = field(default="sgd", validator=in_(OPTIMIZERS))
+    lr: float = field(default=0.3, converter=float, validator=gt(0))
+    momentum: float = field(default=0.9, converter=float, validator=[ge(0), lt(1)])
+    weight_decay: float = field(default=1e-4, converter=float, validator=ge(0))
+    warmup_epochs: float = field(default=1.0, converter=float, validator=ge(0))
+    # LARS trust coefficient; SimCLR and BYOL use 1e-3.
+    lars_eta: float = field(default=1e-3, converter=float, validator=gt(0))
+
+
+@attrs.frozen(kw_only=True)
+class TrainConfig:
+    """Pretraining budget and machinery."""
+
+    epochs: int = field(default=10, validator=[instance_of(int), ge(1)])
+    batch_size: int = field(default=256, validator=[instance_of(int), ge(2)])
+    seed: int = field(default=0, validator=[instance_of(int), ge(0)])
+    device: str = field(default="auto", validator=instance_of(str))
+    precision: str = field(default="auto", validator=in_(PRECISIONS))
+    log_every: int = field(default=50, validator=[instance_of(int), ge(1)])
+    # 0 uses the whole training split; a CPU budget trains on a fixed random subset.
+    train_subset: int = field(default=0, validator=[instance_of(int), ge(0)])
+    compile: bool = field(default=False, validator=instance_of(bool))
+
+
+def _same_length_as_k(instance: Any, attribute: attrs.Attribute, value: tuple) -> None:
+    if len(value) != len(instance.knn_k):
+        raise ValueError(f"{attribute.name} needs one temperature per k in knn_k")
+
+
+@attrs.frozen(kw_only=True)
+class EvalConfig:
+    """Frozen-backbone evaluation: linear probe and weighted kNN."""
+
+    # 0 uses the whole split; a CPU budget may extract features of a fixed random subset.
+    train_subset: int = field(default=0, validator=[instance_of(int), ge(0)])
+    test_subset: int = field(default=0, validator=[instance_of(int), ge(0)])
+    holdout_fraction: float = field(default=0.1, converter=float, validator=[gt(0), lt(0.5)])
+    batch_size: int = field(default=1024, validator=[instance_of(int), ge(1)])
+    # k=20, T=0.07 as DINO; k=200, T=0.1 as lightly/InstDisc.
+    knn_k: tuple[int, ...] = field(default=(20, 200), converter=tuple)
+    knn_temperature: tuple[float, ...] = field(
+        default=(0.07, 0.1), converter=tuple, validator=_same_length_as_k
+    )
+    linear_epochs: int = field(default=100, validator=[instance_of(int), ge(1), le(10_000)])
+
+
+SECTIONS = ("train", "optim", "eval", "method")
+TOP_LEVEL = ("dataset", "backbone", "views", "data_root")
+
+
+@attrs.frozen(kw_only=True)
+class RunConfig:
+    """The full, resolved configuration of one pretraining run."""
+
+    method: str = field(validator=instance_of(str))
+    dataset: str = field(default="fashion-mnist", validator=instance_of(str))
+    backbone: str = field(default="resnet18", validator=instance_of(str))
+    views: str = field(default="", validator=instance_of(str))  # "" = the method's default
+    data_root: str = field(default="", validator=instance_of(str))
+    method_config: Any = field(default=None)
+    train: TrainConfig = field(factory=TrainConfig)
+    optim: OptimConfig = field(factory=OptimConfig)
+    eval: EvalConfig = field(factory=EvalConfig)
+
+    @classmethod
+    def build(
+        cls, registry: Any, method: str, overrides: Iterable[str] = (), **top_level: Any
+    ) -> RunConfig:
+        """The method's defaults, then ``top_level`` fields, then ``--set`` overrides."""
+        spec = registry.methods.get(method)
+        try:
+            optim = OptimConfig(**spec.optim)
+            method_config = spec.config_class()
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"method '{method}' has invalid defaults: {error}") from None
+        config = cls(method=method, method_config=method_config, optim=optim)
+        config = _evolve(config, "", top_level)
+        config = apply_overrides(config, overrides)
+        config.check_names(registry)
+        return config
+
+    def check_names(self, registry: Any) -> None:
+        """Refuse names no plugin registered, listing the valid choices."""
+        registry.methods.get(self.method)
+        registry.datasets.get(self.dataset)
+        registry.backbones.get(self.backbone)
+        registry.views.get(self.views_name(registry))
+
+    def views_name(self, registry: Any) -> str:
+        return self.views or registry.methods.get(self.method).views
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self, retain_collection_types=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], registry: Any) -> RunConfig:
+        """Rebuild a config written by :meth:`to_dict` (e.g. from a run directory)."""
+        try:
+            spec = registry.methods.get(data["method"])
+            return cls(
+                method=data["method"],
+                dataset=data["dataset"],
+                backbone=data["backbone"],
+                views=data["views"],
+                data_root=data["data_root"],
+                method_config=spec.config_class(**data["method_config"]),
+                train=TrainConfig(**data["train"]),
+                optim=OptimConfig(**data["optim"]),
+                eval=EvalConfig(**data["eval"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ConfigError(f"config does not match this sslreg version: {error}") from None
+
+    def digest(self) -> str:
+        """A short hash of everything that changes the result (not the device)."""
+        data = self.to_dict()
+        data["train"].pop("device")
+        text = json.dumps(data, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
+    """Apply ``section.key=value`` strings (``method.temperature=0.2``) in order."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"bad --set {item!r}: write it as section.key=value, e.g. "
+                              "method.temperature=0.2")
+        config = set_value(config, key.strip(), text.strip())
+    return config
+
+
+def set_value(config: RunConfig, key: str, text: str) -> RunConfig:
+    section, _, name = key.rpartition(".")
+    if section == "":
+        if key not in TOP_LEVEL:
+            raise ConfigError(f"unknown key '{key}'; valid keys: {', '.join(valid_keys(config))}")
+        return _evolve(config, "", {key: _parse_field(config, "", key, text)})
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown section '{section}' in '{key}'; choose from: "
+                          f"{', '.join(SECTIONS)}")
+    target = _section(config, section)
+    value = _parse_field(target, section, name, text)
+    updated = _evolve(target, section, {name: value})
+    return attrs.evolve(config, **{_attribute(section): updated})
+
+
+def _attribute(section: str) -> str:
+    return "method_config" if section == "method" else section
+
+
+def _section(config: RunConfig, section: str) -> Any:
+    return getattr(config, _attribute(section))
+
+
+def valid_keys(config: RunConfig) -> list[str]:
+    keys = list(TOP_LEVEL)
+    for section in SECTIONS:
+        keys += [f"{section}.{a.name}" for a in attrs.fields(type(_section(config, section)))]
+    return keys
+
+
+def _evolve(target: Any, section: str, changes: dict[str, Any]) -> Any:
+    try:
+        return attrs.evolve(target, **changes)
+    except (TypeError, ValueError) as error:
+        where = ", ".join(f"{section + '.' if section else ''}{k}={v!r}" for k, v in changes.items())
+        raise ConfigError(f"bad value {where}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
+def _parse_field(target: Any, section: str, name: str, text: str) -> Any:
+    cls = type(target)
+    fields = {a.name: a for a in attrs.fields(cls)}
+    prefix = f"{section}." if section else ""
+    if name not in fields:
+        choices = ", ".join(prefix + n for n in fields)
+        raise ConfigError(f"unknown key '{prefix}{name}'; valid keys: {choices}")
+    hint = typing.get_type_hints(cls).get(name, Any)
+    try:
+        return parse_value(text, hint)
+    except (TypeError, ValueError, SyntaxError):
+        raise ConfigError(
+            f"bad value {prefix}{name}={text!r}: expected {_type_name(hint)}"
+        ) from None
+
+
+def parse_value(text: str, hint: Any) -> Any:
+    """Parse command-line text into the type a field declares."""
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(text)
+    if hint in (int, float, str):
+        return hint(text)
+    if origin is tuple:
+        item_type = typing.get_args(hint)[0]
+        return tuple(parse_value(part.strip(), item_type) for part in text.split(",") if part)
+    if origin in (typing.Union, types.UnionType):
+        return _parse_union(text, typing.get_args(hint))
+    return ast.literal_eval(text)
+
+
+def _parse_union(text: str, options: tuple) -> Any:
+    if type(None) in options and text.lower() in ("none", "null"):
+        return None
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return parse_value(text, option)
+        except (TypeError, ValueError, SyntaxError):
+            continue
+    raise ValueError(text)
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return {"int": "an integer", "float": "a number", "bool": "true or false",
+                "str": "text"}.get(hint.__name__, hint.__name__)
+    return str(hint).replace("typing.", "")

@@ -1,0 +1,71 @@
+"""The interfaces the engine talks to: methods, view policies and monitors."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+
+@attrs.frozen
+class StepOutput:
+    """What one training step returns.
+
+    ``loss`` is the scalar to minimise; ``embeddings`` (B, D) are what the collapse
+    monitors watch (usually the projector output of the first view); ``metrics`` are
+    detached scalar tensors, logged every N steps (never synchronised per step).
+    """
+
+    loss: Tensor
+    embeddings: Tensor | None = None
+    metrics: dict[str, Tensor] = attrs.field(factory=dict)
+
+
+class Method(nn.Module, abc.ABC):
+    """Base class of every SSL method.
+
+    A method owns its ``backbone`` (the part evaluated by the linear probe and kNN) and
+    whatever heads and target networks it needs. Subclasses implement
+    :meth:`training_step`; methods with an EMA target or a queue also override
+    :meth:`on_step_end`.
+    """
+
+    def __init__(self, config: Any, backbone: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+
+    @abc.abstractmethod
+    def training_step(self, views: list[Tensor]) -> StepOutput:
+        """Compute the loss on a list of augmented views, each (B, C, H, W) float."""
+
+    def on_step_end(self, progress: float) -> None:
+        """Called after each optimizer step; ``progress`` runs from 0 to 1 over the run."""
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        """Frozen features for evaluation: (B, C, H, W) -> (B, D)."""
+        return self.backbone(images)
+
+
+@runtime_checkable
+class ViewPolicy(Protocol):
+    """Batched, on-device augmentation: uint8 (B, C, H, W) -> list of float views."""
+
+    num_views: int
+
+    def __call__(self, images: Tensor, generator: torch.Generator) -> list[Tensor]: ...
+
+
+@runtime_checkable
+class Monitor(Protocol):
+    """Watches embeddings for collapse."""
+
+    def __call__(self, embeddings: Tensor) -> dict[str, float]: ...
+
+    def collapsed(self, metrics: dict[str, float]) -> str | None:
+        """A one-line warning when ``metrics`` show collapse, else ``None``."""
+        ...

@@ -1,0 +1,119 @@
+"""Frozen specs: what a plugin registers. One spec per registered name.
+
+Every spec has a ``name`` (lowercase, digits, ``-`` and ``_``) and a ``factory`` that
+builds the thing. The registry fills in ``plugin`` (who registered it).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import attrs
+from attrs import field
+from attrs.validators import ge, instance_of, is_callable, optional
+
+_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+
+
+def _valid_name(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(
+            f"{attribute.name} {value!r} must start with a lowercase letter and hold only "
+            "lowercase letters, digits, '-' and '_'"
+        )
+
+
+def _attrs_class(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not (isinstance(value, type) and attrs.has(value)):
+        raise TypeError(f"{attribute.name} must be an attrs class, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class MethodSpec:
+    """An SSL method.
+
+    ``factory(config, backbone)`` returns a :class:`sslreg.interfaces.Method`; ``config``
+    is an instance of ``config_class`` (an attrs class whose defaults are the paper's).
+    ``optim`` holds the method's recommended optimizer settings as ``{field: value}``
+    over :class:`sslreg.config.OptimConfig`.
+    """
+
+    name: str = field(validator=_valid_name)
+    factory: Callable[..., Any] = field(validator=is_callable())
+    config_class: type = field(validator=_attrs_class)
+    paper: str = field(validator=instance_of(str))
+    views: str = field(validator=instance_of(str))
+    objective: str = field(validator=instance_of(str))
+    description: str = field(default="", validator=instance_of(str))
+    optim: dict[str, Any] = field(factory=dict, converter=dict)
+    plugin: str | None = field(default=None, validator=optional(instance_of(str)))
+
+
+@attrs.frozen(kw_only=True)
+class BackboneSpec:
+    """A backbone: ``factory(in_channels, image_size)`` returns an ``nn.Module`` mapping
+    ``(B, C, H, W)`` float images to ``(B, output_dim)`` features, with ``output_dim``."""
+
+    name: str = field(validator=_valid_name)
+    factory: Callable[..., Any] = field(validator=is_callable())
+    description: str = field(default="", validator=instance_of(str))
+    plugin: str | None = field(default=None, validator=optional(instance_of(str)))
+
+
+@attrs.frozen(kw_only=True)
+class ViewSpec:
+    """A view policy: ``factory(channels=, image_size=, mean=, std=, **options)`` returns a
+    :class:`sslreg.interfaces.ViewPolicy`."""
+
+    name: str = field(validator=_valid_name)
+    factory: Callable[..., Any] = field(validator=is_callable())
+    description: str = field(default="", validator=instance_of(str))
+    plugin: str | None = field(default=None, validator=optional(instance_of(str)))
+
+
+@attrs.frozen(kw_only=True)
+class ObjectiveSpec:
+    """A loss: ``factory(**options)`` returns an ``nn.Module``."""
+
+    name: str = field(validator=_valid_name)
+    factory: Callable[..., Any] = field(validator=is_callable())
+    paper: str = field(default="", validator=instance_of(str))
+    description: str = field(default="", validator=instance_of(str))
+    plugin: str | None = field(default=None, validator=optional(instance_of(str)))
+
+
+@attrs.frozen(kw_only=True)
+class MonitorSpec:
+    """A collapse monitor: ``factory()`` returns a :class:`sslreg.interfaces.Monitor`."""
+
+    name: str = field(validator=_valid_name)
+    factory: Callable[..., Any] = field(validator=is_callable())
+    description: str = field(default="", validator=instance_of(str))
+    plugin: str | None = field(default=None, validator=optional(instance_of(str)))
+
+
+@attrs.frozen(kw_only=True)
+class DatasetSpec:
+    """A labelled image dataset: ``loader(split, root)`` returns an
+    :class:`sslreg.data.ImageDataset` for ``split`` in ``("train", "test")``; ``root`` is
+    a folder given by the user, or ``None`` to search the usual places."""
+
+    name: str = field(validator=_valid_name)
+    loader: Callable[..., Any] = field(validator=is_callable())
+    num_classes: int = field(validator=ge(2))
+    channels: int = field(validator=attrs.validators.in_((1, 3)))
+    image_size: int = field(validator=ge(8))
+    description: str = field(default="", validator=instance_of(str))
+    needs_root: bool = field(default=False, validator=instance_of(bool))
+    plugin: str | None = field(default=None, validator=optional(instance_of(str)))
+
+
+SPEC_TYPES: dict[str, type] = {
+    "methods": MethodSpec,
+    "backbones": BackboneSpec,
+    "views": ViewSpec,
+    "objectives": ObjectiveSpec,
+    "monitors": MonitorSpec,
+    "datasets": DatasetSpec,
+}
