@@ -121,7 +121,7 @@ class RunConfig:
         return self.views or registry.methods.get(self.method).views
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self, retain_collection_types=False)
+        return attrs.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], registry: Any) -> RunConfig:

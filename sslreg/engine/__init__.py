@@ -1,0 +1,6 @@
+"""The pretraining engine: optimizers, schedules, checkpoints, the loop, evaluation."""
+
+from sslreg.engine.evaluate import evaluate_run, floors
+from sslreg.engine.run import pretrain
+
+__all__ = ["evaluate_run", "floors", "pretrain"]

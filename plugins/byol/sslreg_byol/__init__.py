@@ -1,0 +1,80 @@
+"""BYOL: bootstrap your own latent, a predictor on an online network regressing an EMA
+target network's projection, without negatives.
+
+Grill et al. "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning."
+NeurIPS 2020. https://arxiv.org/abs/2006.07733
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+import torch
+from attrs import field
+from attrs.validators import ge, instance_of, le
+from torch import Tensor, nn
+
+from sslreg import Method, MethodSpec, StepOutput, hookimpl
+from sslreg.nn import cosine_momentum, ema_update, make_target, mlp
+from sslreg.objectives import NegativeCosineLoss
+
+PAPER = "Grill et al. 2020, Bootstrap Your Own Latent (BYOL)"
+
+
+@attrs.frozen(kw_only=True)
+class BYOLConfig:
+    """BYOL hyperparameters; defaults from the paper (sec. 3.3 and appendix)."""
+
+    base_momentum: float = field(default=0.996, converter=float, validator=[ge(0), le(1)])
+    proj_hidden_dim: int = field(default=4096, validator=[instance_of(int), ge(1)])
+    proj_dim: int = field(default=256, validator=[instance_of(int), ge(1)])
+    pred_hidden_dim: int = field(default=4096, validator=[instance_of(int), ge(1)])
+
+
+class BYOL(Method):
+    """Online backbone+projector+predictor against an EMA target backbone+projector.
+
+    The loss is the paper's symmetrised normalised MSE, 2 - 2 cos(p, z') per direction,
+    written through ``negative_cosine`` (which already stops the gradient on z').
+    """
+
+    def __init__(self, config: BYOLConfig, backbone: nn.Module) -> None:
+        super().__init__(config, backbone)
+        self.projector = mlp(backbone.output_dim, config.proj_hidden_dim, config.proj_dim)
+        self.predictor = mlp(config.proj_dim, config.pred_hidden_dim, config.proj_dim)
+        self.target_backbone = make_target(backbone)
+        self.target_projector = make_target(self.projector)
+        self.criterion = NegativeCosineLoss()
+        self.momentum = config.base_momentum
+
+    def training_step(self, views: list[Tensor]) -> StepOutput:
+        x = torch.cat(views[:2])
+        z = self.projector(self.backbone(x))  # (2N, proj_dim)
+        p1, p2 = self.predictor(z).chunk(2)
+        with torch.no_grad():
+            t1, t2 = self.target_projector(self.target_backbone(x)).chunk(2)
+        # p1 predicts the target of view 2 and p2 that of view 1 (symmetrised loss).
+        loss = 4 + 2 * (self.criterion(p1, t2) + self.criterion(p2, t1))
+        return StepOutput(loss=loss, embeddings=z[: len(p1)].detach(),
+                          metrics={"ema_momentum": torch.tensor(self.momentum)})
+
+    def on_step_end(self, progress: float) -> None:
+        self.momentum = cosine_momentum(self.config.base_momentum, progress)
+        ema_update(self.target_backbone, self.backbone, self.momentum)
+        ema_update(self.target_projector, self.projector, self.momentum)
+
+
+@hookimpl
+def register_methods(register: Callable[[MethodSpec], None]) -> None:
+    register(MethodSpec(
+        name="byol",
+        factory=BYOL,
+        config_class=BYOLConfig,
+        paper=PAPER,
+        views="byol",
+        objective="negative_cosine",
+        description="online predictor regresses an EMA target (momentum 0.996 -> 1), no negatives",
+        # LARS at 0.2 x batch/256, weight decay 1.5e-6, 10 warm-up epochs (sec. 3.3).
+        optim={"name": "lars", "lr": 0.2, "weight_decay": 1.5e-6, "warmup_epochs": 10},
+    ))

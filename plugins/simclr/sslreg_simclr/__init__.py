@@ -1,0 +1,60 @@
+"""SimCLR: contrastive learning of visual representations with NT-Xent.
+
+Chen, Kornblith, Norouzi, Hinton. "A Simple Framework for Contrastive Learning of Visual
+Representations." ICML 2020. https://arxiv.org/abs/2002.05709
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+import torch
+from attrs import field
+from attrs.validators import ge, gt, instance_of
+from torch import Tensor, nn
+
+from sslreg import Method, MethodSpec, StepOutput, hookimpl
+from sslreg.nn import mlp
+from sslreg.objectives import NTXentLoss
+
+PAPER = "Chen et al. 2020, A Simple Framework for Contrastive Learning (SimCLR)"
+
+
+@attrs.frozen(kw_only=True)
+class SimCLRConfig:
+    """SimCLR hyperparameters; defaults from the paper's CIFAR-10 setting (appendix B.9)."""
+
+    temperature: float = field(default=0.5, converter=float, validator=gt(0))
+    proj_hidden_dim: int = field(default=2048, validator=[instance_of(int), ge(1)])
+    proj_dim: int = field(default=128, validator=[instance_of(int), ge(1)])
+
+
+class SimCLR(Method):
+    """Backbone -> 2-layer MLP projector -> NT-Xent between the two views of each image."""
+
+    def __init__(self, config: SimCLRConfig, backbone: nn.Module) -> None:
+        super().__init__(config, backbone)
+        self.projector = mlp(backbone.output_dim, config.proj_hidden_dim, config.proj_dim)
+        self.criterion = NTXentLoss(temperature=config.temperature)
+
+    def training_step(self, views: list[Tensor]) -> StepOutput:
+        # One pass over both views: batch norm sees all 2N images, as in the paper.
+        z = self.projector(self.backbone(torch.cat(views[:2])))  # (2N, proj_dim)
+        z1, z2 = z.chunk(2)
+        return StepOutput(loss=self.criterion(z1, z2), embeddings=z1.detach())
+
+
+@hookimpl
+def register_methods(register: Callable[[MethodSpec], None]) -> None:
+    register(MethodSpec(
+        name="simclr",
+        factory=SimCLR,
+        config_class=SimCLRConfig,
+        paper=PAPER,
+        views="simclr",
+        objective="nt_xent",
+        description="two augmented views, MLP projector, NT-Xent over 2N-2 in-batch negatives",
+        # LARS at 0.3 x batch/256 with weight decay 1e-6 and a 10-epoch warm-up (sec. B.1).
+        optim={"name": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10},
+    ))

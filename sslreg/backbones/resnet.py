@@ -1,0 +1,70 @@
+"""ResNet-18 for small images (He et al. 2016; small-image stem as in the SimCLR CIFAR
+experiments): a 3x3 stride-1 stem conv and no max-pool, so 28-32 px inputs keep enough
+resolution for the four stages."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a residual; a 1x1 conv on the shortcut when the shape changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 returning pooled features (B, output_dim), output_dim = 8 * width.
+
+    Args:
+        in_channels: 1 (grayscale) or 3 (colour).
+        width: channels of the first stage (64 in the paper).
+        stem_stride: 1 keeps full resolution; 2 quarters the cost for CPU budgets.
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 64, stem_stride: int = 1) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+        stages, channels = [], width
+        for multiplier, stride in ((1, 1), (2, 2), (4, 2), (8, 2)):
+            out = width * multiplier
+            stages += [BasicBlock(channels, out, stride), BasicBlock(out, out, 1)]
+            channels = out
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.output_dim = channels
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        # Zero-init the last BN of each block so every block starts as the identity
+        # (Goyal et al. 2017); it stabilises the first epochs of large-batch SSL.
+        for module in self.modules():
+            if isinstance(module, BasicBlock):
+                nn.init.zeros_(module.bn2.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.stages(self.stem(x))).flatten(1)

@@ -1,0 +1,97 @@
+"""Run every method of a suite, skip finished runs, isolate failures, print a table."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+import pandas as pd
+import torch
+
+from sslreg.bench.suite import Suite, suite_sets
+from sslreg.config import RunConfig
+from sslreg.engine import floors, pretrain
+from sslreg.errors import SslregError
+from sslreg.runs import RunDir
+
+
+def run_suite(suite: Suite, registry: Any, out: Path, *, progress: bool = True) -> str:
+    """Pretrain and evaluate each (method, seed); return the comparison table as Markdown."""
+    budget = suite.budget(torch.cuda.is_available())
+    methods = suite.select(registry.methods.names())
+    if not methods:
+        raise SslregError(f"suite {suite.name} matches no registered method "
+                          f"(patterns {', '.join(suite.methods)}); see `sslreg methods`")
+    jobs = [(m, s) for m in methods for s in suite.seeds]
+    rows = []
+    started = time.perf_counter()
+    for number, (method, seed) in enumerate(jobs, 1):
+        config = RunConfig.build(registry, method, suite_sets(suite, budget, method, seed),
+                                 dataset=suite.dataset, backbone=budget.backbone)
+        _say(f"[{number}/{len(jobs)}] {method} seed {seed} "
+             f"({time.perf_counter() - started:.0f} s elapsed)")
+        rows.append(_run_one(config, registry, out, progress))
+    for seed in suite.seeds:
+        _say(f"floors: raw pixels and random init ({budget.backbone}), seed {seed}")
+        config = RunConfig.build(registry, methods[0], suite_sets(suite, budget, methods[0], seed),
+                                 dataset=suite.dataset, backbone=budget.backbone)
+        for name, metrics in floors(config, registry, out).items():
+            rows.append({"method": f"({name})", "seed": seed, "status": "floor", **metrics})
+    _say(f"suite {suite.name} done in {time.perf_counter() - started:.0f} s")
+    return render_table(pd.DataFrame(rows), suite, budget.backbone)
+
+
+def _run_one(config: RunConfig, registry: Any, out: Path, progress: bool) -> dict[str, Any]:
+    run = RunDir.for_config(out, config)
+    row: dict[str, Any] = {"method": config.method, "seed": config.train.seed}
+    try:
+        if not run.result.exists():  # finished runs are skipped on a re-run
+            pretrain(config, registry, out, resume=True, progress=progress)
+        result = run.read_json(run.result)
+        info = run.read_json(run.train_info)
+    except SslregError as error:
+        _say(f"  {config.method} failed: {error}")
+        return {**row, "status": f"failed: {error}"}
+    except Exception as error:  # one broken method must not stop the suite
+        _say(f"  {config.method} crashed: {type(error).__name__}: {error}")
+        _say(traceback.format_exc(limit=3))
+        return {**row, "status": f"crashed: {type(error).__name__}: {error}"}
+    return {**row, "status": "ok", **result["metrics"], "wall_time_s": info["wall_time_s"],
+            "images_per_s": info["images_per_s"]}
+
+
+def render_table(frame: pd.DataFrame, suite: Suite, backbone: str) -> str:
+    """One row per method: mean (± std over seeds) of each accuracy, and the cost."""
+    columns = {"linear_acc": "linear", "knn20_acc": "kNN k=20", "knn200_acc": "kNN k=200",
+               "wall_time_s": "train s", "images_per_s": "img/s"}
+    present = [c for c in columns if c in frame]
+    grouped = frame.groupby("method", sort=False)
+    table = pd.DataFrame(index=grouped.size().index)
+    for column in present:
+        table[columns[column]] = grouped[column].agg(_mean_std(column))
+    table["status"] = grouped["status"].agg(lambda s: "ok" if (s.isin(["ok", "floor"])).all()
+                                            else "; ".join(sorted(set(s) - {"ok"})))
+    header = (f"## {suite.name}: {suite.dataset}, {backbone}, seeds "
+              f"{', '.join(map(str, suite.seeds))}\n\n")
+    return header + table.reset_index().to_markdown(index=False)
+
+
+def _mean_std(column: str):
+    def summary(values: pd.Series) -> str:
+        values = values.dropna()
+        if values.empty:
+            return "-"
+        scale, digits = (100.0, 1) if column.endswith("_acc") else (1.0, 0)
+        mean = values.mean() * scale
+        if len(values) == 1:
+            return f"{mean:.{digits}f}"
+        return f"{mean:.{digits}f} ± {values.std() * scale:.{digits}f}"
+
+    return summary
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)

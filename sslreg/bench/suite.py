@@ -1,0 +1,92 @@
+"""Benchmark suites: TOML files naming a dataset, methods, seeds and a budget per device."""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+from attrs import field
+from attrs.validators import deep_iterable, instance_of
+
+from sslreg.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_strings = deep_iterable(instance_of(str))
+
+
+@attrs.frozen(kw_only=True)
+class Budget:
+    """What one device kind runs: the backbone and ``--set`` overrides for every run."""
+
+    backbone: str = field(validator=instance_of(str))
+    set: tuple[str, ...] = field(default=(), converter=tuple, validator=_strings)
+
+
+@attrs.frozen(kw_only=True)
+class Suite:
+    name: str = field(validator=instance_of(str))
+    description: str = field(default="", validator=instance_of(str))
+    dataset: str = field(default="fashion-mnist", validator=instance_of(str))
+    methods: tuple[str, ...] = field(default=("*",), converter=tuple, validator=_strings)
+    seeds: tuple[int, ...] = field(default=(0,), converter=tuple,
+                                   validator=deep_iterable(instance_of(int)))
+    cpu: Budget = field(validator=instance_of(Budget))
+    gpu: Budget = field(validator=instance_of(Budget))
+    method_set: dict[str, tuple[str, ...]] = field(factory=dict)
+
+    def budget(self, cuda: bool) -> Budget:
+        return self.gpu if cuda else self.cpu
+
+    def select(self, names: list[str]) -> list[str]:
+        """Registered method names matching the suite's patterns, in registry order."""
+        return [n for n in names if any(fnmatch.fnmatch(n, p) for p in self.methods)]
+
+
+def builtin_suites() -> list[str]:
+    folder = resources.files("sslreg.bench") / "suites"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A suite from a TOML file path, or one of the built-in suites by name."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"suite file {path} does not exist")
+        text = path.read_text()
+    elif name_or_path in builtin_suites():
+        text = (resources.files("sslreg.bench") / "suites" / f"{name_or_path}.toml").read_text()
+    else:
+        raise ConfigError(f"unknown suite '{name_or_path}'; choose from: "
+                          f"{', '.join(builtin_suites())}, or pass a .toml file")
+    return parse_suite(text, default_name=path.stem)
+
+
+def parse_suite(text: str, default_name: str = "suite") -> Suite:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"suite {default_name} is not valid TOML: {error}") from None
+    try:
+        budgets = data.pop("budget")
+        method_set = {k: tuple(v.get("set", ())) for k, v in data.pop("method", {}).items()}
+        return Suite(name=data.pop("name", default_name), cpu=Budget(**budgets["cpu"]),
+                     gpu=Budget(**budgets["gpu"]), method_set=method_set, **data)
+    except KeyError as error:
+        raise ConfigError(f"suite {default_name} lacks {error}; it needs [budget.cpu] and "
+                          "[budget.gpu] tables") from None
+    except (TypeError, ValueError) as error:
+        first = (str(error).splitlines() or ["invalid"])[0]
+        raise ConfigError(f"suite {default_name} is invalid: {first}") from None
+
+
+def suite_sets(suite: Suite, budget: Budget, method: str, seed: int) -> list[str]:
+    return [*budget.set, *suite.method_set.get(method, ()), f"train.seed={seed}"]

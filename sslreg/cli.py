@@ -1,0 +1,139 @@
+"""The ``sslreg`` command line. Bad input exits non-zero with one line on stderr."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sslreg.errors import SslregError
+
+
+class Cli(click.Group):
+    """A group that turns :class:`SslregError` into one clear line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SslregError as error:
+            raise click.ClickException(str(error)) from None
+
+
+@click.group(cls=Cli)
+@click.version_option(package_name="sslreg")
+def cli() -> None:
+    """sslreg: a plugin-based experiment registry for self-supervised learning."""
+
+
+def _registry() -> Any:
+    from sslreg.plugins import load_registry
+
+    return load_registry()
+
+
+@cli.command()
+@click.option("--hook", default=None, help="Only the plugins implementing this hook.")
+def plugins(hook: str | None) -> None:
+    """List plugins, what each registers, and plugins that failed to load."""
+    registry = _registry()
+    if hook is not None:
+        from sslreg.plugins import hook_implementers
+
+        for name in hook_implementers(hook):
+            click.echo(name)
+        return
+    for info in registry.plugins:
+        things = ", ".join(f"{kind[:-1]}:{name}" for kind, name in info.registered) or "-"
+        click.echo(f"{info.name} {info.version or '?'}: {things}")
+    for failure in registry.failures:
+        click.echo(f"FAILED {failure.name}: {failure.error}")
+
+
+@cli.command()
+def methods() -> None:
+    """List the registered methods: name, paper, default views and objective."""
+    registry = _registry()
+    for spec in registry.methods:
+        click.echo(f"{spec.name:<12} {spec.paper}  [views: {spec.views}, "
+                   f"objective: {spec.objective}]")
+    if not len(registry.methods):
+        click.echo("no methods registered; install a method plugin (see README)")
+
+
+@cli.command()
+@click.option("--method", required=True, help="A registered method (see `sslreg methods`).")
+@click.option("--dataset", default="fashion-mnist", show_default=True)
+@click.option("--backbone", default="resnet18", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option("--batch-size", type=click.IntRange(min=2), default=None)
+@click.option("--seed", type=click.IntRange(min=0), default=None)
+@click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--data-root", default=None, help="Folder holding the dataset files.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. method.temperature=0.2 (repeatable).")
+@click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
+@click.option("--no-eval", is_flag=True, help="Skip the final linear probe and kNN.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def pretrain(method: str, dataset: str, backbone: str, epochs: int | None,
+             batch_size: int | None, seed: int | None, device: str | None,
+             data_root: str | None, overrides: tuple[str, ...], out: str, resume: bool,
+             no_eval: bool, quiet: bool) -> None:
+    """Pretrain METHOD, checkpoint every epoch, then evaluate the final checkpoint."""
+    from sslreg.config import RunConfig
+    from sslreg.engine import pretrain as run_pretrain
+
+    registry = _registry()
+    flags = {"train.epochs": epochs, "train.batch_size": batch_size, "train.seed": seed,
+             "train.device": device}
+    sets = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    config = RunConfig.build(registry, method, [*sets, *overrides], dataset=dataset,
+                             backbone=backbone, data_root=data_root or "")
+    run = run_pretrain(config, registry, Path(out), resume=resume, evaluate=not no_eval,
+                       progress=not quiet)
+    click.echo(f"run directory: {run.path}")
+    if run.result.exists():
+        _print_metrics(run.read_json(run.result)["metrics"])
+
+
+@cli.command(name="eval")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def eval_command(run_dir: str) -> None:
+    """Evaluate RUN_DIR's final checkpoint (linear probe and kNN); write result.json."""
+    from sslreg.engine import evaluate_run
+    from sslreg.runs import RunDir
+
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise SslregError(f"{run_dir} is not a directory; pass a run directory made by "
+                          "`sslreg pretrain`")
+    result = evaluate_run(run, _registry())
+    _print_metrics(result["metrics"])
+    click.echo(f"wrote {run.result}")
+
+
+@cli.command()
+@click.argument("suite", default="quick")
+@click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def bench(suite: str, out: str, quiet: bool) -> None:
+    """Pretrain and evaluate every method of SUITE (a name or a TOML file); print a table."""
+    from sslreg.bench import load_suite, run_suite
+
+    table = run_suite(load_suite(suite), _registry(), Path(out), progress=not quiet)
+    click.echo(table)
+
+
+def _print_metrics(metrics: dict[str, float]) -> None:
+    for key, value in metrics.items():
+        click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+
+
+def main() -> None:
+    from sslreg.plugins import add_commands
+
+    for failure in add_commands(cli):
+        print(f"warning: plugin {failure.name}: {failure.error}", file=sys.stderr)
+    cli()

@@ -1,0 +1,51 @@
+"""Checkpoints: written atomically (temp file, fsync, rename), read with clear errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sslreg.errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` so that ``path`` always holds either the old or the new file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            torch.save({"format": FORMAT_VERSION, **state}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, *, expected_digest: str | None = None,
+                    map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint; a corrupt file or one written for another config is refused."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}; run `sslreg pretrain` first")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({reason}); restore it or delete it to start over"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} is not an sslreg checkpoint (format {FORMAT_VERSION})")
+    digest = state.get("config_digest")
+    if expected_digest is not None and digest != expected_digest:
+        raise CheckpointError(
+            f"checkpoint {path} was written for config {digest}, not this run's "
+            f"{expected_digest}; resume with the same options or use another --out"
+        )
+    return state

@@ -1,0 +1,67 @@
+"""``pretrain``: a whole run, from config to evaluated checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+from sslreg.config import RunConfig
+from sslreg.data import ImageDataset
+from sslreg.engine.evaluate import evaluate_run
+from sslreg.engine.trainer import build_trainer, fit, restore
+from sslreg.errors import SslregError
+from sslreg.runs import RunDir, write_json
+
+
+def prepare_run_dir(run: RunDir, config: RunConfig, resume: bool) -> None:
+    """Create the run directory; never overwrite an existing run unless resuming it."""
+    if run.path.exists() and any(run.path.iterdir()) and not resume:
+        raise SslregError(f"run directory {run.path} already exists; pass --resume to continue "
+                          "it, or move it away to start over")
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.tensorboard.mkdir(exist_ok=True)
+    write_json(run.config, config.to_dict())
+
+
+def pretrain(config: RunConfig, registry: Any, out: Path | str, *, resume: bool = False,
+             evaluate: bool = True, progress: bool = True,
+             train_data: ImageDataset | None = None) -> RunDir:
+    """Train (or continue) the run for ``config`` under ``out`` and evaluate it."""
+    run = RunDir.for_config(out, config)
+    prepare_run_dir(run, config, resume)
+    trainer = build_trainer(config, registry, run, train_data)
+    if resume and run.checkpoint.exists():
+        restore(trainer)
+    with SummaryWriter(str(run.tensorboard)) as writer:
+        if trainer.epoch < config.train.epochs:
+            fit(trainer, writer, progress=progress)
+        if evaluate:
+            result = evaluate_run(run, registry, method=trainer.method)
+            log_hparams(writer, config, result["metrics"])
+    return run
+
+
+def log_hparams(writer: SummaryWriter, config: RunConfig, metrics: dict[str, float]) -> None:
+    """The resolved config beside the final metrics, for TensorBoard's HParams view."""
+    writer.add_hparams(flat_hparams(config), {f"hparam/{k}": v for k, v in metrics.items()},
+                       run_name=".")
+
+
+def flat_hparams(config: RunConfig) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, item)
+        elif isinstance(value, (bool, int, float, str)):
+            flat[prefix] = value
+        elif value is not None:
+            flat[prefix] = str(value)
+
+    data = config.to_dict()
+    walk("method", data.pop("method_config"))  # keys as --set spells them
+    walk("", data)
+    return flat

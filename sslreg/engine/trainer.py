@@ -1,0 +1,242 @@
+"""The pretraining loop: views on the device, one step per batch, EMA/queue hooks,
+monitors and logging every N steps, an atomic checkpoint per epoch, and resume."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Any
+
+import attrs
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from sslreg.config import RunConfig
+from sslreg.data import ImageDataset, load_dataset
+from sslreg.engine.checkpoint import load_checkpoint, save_checkpoint
+from sslreg.engine.device import device_name, resolve_device, use_bf16
+from sslreg.engine.optim import build_optimizer, lr_schedule
+from sslreg.errors import DivergedError, SslregError
+from sslreg.interfaces import Method
+from sslreg.runs import RunDir, write_json
+
+
+@attrs.define
+class Trainer:
+    """Everything one run needs, built once by :func:`build_trainer`."""
+
+    config: RunConfig
+    run: RunDir
+    method: Method
+    policy: Any
+    monitors: list[Any]
+    images: torch.Tensor  # uint8 (N, C, H, W) on the device
+    optimizer: torch.optim.Optimizer
+    schedule: torch.Tensor  # (epochs * steps_per_epoch,) learning rates
+    device: torch.device
+    bf16: bool
+    steps_per_epoch: int
+    epoch: int = 0
+    step: int = 0
+    elapsed: float = 0.0  # training seconds over all sessions of this run
+    images_seen: int = 0
+
+
+def build_method(config: RunConfig, registry: Any, channels: int, image_size: int) -> Method:
+    backbone = registry.backbones.create(
+        config.backbone, in_channels=channels, image_size=image_size)
+    return registry.methods.get(config.method).factory(config.method_config, backbone)
+
+
+def load_split(config: RunConfig, registry: Any, split: str) -> ImageDataset:
+    return load_dataset(registry, config.dataset, split, root=config.data_root or None)
+
+
+def build_trainer(config: RunConfig, registry: Any, run: RunDir,
+                  train_data: ImageDataset | None = None) -> Trainer:
+    """Load the data, build the method, views, monitors, optimizer and schedule."""
+    device = resolve_device(config.train.device)
+    torch.manual_seed(config.train.seed)
+    full = train_data if train_data is not None else load_split(config, registry, "train")
+    data = full.subset(config.train.train_subset, seed=config.train.seed)
+    mean, std = full.channel_stats()
+    steps_per_epoch = len(data) // config.train.batch_size
+    if steps_per_epoch == 0:
+        raise SslregError(f"train.batch_size={config.train.batch_size} is larger than the "
+                          f"{len(data)} training images; lower it")
+    method = build_method(config, registry, data.channels, data.images.shape[-1]).to(device)
+    if device.type == "cuda":
+        method = method.to(memory_format=torch.channels_last)
+    policy = registry.views.create(config.views_name(registry), channels=data.channels,
+                                   image_size=data.images.shape[-1], mean=mean, std=std)
+    return Trainer(
+        config=config, run=run, method=method, policy=policy,
+        monitors=[registry.monitors.create(name) for name in registry.monitors.names()],
+        images=data.images.to(device), device=device,
+        optimizer=build_optimizer(method, config.optim, device),
+        schedule=lr_schedule(config.optim, config.train.batch_size, steps_per_epoch,
+                             config.train.epochs).tolist(),
+        bf16=use_bf16(config.train.precision, device), steps_per_epoch=steps_per_epoch,
+    )
+
+
+def restore(trainer: Trainer) -> None:
+    """Continue from the run's last checkpoint."""
+    state = load_checkpoint(trainer.run.checkpoint, expected_digest=trainer.config.digest(),
+                            map_location=trainer.device)
+    try:
+        trainer.method.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise SslregError(f"checkpoint {trainer.run.checkpoint} does not fit this model "
+                          f"({str(error).splitlines()[0][:160]})") from None
+    trainer.epoch, trainer.step = state["epoch"], state["step"]
+    trainer.elapsed, trainer.images_seen = state["elapsed"], state["images_seen"]
+
+
+def checkpoint(trainer: Trainer) -> None:
+    save_checkpoint(trainer.run.checkpoint, {
+        "config_digest": trainer.config.digest(),
+        "method": trainer.config.method,
+        "epoch": trainer.epoch,
+        "step": trainer.step,
+        "elapsed": trainer.elapsed,
+        "images_seen": trainer.images_seen,
+        "model": trainer.method.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+    })
+
+
+def fit(trainer: Trainer, writer: SummaryWriter, *, progress: bool = True) -> dict[str, Any]:
+    """Train from the current epoch to the last, checkpointing after each epoch."""
+    epochs = trainer.config.train.epochs
+    for epoch in range(trainer.epoch, epochs):
+        started = time.perf_counter()
+        bar = tqdm(total=trainer.steps_per_epoch, desc=f"{trainer.config.method} epoch "
+                   f"{epoch + 1}/{epochs}", disable=not progress, leave=False, unit="step")
+        with bar:
+            run_epoch(trainer, epoch, writer, bar)
+        trainer.elapsed += time.perf_counter() - started
+        trainer.epoch = epoch + 1
+        checkpoint(trainer)
+        write_train_info(trainer, status="running" if trainer.epoch < epochs else "trained")
+    return write_train_info(trainer, status="trained")
+
+
+def run_epoch(trainer: Trainer, epoch: int, writer: SummaryWriter, bar: tqdm) -> None:
+    config = trainer.config.train
+    order_seed, view_seed = _epoch_seeds(config.seed, epoch)
+    order = torch.randperm(len(trainer.images), device=trainer.device,
+                           generator=_generator(trainer.device, order_seed))
+    views_rng = _generator(trainer.device, view_seed)
+    non_finite = torch.zeros((), dtype=torch.bool, device=trainer.device)
+    window_start, window_images = time.perf_counter(), 0
+    trainer.method.train()
+    for index in range(trainer.steps_per_epoch):
+        batch = trainer.images[order[index * config.batch_size:(index + 1) * config.batch_size]]
+        output = train_step(trainer, batch, views_rng)
+        non_finite |= ~torch.isfinite(output.loss.detach())
+        window_images += len(batch)
+        trainer.step += 1
+        trainer.images_seen += len(batch)
+        bar.update()
+        last = index == trainer.steps_per_epoch - 1
+        if trainer.step % config.log_every == 0 or last:
+            _stop_if_non_finite(trainer, non_finite)
+            rate = window_images / (time.perf_counter() - window_start)
+            log_step(trainer, writer, output, rate, bar)
+            window_start, window_images = time.perf_counter(), 0
+
+
+def train_step(trainer: Trainer, batch: torch.Tensor, views_rng: torch.Generator) -> Any:
+    """One optimizer step; no host synchronisation here (logging syncs every N steps)."""
+    views = trainer.policy(batch, views_rng)
+    if trainer.device.type == "cuda":
+        views = [view.contiguous(memory_format=torch.channels_last) for view in views]
+    lr = trainer.schedule[trainer.step]
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = lr
+    autocast = (torch.autocast(trainer.device.type, dtype=torch.bfloat16) if trainer.bf16
+                else contextlib.nullcontext())
+    with autocast:
+        output = trainer.method.training_step(views)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    output.loss.backward()
+    trainer.optimizer.step()
+    total = trainer.steps_per_epoch * trainer.config.train.epochs
+    trainer.method.on_step_end((trainer.step + 1) / total)
+    return output
+
+
+def _stop_if_non_finite(trainer: Trainer, non_finite: torch.Tensor) -> None:
+    if bool(non_finite):
+        write_train_info(trainer, status="diverged")
+        kept = (f"the last good checkpoint (epoch {trainer.epoch}) is kept at "
+                f"{trainer.run.checkpoint}" if trainer.epoch else "no checkpoint was written")
+        raise DivergedError(f"the loss became non-finite before step {trainer.step}; {kept}; "
+                            "lower optim.lr or check the method's settings")
+
+
+def log_step(trainer: Trainer, writer: SummaryWriter, output: Any, rate: float,
+             bar: tqdm) -> None:
+    step = trainer.step
+    loss = output.loss.item()
+    writer.add_scalar("train/loss", loss, step)
+    writer.add_scalar("train/lr", trainer.schedule[step - 1], step)
+    writer.add_scalar("train/images_per_s", rate, step)
+    for name, value in output.metrics.items():
+        writer.add_scalar(f"train/{name}", float(value), step)
+    if output.embeddings is not None:
+        check_monitors(trainer, writer, output.embeddings, bar)
+    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+
+
+def check_monitors(trainer: Trainer, writer: SummaryWriter, embeddings: torch.Tensor,
+                   bar: tqdm) -> None:
+    for monitor in trainer.monitors:
+        metrics = monitor(embeddings.detach())
+        for name, value in metrics.items():
+            writer.add_scalar(f"monitor/{name}", value, trainer.step)
+        warning = monitor.collapsed(metrics)
+        if warning:
+            bar.write(f"warning: step {trainer.step}: {warning}")
+            writer.add_text("monitor/warning", warning, trainer.step)
+
+
+def write_train_info(trainer: Trainer, *, status: str) -> dict[str, Any]:
+    info = {
+        "status": status,
+        "epochs_done": trainer.epoch,
+        "epochs": trainer.config.train.epochs,
+        "steps": trainer.step,
+        "wall_time_s": round(trainer.elapsed, 2),
+        "images_per_s": round(trainer.images_seen / trainer.elapsed, 1) if trainer.elapsed else None,
+        "device": device_name(trainer.device),
+        "peak_memory_mb": _peak_memory_mb(trainer.device),
+    }
+    write_json(trainer.run.train_info, info)
+    return info
+
+
+def _peak_memory_mb(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return None
+
+
+def _epoch_seeds(seed: int, epoch: int) -> tuple[int, int]:
+    # Seeds depend only on (seed, epoch), so a resumed run sees the same batches and views.
+    base = (seed * 1_000_003 + epoch) * 2
+    return base, base + 1
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed % (2**63))
+    return generator
+
+
+def is_finite_number(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,95 @@
+"""VICReg: variance-invariance-covariance regularisation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# The paper's epsilon inside the square root: it keeps the gradient of sqrt finite when
+# a feature's variance reaches 0, which is exactly the collapse the term fights.
+_VARIANCE_EPS = 1e-4
+
+
+class VICRegLoss(nn.Module):
+    """VICReg loss.
+
+    Bardes, Ponce and LeCun 2022, "VICReg: Variance-Invariance-Covariance Regularization
+    for Self-Supervised Learning", eq. 1-6, following the reference code:
+
+    - invariance: ``mse(z1, z2)``, the mean over all N * D entries;
+    - variance: ``mean_d relu(1 - sqrt(var_d + 1e-4))`` per branch, with the *unbiased*
+      variance (N - 1), averaged over the two branches;
+    - covariance: the sum of squared off-diagonal entries of each branch's unbiased
+      covariance matrix, divided by D, summed over the two branches.
+
+    ``loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance``.
+
+    Args:
+        sim_coeff: Weight of the invariance term (lambda in the paper), >= 0.
+        std_coeff: Weight of the variance term (mu), >= 0.
+        cov_coeff: Weight of the covariance term (nu), >= 0.
+
+    Shapes:
+        z1, z2: (N, D) expander outputs of the two views, N >= 2. Returns a scalar.
+    """
+
+    def __init__(
+        self, *, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("sim_coeff", sim_coeff),
+            ("std_coeff", std_coeff),
+            ("cov_coeff", cov_coeff),
+        ):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"vicreg {name} must be a finite number >= 0, got {value}")
+        self.sim_coeff = float(sim_coeff)
+        self.std_coeff = float(std_coeff)
+        self.cov_coeff = float(cov_coeff)
+
+    def extra_repr(self) -> str:
+        return f"sim_coeff={self.sim_coeff}, std_coeff={self.std_coeff}, cov_coeff={self.cov_coeff}"
+
+    def terms(self, z1: Tensor, z2: Tensor) -> dict[str, Tensor]:
+        """The unweighted ``invariance``, ``variance`` and ``covariance`` terms."""
+        if z1.ndim != 2 or z1.shape != z2.shape:
+            raise ValueError(
+                "vicreg needs z1 and z2 of the same shape (N, D), "
+                f"got {tuple(z1.shape)} and {tuple(z2.shape)}"
+            )
+        if z1.shape[0] < 2:
+            raise ValueError(
+                f"vicreg needs a batch of at least 2 for an unbiased variance, got {z1.shape[0]}"
+            )
+        # float32 even under autocast: the D x D covariance loses precision in bf16.
+        z1, z2 = z1.float(), z2.float()
+        return {
+            "invariance": F.mse_loss(z1, z2),
+            "variance": (_variance_term(z1) + _variance_term(z2)) / 2,
+            "covariance": _covariance_term(z1) + _covariance_term(z2),
+        }
+
+    def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
+        terms = self.terms(z1, z2)
+        return (
+            self.sim_coeff * terms["invariance"]
+            + self.std_coeff * terms["variance"]
+            + self.cov_coeff * terms["covariance"]
+        )
+
+
+def _variance_term(z: Tensor) -> Tensor:
+    std = torch.sqrt(z.var(dim=0, unbiased=True) + _VARIANCE_EPS)  # (D,)
+    return F.relu(1 - std).mean()
+
+
+def _covariance_term(z: Tensor) -> Tensor:
+    n, d = z.shape
+    centered = z - z.mean(dim=0)
+    cov = centered.T @ centered / (n - 1)  # (D, D)
+    off_diagonal = cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()
+    return off_diagonal / d

@@ -1,0 +1,58 @@
+"""The run directory: one folder per run, named from its config so a re-run finds it.
+
+    <out>/<method>-<dataset>-<backbone>-seed<N>-<digest>/
+        config.json     the resolved RunConfig
+        checkpoint.pt   the last completed epoch (written atomically)
+        train.json      status, epochs done, wall time, images/s, device
+        result.json     final evaluation metrics (``sslreg eval``)
+        features.pt     cached frozen features of the final checkpoint
+        tb/             TensorBoard events
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sslreg.config import RunConfig
+from sslreg.errors import SslregError
+
+
+class RunDir:
+    """Paths and small JSON files of one run."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def for_config(cls, out: Path | str, config: RunConfig) -> RunDir:
+        name = (f"{config.method}-{config.dataset}-{config.backbone}-"
+                f"seed{config.train.seed}-{config.digest()[:8]}")
+        return cls(Path(out) / name)
+
+    config = property(lambda self: self.path / "config.json")
+    checkpoint = property(lambda self: self.path / "checkpoint.pt")
+    train_info = property(lambda self: self.path / "train.json")
+    result = property(lambda self: self.path / "result.json")
+    features = property(lambda self: self.path / "features.pt")
+    tensorboard = property(lambda self: self.path / "tb")
+
+    def read_json(self, path: Path) -> dict[str, Any]:
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise SslregError(f"{path} is missing: is {self.path} an sslreg run directory?") from None
+        except json.JSONDecodeError as error:
+            raise SslregError(f"{path} is not valid JSON ({error.msg}); the run is damaged") from None
+
+    def load_config(self, registry: Any) -> RunConfig:
+        return RunConfig.from_dict(self.read_json(self.config), registry)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically replace ``path`` with ``data`` as indented JSON."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(temporary, path)

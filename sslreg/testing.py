@@ -1,0 +1,124 @@
+"""Conformance checks every method plugin should pass, for sslreg's tests and yours.
+
+In a plugin's tests::
+
+    import pytest
+    from sslreg import testing
+
+    @pytest.mark.parametrize("method", ["mymethod"])
+    def test_conformance(method):
+        testing.check_method(method)
+
+or run them over every registered method with ``testing.method_names()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any, Iterator
+
+import torch
+
+from sslreg.config import RunConfig
+from sslreg.interfaces import Method, StepOutput
+from sslreg.plugins import load_registry, pm
+
+TINY_BACKBONE = "resnet18-narrow"
+
+
+def method_names() -> list[str]:
+    """Every registered method, for ``pytest.mark.parametrize``."""
+    return load_registry().methods.names()
+
+
+def tiny_images(batch: int = 8, channels: int = 1, size: int = 28, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8,
+                         generator=generator)
+
+
+def build(name: str, *, channels: int = 1, size: int = 28, seed: int = 0,
+          backbone: str = TINY_BACKBONE, registry: Any = None) -> tuple[Method, Any]:
+    """The method with its default config and its default view policy."""
+    registry = registry or load_registry()
+    config = RunConfig.build(registry, name, backbone=backbone)
+    torch.manual_seed(seed)
+    net = registry.backbones.create(backbone, in_channels=channels, image_size=size)
+    method = registry.methods.get(name).factory(config.method_config, net)
+    assert isinstance(method, Method), f"{name}'s factory must return an sslreg.Method"
+    assert hasattr(method.backbone, "output_dim"), "the backbone needs an output_dim"
+    policy = registry.views.create(config.views_name(registry), channels=channels,
+                                   image_size=size, mean=(0.5,) * channels,
+                                   std=(0.25,) * channels)
+    return method, policy
+
+
+def step(method: Method, policy: Any, images: torch.Tensor, seed: int = 0) -> StepOutput:
+    """One training step's forward pass on views of ``images``."""
+    views = policy(images, torch.Generator().manual_seed(seed))
+    assert len(views) == policy.num_views, "the policy returned the wrong number of views"
+    method.train()
+    output = method.training_step(views)
+    assert isinstance(output, StepOutput), "training_step must return sslreg.StepOutput"
+    return output
+
+
+def check_step(name: str, **kwargs: Any) -> StepOutput:
+    """Builds, steps on a tiny batch: a finite scalar loss whose gradient reaches the
+    backbone, and ``on_step_end`` runs."""
+    method, policy = build(name, **kwargs)
+    output = step(method, policy, tiny_images(channels=kwargs.get("channels", 1)))
+    assert output.loss.ndim == 0, f"{name}: the loss must be a scalar"
+    assert torch.isfinite(output.loss), f"{name}: the loss is not finite ({output.loss})"
+    output.loss.backward()
+    grads = [p.grad for p in method.backbone.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads), \
+        f"{name}: no gradient reaches the backbone"
+    method.on_step_end(0.5)
+    return output
+
+
+def check_state_dict_roundtrip(name: str) -> None:
+    """A fresh model loading another's state_dict computes the same features."""
+    first, _ = build(name, seed=0)
+    second, _ = build(name, seed=1)
+    images = torch.rand(4, 1, 28, 28)
+    first.eval()
+    second.eval()
+    assert not torch.allclose(first.features(images), second.features(images)), \
+        f"{name}: two seeds built identical models"
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    second.load_state_dict(torch.load(buffer, weights_only=True))
+    torch.testing.assert_close(first.features(images), second.features(images))
+
+
+def check_deterministic(name: str) -> None:
+    """Same seed, same views, same loss."""
+    losses = []
+    for _ in range(2):
+        method, policy = build(name, seed=0)
+        losses.append(step(method, policy, tiny_images(), seed=3).loss.detach())
+    torch.testing.assert_close(losses[0], losses[1])
+
+
+def check_method(name: str) -> None:
+    """Every conformance check on one registered method."""
+    check_step(name)
+    check_state_dict_roundtrip(name)
+    check_deterministic(name)
+
+
+@contextlib.contextmanager
+def registered(plugin: object, name: str) -> Iterator[None]:
+    """Register a plugin object (a module or a class with hookimpls) for a test."""
+    from sslreg.plugins import load_plugins
+
+    load_plugins()
+    pm.register(plugin, name=name)
+    try:
+        yield
+    finally:
+        pm.unregister(name=name)

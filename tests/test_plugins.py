@@ -1,0 +1,244 @@
+"""The plugin manager and the registry: duplicates, broken plugins, hook coverage."""
+
+import types
+
+import attrs
+import pluggy
+import pytest
+
+from sslreg import (
+    BackboneSpec,
+    DuplicateNameError,
+    MethodSpec,
+    PluginError,
+    UnknownNameError,
+    hookimpl,
+    load_registry,
+    testing,
+)
+from sslreg import hookspecs
+from sslreg.registry import Catalog
+
+
+def _spec(name="extra"):
+    return BackboneSpec(name=name, factory=lambda in_channels, image_size: None)
+
+
+def test_builtins_register_through_hooks(registry):
+    assert "resnet18" in registry.backbones
+    assert {"nt_xent", "info_nce", "negative_cosine", "barlow_twins", "vicreg", "clip"} <= set(
+        registry.objectives.names())
+    assert {"embedding_std", "rankme"} <= set(registry.monitors.names())
+    assert registry.backbones.get("resnet18").plugin == "sslreg.backbones"
+
+
+def test_entry_point_methods_are_found(registry):
+    assert {"simclr", "byol"} <= set(registry.methods.names())
+
+
+def test_catalog_refuses_duplicate_naming_both_plugins():
+    catalog = Catalog("backbones")
+    catalog.add(_spec(), "first")
+    with pytest.raises(DuplicateNameError, match="'first' and plugin 'second'"):
+        catalog.add(_spec(), "second")
+
+
+def test_unknown_name_lists_choices(registry):
+    with pytest.raises(UnknownNameError, match="unknown backbone 'resnet99'; choose from: .*resnet18"):
+        registry.backbones.get("resnet99")
+
+
+def test_catalog_refuses_wrong_spec_type():
+    with pytest.raises(PluginError, match="plugin 'p' passed str to register_backbones"):
+        Catalog("backbones").add("resnet", "p")
+
+
+class DuplicatePlugin:
+    @hookimpl
+    def register_backbones(self, register):
+        register(_spec("resnet18"))
+        register(_spec("only-here"))
+
+
+def test_duplicate_from_a_plugin_is_recorded_and_others_work():
+    with testing.registered(DuplicatePlugin(), "dup"):
+        registry = load_registry()
+    assert registry.backbones.get("resnet18").plugin == "sslreg.backbones"
+    assert "only-here" in registry.backbones
+    assert any(f.name == "dup" and "resnet18" in f.error for f in registry.failures)
+
+
+class RaisingPlugin:
+    @hookimpl
+    def register_methods(self, register):
+        raise RuntimeError("boom")
+
+
+def test_plugin_raising_in_hook_is_recorded(registry):
+    with testing.registered(RaisingPlugin(), "raiser"):
+        broken = load_registry()
+    assert [f.error for f in broken.failures if f.name == "raiser"] == [
+        "register_methods raised RuntimeError: boom"]
+    assert broken.methods.names() == registry.methods.names()
+
+
+class NotASpecPlugin:
+    @hookimpl
+    def register_methods(self, register):
+        register({"name": "dict-method"})
+
+
+def test_non_spec_is_refused_naming_the_plugin():
+    with testing.registered(NotASpecPlugin(), "sloppy"):
+        registry = load_registry()
+    assert any(f.name == "sloppy" and "takes sslreg.MethodSpec" in f.error
+               for f in registry.failures)
+
+
+def test_import_failure_is_recorded(monkeypatch):
+    from sslreg import plugins
+
+    class BrokenEntryPoint:
+        name = "broken"
+        dist = None
+
+        def load(self):
+            raise ImportError("No module named 'missing_dependency'")
+
+    monkeypatch.setattr(plugins, "_load_failures", [])
+    monkeypatch.setattr(plugins.importlib.metadata, "entry_points",
+                        lambda group: [BrokenEntryPoint()])
+    plugins._load_entry_points(set(), None)
+    assert plugins._load_failures == [plugins.PluginFailure(
+        "broken", "import failed: ImportError: No module named 'missing_dependency'")]
+
+
+def test_misspelled_hook_is_dropped(monkeypatch):
+    from sslreg import plugins
+
+    monkeypatch.setattr(plugins, "_load_failures", [])
+    module = types.ModuleType("typo_plugin")
+    module.register_method = hookimpl(lambda register: None)  # missing "s"
+    plugins.pm.register(module, name="typo")
+    plugins._drop_invalid_plugins()
+    assert plugins.pm.get_plugin("typo") is None
+    assert plugins._load_failures[0].name == "typo"
+
+
+def test_env_switches_pin_the_entry_point_plugins(monkeypatch):
+    from sslreg import plugins
+
+    seen = []
+
+    class EntryPoint:
+        dist = None
+
+        def __init__(self, name):
+            self.name = name
+
+        def load(self):
+            seen.append(self.name)
+            return types.ModuleType(self.name)
+
+    monkeypatch.setattr(plugins.importlib.metadata, "entry_points",
+                        lambda group: [EntryPoint("aa"), EntryPoint("bb"), EntryPoint("cc")])
+    plugins._load_entry_points(disabled={"bb"}, only=None)
+    plugins._load_entry_points(disabled=set(), only={"cc"})
+    assert seen == ["aa", "cc"]
+    for name in ("aa", "cc"):
+        plugins.pm.unregister(name=name)
+
+
+def test_fewer_arguments_than_spec_are_fine():
+    class Plugin:
+        @hookimpl
+        def register_commands(self):
+            pass
+
+    with testing.registered(Plugin(), "lazy"):
+        from sslreg.plugins import add_commands
+
+        assert add_commands(object()) == []
+
+
+def test_every_hook_has_a_test():
+    """Each hook is named in some test, so a new hook without a test fails here."""
+    import pathlib
+
+    text = "".join(p.read_text() for p in pathlib.Path(__file__).parent.glob("test_*.py"))
+    hooks = [name for name in dir(hookspecs) if name.startswith("register_")]
+    assert hooks and all(f"def {hook}" in text for hook in hooks)
+
+
+def test_method_spec_validates_name():
+    with pytest.raises(ValueError, match="lowercase"):
+        MethodSpec(name="Bad Name", factory=object, config_class=attrs.make_class("C", []),
+                   paper="", views="simclr", objective="nt_xent")
+
+
+def test_pluggy_manager_name():
+    from sslreg.plugins import pm
+
+    assert isinstance(pm, pluggy.PluginManager) and pm.project_name == "sslreg"
+
+
+class EveryKindPlugin:
+    """A third party adding one thing of every kind, nothing installed."""
+
+    @hookimpl
+    def register_backbones(self, register):
+        register(_spec("tiny-net"))
+
+    @hookimpl
+    def register_views(self, register):
+        from sslreg import ViewSpec
+
+        register(ViewSpec(name="identity", factory=lambda **kw: None))
+
+    @hookimpl
+    def register_objectives(self, register):
+        from sslreg import ObjectiveSpec
+
+        register(ObjectiveSpec(name="zero", factory=lambda: (lambda a, b: 0.0)))
+
+    @hookimpl
+    def register_monitors(self, register):
+        from sslreg import MonitorSpec
+
+        register(MonitorSpec(name="null", factory=object))
+
+    @hookimpl
+    def register_datasets(self, register):
+        from sslreg import DatasetSpec
+
+        register(DatasetSpec(name="mine", loader=lambda split, root=None: None, num_classes=2,
+                             channels=1, image_size=8))
+
+    def __init__(self, method_spec):
+        self.method_spec = method_spec
+
+    @hookimpl
+    def register_methods(self, register):
+        register(attrs.evolve(self.method_spec, name="simclr-copy", plugin=None))
+
+    @hookimpl
+    def register_commands(self, cli):
+        cli.added = True
+
+
+def test_a_plugin_can_add_every_kind(registry):
+    plugin = EveryKindPlugin(registry.methods.get("simclr"))
+    with testing.registered(plugin, "everything"):
+        extended = load_registry()
+        from sslreg.plugins import add_commands
+
+        target = types.SimpleNamespace()
+        add_commands(target)
+    assert target.added
+    for kind, name in [("backbones", "tiny-net"), ("views", "identity"), ("objectives", "zero"),
+                       ("monitors", "null"), ("datasets", "mine"), ("methods", "simclr-copy")]:
+        assert extended.catalog(kind).get(name).plugin == "everything"
+    info = next(p for p in extended.plugins if p.name == "everything")
+    assert ("methods", "simclr-copy") in info.registered and len(info.hooks) == 7
+    assert not extended.failures
+    assert extended.objectives.create("zero")(1, 2) == 0.0
