@@ -1,1 +1,87 @@
-"""Built-in data, registered through the same hook a third-party plugin uses."""
+"""Built-in data, registered through the same hook a third-party plugin uses.
+
+Each dataset's loader is ``load(split, root=None) -> ImageDataset`` with ``split`` in
+``("train", "test")``; a missing or malformed file raises :class:`sslreg.DataError` with
+one line saying what is missing, where it looked, and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sslreg.data import cifar, digits, idx, imagefolder, stl10, synthetic
+from sslreg.data.dataset import SPLITS, ImageDataset
+from sslreg.errors import PluginError
+from sslreg.hookspecs import hookimpl
+from sslreg.specs import DatasetSpec
+
+__all__ = ["SPLITS", "ImageDataset", "built_in_specs", "load_dataset", "register_datasets"]
+
+
+def _spec(
+    name: str, loader: Callable[..., ImageDataset], description: str, **shape: Any
+) -> DatasetSpec:
+    return DatasetSpec(name=name, loader=loader, description=description, **shape)
+
+
+def built_in_specs() -> list[DatasetSpec]:
+    """The seven built-in datasets' specs."""
+    return [
+        _spec("fashion-mnist", idx.load,
+              "Zalando Fashion-MNIST, 60k/10k 28x28 grayscale (Xiao et al. 2017)",
+              num_classes=10, channels=1, image_size=28),
+        _spec("cifar10", cifar.load_cifar10,
+              "CIFAR-10, 50k/10k 32x32 RGB (Krizhevsky 2009), python pickle format",
+              num_classes=10, channels=3, image_size=32),
+        _spec("cifar100", cifar.load_cifar100,
+              "CIFAR-100 fine labels, 50k/10k 32x32 RGB (Krizhevsky 2009)",
+              num_classes=100, channels=3, image_size=32),
+        _spec("stl10", stl10.load,
+              "STL-10 labelled splits, 5k/8k 96x96 RGB (Coates et al. 2011), binary format",
+              num_classes=10, channels=3, image_size=96),
+        _spec("imagefolder", imagefolder.load,
+              "root/{train,test}/<class>/*.png|jpg, all one size; classes, channels and size "
+              "come from the files (2 classes, 3 channels, 32 px here are placeholders)",
+              num_classes=2, channels=3, image_size=32, needs_root=True),
+        _spec("digits", digits.load,
+              "scikit-learn's 8x8 handwritten digits, 1500/297 split (seed 0)",
+              num_classes=10, channels=1, image_size=8),
+        _spec("synthetic", synthetic.load,
+              "ten procedurally drawn shapes, 2000/500 28x28 grayscale, no files",
+              num_classes=10, channels=1, image_size=28),
+    ]  # fmt: skip
+
+
+@hookimpl
+def register_datasets(register: Callable[[Any], None]) -> None:
+    """Register the seven built-in datasets."""
+    for spec in built_in_specs():
+        register(spec)
+
+
+def load_dataset(
+    registry: Any, name: str, split: str, root: str | Path | None = None
+) -> ImageDataset:
+    """Load a split of a registered dataset.
+
+    Args:
+        registry: a :class:`sslreg.registry.Registry` (from ``sslreg.load_registry()``).
+        name: the dataset's registered name.
+        split: ``"train"`` or ``"test"``.
+        root: a data folder the user gave, or ``None`` for the usual places.
+
+    Raises:
+        UnknownNameError: no dataset of that name.
+        DataError: the loader could not find or read the data.
+        PluginError: the loader returned something other than an ``ImageDataset``.
+    """
+    spec = registry.datasets.get(name)
+    dataset = spec.loader(split, root)
+    if not isinstance(dataset, ImageDataset):
+        raise PluginError(
+            f"dataset '{name}' from plugin '{spec.plugin}' returned "
+            f"{type(dataset).__name__}; loaders must return sslreg.data.ImageDataset"
+        )
+    return dataset

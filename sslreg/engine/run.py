@@ -30,8 +30,8 @@ def pretrain(config: RunConfig, registry: Any, out: Path | str, *, resume: bool 
              train_data: ImageDataset | None = None) -> RunDir:
     """Train (or continue) the run for ``config`` under ``out`` and evaluate it."""
     run = RunDir.for_config(out, config)
+    trainer = build_trainer(config, registry, run, train_data)  # fails before writing
     prepare_run_dir(run, config, resume)
-    trainer = build_trainer(config, registry, run, train_data)
     if resume and run.checkpoint.exists():
         restore(trainer)
     with SummaryWriter(str(run.tensorboard)) as writer:

@@ -1,0 +1,168 @@
+"""The in-memory labelled image dataset every loader returns, and helpers loaders share."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from sslreg.errors import DataError
+
+SPLITS = ("train", "test")
+
+# Images per chunk in channel_stats: float64 copies of 8192 3x96x96 images stay < 2 GB.
+_STATS_CHUNK = 8192
+
+
+def _contiguous(value: Any) -> Any:
+    # Only tensors are converted; anything else reaches the checks in __attrs_post_init__.
+    return value.contiguous() if isinstance(value, torch.Tensor) else value
+
+
+@attrs.frozen(kw_only=True)
+class ImageDataset:
+    """A labelled image dataset held as tensors.
+
+    Attributes:
+        images: ``uint8`` tensor of shape ``(N, C, H, W)``, contiguous.
+        labels: ``int64`` tensor of shape ``(N,)`` with values in ``range(len(classes))``.
+        classes: class names; ``classes[label]`` names a label.
+        name: the dataset's name, with its split, e.g. ``"cifar10/train"``.
+    """
+
+    images: torch.Tensor = attrs.field(converter=_contiguous)
+    labels: torch.Tensor = attrs.field(converter=_contiguous)
+    classes: tuple[str, ...] = attrs.field(converter=tuple)
+    name: str = attrs.field(validator=attrs.validators.instance_of(str))
+
+    def __attrs_post_init__(self) -> None:
+        images, labels = self.images, self.labels
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+            raise DataError(f"{self.name}: images must be a uint8 tensor, got {_kind(images)}")
+        if images.dim() != 4 or images.shape[1] not in (1, 3):
+            shape = tuple(images.shape)
+            raise DataError(f"{self.name}: images must be (N, 1|3, H, W), got {shape}")
+        if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
+            raise DataError(f"{self.name}: labels must be an int64 tensor, got {_kind(labels)}")
+        if labels.shape != (images.shape[0],):
+            raise DataError(
+                f"{self.name}: {images.shape[0]} images but labels of shape {tuple(labels.shape)}"
+            )
+        if len(self.classes) < 1:
+            raise DataError(f"{self.name}: no class names")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(self.classes)):
+            raise DataError(
+                f"{self.name}: labels span {int(labels.min())}..{int(labels.max())} "
+                f"but there are {len(self.classes)} classes"
+            )
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (``len(classes)``)."""
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        """Channels per image: 1 (grayscale) or 3 (RGB)."""
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int | tuple[int, int]:
+        """Side of the square images, or ``(H, W)`` when they are not square."""
+        height, width = int(self.images.shape[2]), int(self.images.shape[3])
+        return height if height == width else (height, width)
+
+    def subset(self, size: int, seed: int) -> ImageDataset:
+        """A fixed random subset of ``size`` images, in their original order.
+
+        Args:
+            size: images to keep; ``0`` or ``>= len(self)`` returns ``self``.
+            seed: the same seed always picks the same images.
+
+        Returns:
+            The subset (not stratified).
+        """
+        if size < 0:
+            raise DataError(f"{self.name}: subset size must be >= 0, got {size}")
+        if size == 0 or size >= len(self):
+            return self
+        generator = torch.Generator().manual_seed(seed)
+        # Sorting keeps the original order, so a subset of a subset stays predictable.
+        index = torch.randperm(len(self), generator=generator)[:size].sort().values
+        index = index.to(self.images.device)
+        return attrs.evolve(self, images=self.images[index], labels=self.labels[index])
+
+    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and (population) standard deviation of ``images / 255``.
+
+        Sums run in float64 over chunks: pixel values are integers, so the sums are
+        exact and memory stays bounded however many images there are.
+
+        Returns:
+            ``(mean, std)``, each a tuple with one float per channel.
+        """
+        total = torch.zeros(self.channels, dtype=torch.float64, device=self.images.device)
+        squares = torch.zeros_like(total)
+        for chunk in self.images.split(_STATS_CHUNK):
+            values = chunk.to(torch.float64)
+            total += values.sum(dim=(0, 2, 3))
+            squares += values.square().sum(dim=(0, 2, 3))
+        count = max(1, self.images.numel() // self.channels)
+        mean = total / count
+        std = (squares / count - mean.square()).clamp_min(0).sqrt()
+        return tuple((mean / 255).tolist()), tuple((std / 255).tolist())
+
+    def to(self, device: torch.device | str) -> ImageDataset:
+        """The same dataset with its tensors on ``device``."""
+        return attrs.evolve(self, images=self.images.to(device), labels=self.labels.to(device))
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor"
+    return type(value).__name__
+
+
+def check_split(split: str, dataset: str) -> None:
+    """Raise :class:`DataError` unless ``split`` is one of :data:`SPLITS`."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split '{split}' for {dataset}; choose from: {', '.join(SPLITS)}")
+
+
+def data_root(root: str | Path | None, dataset: str, folder: str) -> Path:
+    """The folder to read a dataset from: ``root`` if given, else ``$SSLREG_DATA``.
+
+    Args:
+        root: a folder the user gave (``--data-root``), or ``None``.
+        dataset: the dataset's display name, for the error message.
+        folder: the subfolder the standard archive unpacks to, for the error message.
+
+    Raises:
+        DataError: neither ``root`` nor ``$SSLREG_DATA`` is set.
+    """
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get("SSLREG_DATA")
+    if env:
+        return Path(env).expanduser()
+    raise DataError(
+        f"{dataset} needs a data folder: pass --data-root PATH or set $SSLREG_DATA "
+        f"to a folder holding {folder}/"
+    )
+
+
+def find_folder(root: Path, folder: str, marker: str) -> Path | None:
+    """``root/folder`` if it holds ``marker``, else ``root`` itself if it does, else None.
+
+    Accepting both lets users point at the data folder or at the unpacked archive.
+    """
+    for candidate in (root / folder, root):
+        if (candidate / marker).is_file():
+            return candidate
+    return None

@@ -1,0 +1,125 @@
+"""The command line: listings, a real run, and one clear line for every bad input."""
+
+import pytest
+from click.testing import CliRunner
+
+from sslreg import testing
+from sslreg.cli import cli
+from sslreg.runs import RunDir
+
+TINY = ["--dataset", "synthetic", "--backbone", "resnet18-narrow", "--epochs", "1",
+        "--batch-size", "32", "--quiet", "--set", "train.train_subset=96",
+        "--set", "eval.train_subset=200", "--set", "eval.test_subset=100"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code != 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_plugins_lists_plugins_and_registrations():
+    result = run("plugins")
+    assert result.exit_code == 0
+    assert "simclr 0.1.0: method:simclr" in result.output
+    assert "sslreg.backbones 0.1.0: backbone:resnet18, backbone:resnet18-narrow" in result.output
+
+
+def test_plugins_shows_a_failing_plugin_while_others_work():
+    from sslreg import hookimpl
+
+    class Raising:
+        @hookimpl
+        def register_methods(self, register):
+            raise ValueError("bad config default")
+
+    with testing.registered(Raising(), "raising"):
+        result = run("plugins")
+        methods = run("methods")
+    assert result.exit_code == 0
+    assert "FAILED raising: register_methods raised ValueError: bad config default" in result.output
+    assert "simclr" in methods.output
+
+
+def test_plugins_hook_filter():
+    result = run("plugins", "--hook", "register_methods")
+    assert result.exit_code == 0 and {"byol", "simclr"} <= set(result.output.split())
+    assert_one_line_error(run("plugins", "--hook", "register_method"),
+                          "unknown hook 'register_method'", "register_methods")
+
+
+def test_methods_lists_paper_views_objective():
+    result = run("methods")
+    line = next(x for x in result.output.splitlines() if x.startswith("simclr"))
+    assert "Chen et al. 2020" in line and "views: simclr" in line and "objective: nt_xent" in line
+
+
+def test_pretrain_then_eval(tmp_path):
+    result = run("pretrain", "--method", "simclr", *TINY, "--set", "method.temperature=0.2",
+                 "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "linear_acc" in result.output
+    (run_dir,) = tmp_path.iterdir()
+    assert RunDir(run_dir).read_json(RunDir(run_dir).config)["method_config"] == {
+        "temperature": 0.2, "proj_hidden_dim": 2048, "proj_dim": 128}
+    RunDir(run_dir).result.unlink()
+    again = run("eval", str(run_dir))
+    assert again.exit_code == 0, again.output
+    assert "knn20_acc" in again.output and RunDir(run_dir).result.exists()
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--method", "simclar"], ["unknown method 'simclar'", "byol, simclr"]),
+    (["--method", "simclr", "--backbone", "vgg"], ["unknown backbone 'vgg'", "resnet18"]),
+    (["--method", "simclr", "--dataset", "mnist"], ["unknown dataset 'mnist'", "fashion-mnist"]),
+    (["--method", "simclr", "--set", "method.tau=1"], ["unknown key 'method.tau'"]),
+    (["--method", "simclr", "--set", "method.temperature=hot"], ["expected a number"]),
+    (["--method", "simclr", "--set", "optim.name=adam"], ["must be in"]),
+    (["--method", "simclr", "--set", "train.device=tpu"], ["train.device"]),
+])
+def test_bad_pretrain_input(tmp_path, args, fragments):
+    result = run("pretrain", *args, "--out", str(tmp_path))
+    assert_one_line_error(result, *fragments)
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSLREG_DATA", str(tmp_path / "empty"))
+    result = run("pretrain", "--method", "simclr", "--dataset", "cifar10", "--out",
+                 str(tmp_path / "runs"), "--quiet")
+    assert_one_line_error(result, "cifar10 not found", "download")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
+
+
+def test_existing_run_and_corrupt_checkpoint(tmp_path):
+    assert run("pretrain", "--method", "simclr", *TINY, "--no-eval", "--out",
+               str(tmp_path)).exit_code == 0
+    (run_dir,) = tmp_path.iterdir()
+    checkpoint = RunDir(run_dir).checkpoint
+    saved = checkpoint.read_bytes()
+    again = run("pretrain", "--method", "simclr", *TINY, "--no-eval", "--out", str(tmp_path))
+    assert_one_line_error(again, "already exists", "--resume")
+    assert checkpoint.read_bytes() == saved
+    checkpoint.write_bytes(saved[: len(saved) // 2])
+    broken = checkpoint.read_bytes()
+    resumed = run("pretrain", "--method", "simclr", *TINY, "--no-eval", "--resume",
+                  "--out", str(tmp_path))
+    assert_one_line_error(resumed, "cannot read checkpoint", "delete it to start over")
+    assert checkpoint.read_bytes() == broken
+    assert_one_line_error(run("eval", str(run_dir)), "cannot read checkpoint")
+
+
+def test_eval_of_a_folder_that_is_not_a_run(tmp_path):
+    assert_one_line_error(run("eval", str(tmp_path)), "config.json is missing")
+    assert_one_line_error(run("eval", str(tmp_path / "nope")), "is not a directory")
+
+
+def test_bench_unknown_suite():
+    assert_one_line_error(run("bench", "quik"), "unknown suite 'quik'", "quick, smoke")

@@ -1,0 +1,153 @@
+"""Optimizers, schedules, checkpoints, resume and divergence."""
+
+import math
+
+import pytest
+import torch
+
+from sslreg import CheckpointError, DivergedError, OptimConfig, RunConfig
+from sslreg.engine import pretrain
+from sslreg.engine import trainer as trainer_module
+from sslreg.engine.checkpoint import load_checkpoint, save_checkpoint
+from sslreg.engine.optim import LARS, lr_schedule, param_groups
+from sslreg.runs import RunDir
+
+TINY = ["train.epochs=2", "train.batch_size=32", "train.train_subset=128", "train.log_every=2",
+        "eval.train_subset=200", "eval.test_subset=100", "optim.warmup_epochs=0"]
+
+
+def tiny_config(registry, method="simclr", extra=()):
+    return RunConfig.build(registry, method, [*TINY, *extra], dataset="synthetic",
+                           backbone="resnet18-narrow")
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    rates = lr_schedule(OptimConfig(lr=0.4, warmup_epochs=2), batch_size=512,
+                        steps_per_epoch=10, epochs=10)
+    assert len(rates) == 100
+    assert rates[0] == pytest.approx(0.8 / 20) and rates[19] == pytest.approx(0.8)
+    assert rates.max() == pytest.approx(0.8)
+    assert rates[-1] < 1e-3 and all(rates[20:][i] >= rates[20:][i + 1] for i in range(79))
+
+
+def test_warmup_is_capped_at_half_the_run():
+    rates = lr_schedule(OptimConfig(lr=0.256, warmup_epochs=10), batch_size=256,
+                        steps_per_epoch=5, epochs=2)
+    assert rates[3] < 0.256 and rates[4] == pytest.approx(0.256) and rates[6] < 0.256
+
+
+def test_lars_scales_update_by_trust_ratio():
+    weight = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))  # norm 5
+    weight.grad = torch.tensor([[0.6, 0.8]])  # norm 1
+    optimizer = LARS([{"params": [weight], "weight_decay": 0.0, "lars": True}], lr=1.0,
+                     momentum=0.0, eta=0.01)
+    optimizer.step()
+    # trust = eta * |w| / |g| = 0.05, so w <- w - 0.05 g
+    torch.testing.assert_close(weight.data, torch.tensor([[3.0 - 0.03, 4.0 - 0.04]]))
+
+
+def test_biases_and_norms_skip_weight_decay():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    decay, no_decay = param_groups(model, 0.1)
+    assert [p.ndim for p in decay["params"]] == [2]
+    assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 3
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"epoch": 1})
+
+    def failing_save(obj, handle):
+        handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"epoch": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*delete it to start over"):
+        load_checkpoint(path)
+    save_checkpoint(path, {"config_digest": "aaa"})
+    with pytest.raises(CheckpointError, match="written for config aaa, not this run's bbb"):
+        load_checkpoint(path, expected_digest="bbb")
+
+
+def _weights(run):
+    return load_checkpoint(run.checkpoint)["model"]
+
+
+def test_interrupted_run_resumes_to_the_same_weights(registry, tmp_path, monkeypatch):
+    config = tiny_config(registry)
+    straight = pretrain(config, registry, tmp_path / "a", evaluate=False, progress=False)
+    original = trainer_module.run_epoch
+
+    def interrupt_second_epoch(trainer, epoch, writer, bar):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        original(trainer, epoch, writer, bar)
+
+    monkeypatch.setattr(trainer_module, "run_epoch", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, registry, tmp_path / "b", evaluate=False, progress=False)
+    monkeypatch.setattr(trainer_module, "run_epoch", original)
+    interrupted = RunDir.for_config(tmp_path / "b", config)
+    assert load_checkpoint(interrupted.checkpoint)["epoch"] == 1
+    resumed = pretrain(config, registry, tmp_path / "b", resume=True, evaluate=False,
+                       progress=False)
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+
+
+def test_existing_run_is_not_overwritten(registry, tmp_path):
+    config = tiny_config(registry, extra=["train.epochs=1"])
+    run = pretrain(config, registry, tmp_path, evaluate=False, progress=False)
+    before = run.checkpoint.read_bytes()
+    with pytest.raises(Exception, match="already exists; pass --resume"):
+        pretrain(config, registry, tmp_path, evaluate=False, progress=False)
+    assert run.checkpoint.read_bytes() == before
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(registry, tmp_path, monkeypatch):
+    config = tiny_config(registry)
+    original = trainer_module.train_step
+
+    def poisoned(trainer, batch, views_rng):
+        output = original(trainer, batch, views_rng)
+        if trainer.epoch == 1:
+            output = type(output)(loss=output.loss * math.nan, embeddings=output.embeddings)
+        return output
+
+    monkeypatch.setattr(trainer_module, "train_step", poisoned)
+    with pytest.raises(DivergedError, match="non-finite.*last good checkpoint \\(epoch 1\\)"):
+        pretrain(config, registry, tmp_path, evaluate=False, progress=False)
+    run = RunDir.for_config(tmp_path, config)
+    state = load_checkpoint(run.checkpoint)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert run.read_json(run.train_info)["status"] == "diverged"
+
+
+def test_run_writes_config_events_and_result(registry, tmp_path):
+    config = tiny_config(registry, "byol", ["train.epochs=1"])
+    run = pretrain(config, registry, tmp_path, progress=False)
+    assert RunConfig.from_dict(run.read_json(run.config), registry) == config
+    result = run.read_json(run.result)
+    assert set(result["metrics"]) >= {"linear_acc", "knn20_acc", "knn200_acc"}
+    assert result["checkpoint_epoch"] == 1
+    info = run.read_json(run.train_info)
+    assert info["status"] == "trained" and info["images_per_s"] > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run.tensorboard)).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/images_per_s", "monitor/rankme",
+            "monitor/embedding_std"} <= tags
