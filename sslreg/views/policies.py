@@ -1,0 +1,277 @@
+"""View policies: uint8 (B, C, H, W) batches -> lists of augmented, normalised views.
+
+A policy's options are a frozen attrs class whose defaults are the paper's, so a run can
+log them and override one with ``attrs.evolve`` through the same validators. All views of
+a call are augmented as one batch of ``num_views * B`` images (per-view probabilities
+become per-sample ones), which halves the kernel launches of a two-view policy.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import attrs
+import torch
+from attrs import field
+from torch import Tensor
+
+from sslreg.errors import ConfigError
+from sslreg.views import ops
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def _per_view(value: Any) -> Any:
+    """A single probability applies to both views; a pair gives one per view."""
+    return (value, value) if _is_number(value) else _as_tuple(value)
+
+
+def _probability(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not (_is_number(value) and 0.0 <= value <= 1.0):
+        raise ConfigError(f"option {attribute.name}={value!r} must be a probability in [0, 1]")
+
+
+def _per_view_probability(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    ok = isinstance(value, tuple) and len(value) == 2
+    if not (ok and all(_is_number(v) and 0.0 <= v <= 1.0 for v in value)):
+        raise ConfigError(
+            f"option {attribute.name}={value!r} must be a probability in [0, 1] "
+            "or a pair of them (one per view)"
+        )
+
+
+def _strength(upper: float | None) -> Any:
+    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not (_is_number(value) and value >= 0 and (upper is None or value <= upper)):
+            bound = f"in [0, {upper}]" if upper is not None else ">= 0"
+            raise ConfigError(f"option {attribute.name}={value!r} must be a number {bound}")
+
+    return check
+
+
+def _range(upper: float | None) -> Any:
+    """A (low, high) pair with 0 < low <= high (<= upper)."""
+
+    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        ok = isinstance(value, tuple) and len(value) == 2 and all(map(_is_number, value))
+        if not (ok and 0 < value[0] <= value[1] and (upper is None or value[1] <= upper)):
+            top = f" <= {upper}" if upper is not None else ""
+            raise ConfigError(
+                f"option {attribute.name}={value!r} must be a pair (low, high) "
+                f"with 0 < low <= high{top}"
+            )
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class ViewOptions:
+    """Options of a two-view policy. Probabilities named ``*_p`` are per sample; ``blur_p``
+    and ``solarize_p`` take one value for both views or a pair (view 1, view 2).
+
+    ``blur_p=None`` means 0.0 for images of at most 32 px (the SimCLR paper drops blur on
+    CIFAR-10) and 0.5 otherwise.
+    """
+
+    crop_scale: tuple[float, float] = field(
+        default=(0.08, 1.0), converter=_as_tuple, validator=_range(1.0)
+    )
+    crop_ratio: tuple[float, float] = field(
+        default=(3 / 4, 4 / 3), converter=_as_tuple, validator=_range(None)
+    )
+    flip_p: float = field(default=0.5, validator=_probability)
+    brightness: float = field(default=0.4, validator=_strength(None))
+    contrast: float = field(default=0.4, validator=_strength(None))
+    saturation: float = field(default=0.4, validator=_strength(None))
+    hue: float = field(default=0.1, validator=_strength(0.5))
+    jitter_p: float = field(default=0.8, validator=_probability)
+    grayscale_p: float = field(default=0.2, validator=_probability)
+    blur_p: tuple[float, float] | None = field(
+        default=None,
+        converter=attrs.converters.optional(_per_view),
+        validator=attrs.validators.optional(_per_view_probability),
+    )
+    blur_sigma: tuple[float, float] = field(
+        default=(0.1, 2.0), converter=_as_tuple, validator=_range(None)
+    )
+    solarize_p: tuple[float, float] = field(
+        default=(0.0, 0.0), converter=_per_view, validator=_per_view_probability
+    )
+
+
+@attrs.frozen(kw_only=True)
+class SimCLROptions(ViewOptions):
+    """SimCLR's augmentation (Chen et al. 2020, appendix A) with the CIFAR jitter strengths
+    of solo-learn and lightly: brightness = contrast = saturation = 0.4, hue = 0.1."""
+
+
+@attrs.frozen(kw_only=True)
+class BYOLOptions(ViewOptions):
+    """BYOL's asymmetric augmentation (Grill et al. 2020, table 6): view 1 is always
+    blurred and never solarized, view 2 rarely blurred and sometimes solarized."""
+
+    saturation: float = field(default=0.2, validator=_strength(None))
+    blur_p: tuple[float, float] = field(
+        default=(1.0, 0.1), converter=_per_view, validator=_per_view_probability
+    )
+    solarize_p: tuple[float, float] = field(
+        default=(0.0, 0.2), converter=_per_view, validator=_per_view_probability
+    )
+
+
+def _build_options(options_class: type, policy: str, options: dict[str, Any]) -> Any:
+    valid = sorted(attrs.fields_dict(options_class))
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown option '{unknown[0]}' for view policy {policy}; valid options: "
+            + ", ".join(valid)
+        )
+    try:
+        return options_class(**options)
+    except ConfigError as error:
+        raise ConfigError(f"view policy {policy}: {error}") from None
+
+
+def _check_statistics(name: str, values: Any, channels: int, positive: bool) -> tuple[float, ...]:
+    if not (isinstance(values, Sequence) and all(map(_is_number, values))):
+        raise ConfigError(f"{name}={values!r} must be a sequence of {channels} numbers")
+    if len(values) != channels:
+        raise ConfigError(f"{name}={values!r} has {len(values)} values for {channels} channels")
+    if positive and min(values) <= 0:
+        raise ConfigError(f"{name}={values!r} must be positive")
+    return tuple(float(v) for v in values)
+
+
+class TwoViewPolicy:
+    """Two views per image, each: random resized crop + flip, colour jitter, grayscale,
+    Gaussian blur, solarize, then normalisation with the dataset mean and std.
+
+    Subclasses choose the options class (the paper's defaults).
+    """
+
+    options_class: ClassVar[type] = ViewOptions
+    num_views: int = 2
+
+    def __init__(
+        self,
+        *,
+        channels: int,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        **options: Any,
+    ) -> None:
+        policy = type(self).__name__
+        if channels not in (1, 3):
+            raise ConfigError(f"view policy {policy}: channels={channels!r} must be 1 or 3")
+        if not (isinstance(image_size, int) and image_size >= 8):
+            raise ConfigError(
+                f"view policy {policy}: image_size={image_size!r} must be an int >= 8"
+            )
+        self.channels = channels
+        self.image_size = image_size
+        self.mean = _check_statistics("mean", mean, channels, positive=False)
+        self.std = _check_statistics("std", std, channels, positive=True)
+        self.options = _build_options(self.options_class, policy, options)
+        self.blur_p: tuple[float, float] = self.options.blur_p or _default_blur_p(image_size)
+        self._statistics: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(channels={self.channels}, image_size={self.image_size}, "
+            f"options={self.options})"
+        )
+
+    def __call__(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
+        """Augment a batch.
+
+        Args:
+            images: (B, C, H, W) uint8 images, on the same device as ``generator``.
+            generator: random generator; the same seed gives the same views.
+
+        Returns:
+            ``num_views`` float32 tensors (B, C, image_size, image_size), normalised.
+        """
+        self._check(images, generator)
+        batch = images.shape[0]
+        # Both views as one batch: every op below runs once on (2B, C, H, W).
+        x = images.repeat(self.num_views, 1, 1, 1).float().mul_(1.0 / 255.0)
+        x = self._augment(x, generator, batch)
+        mean, std = self._device_statistics(x.device)
+        return list(ops.normalize(x, mean, std).chunk(self.num_views))
+
+    def _augment(self, x: Tensor, generator: torch.Generator, batch: int) -> Tensor:
+        """(V*B, C, H, W) in [0, 1] -> (V*B, C, S, S) in [0, 1], S = image_size."""
+        o = self.options
+        x = ops.random_resized_crop(
+            x, generator, o.crop_scale, o.crop_ratio, self.image_size, flip_p=o.flip_p
+        )
+        x = ops.color_jitter(
+            x, generator, o.brightness, o.contrast, o.saturation, o.hue, o.jitter_p
+        )
+        x = ops.random_grayscale(x, generator, o.grayscale_p)
+        x = ops.gaussian_blur(x, generator, _view_probs(self.blur_p, batch, x), o.blur_sigma)
+        return ops.solarize(x, generator, _view_probs(o.solarize_p, batch, x))
+
+    def _check(self, images: Tensor, generator: torch.Generator) -> None:
+        policy = type(self).__name__
+        if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+            kind = (
+                f"{images.dtype} {images.dim()}-D tensor"
+                if isinstance(images, Tensor)
+                else type(images).__name__
+            )
+            raise ValueError(f"{policy} takes uint8 images (B, C, H, W), got a {kind}")
+        if images.shape[1] != self.channels:
+            raise ValueError(
+                f"{policy} was built for {self.channels}-channel images, got shape "
+                f"{tuple(images.shape)} with {images.shape[1]} channels"
+            )
+        if generator.device.type != images.device.type:
+            raise ValueError(
+                f"{policy}: the generator is on {generator.device} but the images are on "
+                f"{images.device}; use torch.Generator(device=images.device)"
+            )
+
+    def _device_statistics(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        # Cached per device: a fresh host-to-device copy every batch would sync the GPU.
+        if device not in self._statistics:
+            self._statistics[device] = (
+                torch.tensor(self.mean, device=device),
+                torch.tensor(self.std, device=device),
+            )
+        return self._statistics[device]
+
+
+def _default_blur_p(image_size: int) -> tuple[float, float]:
+    # The SimCLR paper drops blur on CIFAR-10: at 32 px it removes the little detail left.
+    p = 0.0 if image_size <= 32 else 0.5
+    return p, p
+
+
+def _view_probs(per_view: tuple[float, ...], batch: int, like: Tensor) -> ops.Probability:
+    """One probability per view -> a float, or a (V*B,) tensor when the views differ."""
+    if all(p == per_view[0] for p in per_view):
+        return float(per_view[0])
+    return torch.cat([torch.full((batch,), float(p), device=like.device) for p in per_view])
+
+
+class SimCLRViews(TwoViewPolicy):
+    """SimCLR's two symmetric views (Chen et al. 2020, appendix A); see :class:`SimCLROptions`."""
+
+    options_class = SimCLROptions
+
+
+class BYOLViews(TwoViewPolicy):
+    """BYOL's asymmetric pair (Grill et al. 2020, table 6); see :class:`BYOLOptions`."""
+
+    options_class = BYOLOptions

@@ -1,0 +1,293 @@
+"""Batched view policies and their ops: determinism, per-sample randomness, exact special
+cases, shapes, validation and registration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sslreg import load_registry
+from sslreg.interfaces import ViewPolicy
+from sslreg.views import BYOLViews, SimCLRViews, normalize, ops
+
+MNIST_STATS = {"mean": (0.5,), "std": (0.25,)}
+RGB_STATS = {"mean": (0.49, 0.48, 0.45), "std": (0.25, 0.24, 0.26)}
+
+
+def generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def uint8_images(batch: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, channels, size, size), generator=generator(seed)).to(
+        torch.uint8
+    )
+
+
+def float_images(batch: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, channels, size, size, generator=generator(seed))
+
+
+POLICIES = [
+    (SimCLRViews, 1, 28, MNIST_STATS),
+    (SimCLRViews, 3, 32, RGB_STATS),
+    (SimCLRViews, 3, 40, RGB_STATS),  # > 32 px: blur on
+    (BYOLViews, 1, 28, MNIST_STATS),
+    (BYOLViews, 3, 32, RGB_STATS),
+]
+
+
+@pytest.mark.parametrize(("policy_class", "channels", "size", "stats"), POLICIES)
+def test_policy_outputs_are_normalised_float_views(policy_class, channels, size, stats):
+    policy = policy_class(channels=channels, image_size=size, **stats)
+    assert isinstance(policy, ViewPolicy)
+    images = uint8_images(4, channels, size)
+    views = policy(images, generator())
+    assert len(views) == policy.num_views == 2
+    for view in views:
+        assert view.shape == (4, channels, size, size)
+        assert view.dtype == torch.float32
+        assert torch.isfinite(view).all()
+    lowest = min((0 - m) / s for m, s in zip(stats["mean"], stats["std"], strict=True))
+    highest = max((1 - m) / s for m, s in zip(stats["mean"], stats["std"], strict=True))
+    assert views[0].min() >= lowest - 1e-4 and views[0].max() <= highest + 1e-4
+
+
+def test_policy_resamples_other_input_sizes_to_image_size():
+    policy = SimCLRViews(channels=3, image_size=24, **RGB_STATS)
+    views = policy(uint8_images(4, 3, 36), generator())
+    assert all(view.shape == (4, 3, 24, 24) for view in views)
+
+
+@pytest.mark.parametrize("policy_class", [SimCLRViews, BYOLViews])
+def test_same_seed_same_views_and_other_seed_other_views(policy_class):
+    policy = policy_class(channels=3, image_size=32, **RGB_STATS)
+    images = uint8_images(4, 3, 32)
+    first = policy(images, generator(7))
+    again = policy(images, generator(7))
+    other = policy(images, generator(8))
+    for a, b in zip(first, again, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(first[0], other[0])
+    assert not torch.allclose(first[0], first[1])  # the two views differ
+
+
+def test_identical_images_in_a_batch_get_different_views():
+    policy = SimCLRViews(channels=1, image_size=28, **MNIST_STATS)
+    images = uint8_images(1, 1, 28).repeat(6, 1, 1, 1)
+    view = policy(images, generator())[0]
+    distinct = {tuple(view[i].flatten().tolist()) for i in range(6)}
+    assert len(distinct) == 6
+
+
+def test_crops_differ_per_sample():
+    x = float_images(1, 1, 16).repeat(4, 1, 1, 1)
+    crops = ops.random_resized_crop(x, generator(), scale=(0.2, 0.5))
+    for i in range(1, 4):
+        assert not torch.allclose(crops[0], crops[i])
+
+
+def test_full_square_crop_without_flip_is_identity():
+    x = float_images(5, 3, 12)
+    crop = ops.random_resized_crop(x, generator(), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    torch.testing.assert_close(crop, x, atol=1e-5, rtol=0)
+
+
+def test_forced_flip_is_a_horizontal_mirror():
+    x = float_images(5, 3, 12)
+    crop = ops.random_resized_crop(x, generator(), (1.0, 1.0), (1.0, 1.0), flip_p=1.0)
+    torch.testing.assert_close(crop, torch.flip(x, dims=[3]), atol=1e-5, rtol=0)
+
+
+def test_crop_resamples_to_out_size_for_multi_crop():
+    x = float_images(3, 3, 32)
+    local = ops.random_resized_crop(x, generator(), scale=(0.05, 0.4), out_size=12)
+    assert local.shape == (3, 3, 12, 12)
+    # A box is inside the image, so the crop stays in the image's value range.
+    assert local.min() >= 0 and local.max() <= 1
+
+
+def test_axis_aligned_grid_matches_affine_grid():
+    scale_x, shift_x, scale_y, shift_y = torch.rand(4, 6, generator=generator()) - 0.5
+    zero = torch.zeros_like(scale_x)
+    theta = torch.stack([scale_x, zero, shift_x, zero, scale_y, shift_y], 1).view(6, 2, 3)
+    expected = F.affine_grid(theta, [6, 1, 9, 7], align_corners=False)
+    grid = ops.axis_aligned_grid(scale_x, shift_x, scale_y, shift_y, (9, 7))
+    torch.testing.assert_close(grid, expected, atol=1e-6, rtol=0)
+
+
+def test_neutral_brightness_contrast_saturation_and_hue_are_identity():
+    x = float_images(4, 3, 10)
+    ones, zeros = torch.ones(4), torch.zeros(4)
+    assert torch.equal(ops.adjust_brightness(x, ones), x)
+    assert torch.equal(ops.adjust_contrast(x, ones), x)
+    assert torch.equal(ops.adjust_saturation(x, ones), x)
+    torch.testing.assert_close(ops.adjust_hue(x, zeros), x, atol=1e-5, rtol=0)
+
+
+def test_adjustments_apply_only_where_the_mask_is_on():
+    x = float_images(4, 3, 10)
+    mask = torch.tensor([True, False, True, False])
+    for adjust, factor in [
+        (ops.adjust_brightness, torch.full((4,), 1.5)),
+        (ops.adjust_contrast, torch.full((4,), 0.5)),
+        (ops.adjust_saturation, torch.full((4,), 0.3)),
+        (ops.adjust_hue, torch.full((4,), 0.25)),
+    ]:
+        out = adjust(x, factor, mask)
+        assert torch.equal(out[~mask], x[~mask]), adjust.__name__
+        assert not torch.allclose(out[mask], x[mask]), adjust.__name__
+
+
+def test_adjustments_match_their_definitions():
+    x = float_images(3, 3, 8)
+    half = torch.full((3,), 0.5)
+    torch.testing.assert_close(ops.adjust_brightness(x, half), x * 0.5)
+    grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    mean = grey.mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(ops.adjust_contrast(x, half), 0.5 * x + 0.5 * mean)
+    torch.testing.assert_close(ops.adjust_saturation(x, torch.zeros(3)), grey.expand_as(x))
+
+
+def test_hue_rotation_keeps_grey_and_a_full_turn_is_identity():
+    grey = float_images(2, 1, 6).repeat(1, 3, 1, 1)
+    torch.testing.assert_close(ops.adjust_hue(grey, torch.full((2,), 0.3)), grey, atol=1e-5, rtol=0)
+    x = float_images(2, 3, 6) * 0.5 + 0.25  # away from the clamp
+    turned = ops.adjust_hue(ops.adjust_hue(x, torch.full((2,), 0.5)), torch.full((2,), 0.5))
+    torch.testing.assert_close(turned, x, atol=1e-4, rtol=0)
+
+
+def test_color_jitter_skips_colour_ops_on_one_channel_and_respects_p():
+    x = float_images(8, 1, 10)
+    assert torch.equal(ops.color_jitter(x, generator(), p=0.0), x)
+    # Only brightness and contrast on one channel: a grey image stays one channel.
+    assert ops.color_jitter(x, generator(), p=1.0).shape == x.shape
+    jittered = ops.color_jitter(float_images(8, 3, 10), generator(), p=1.0)
+    assert jittered.min() >= 0 and jittered.max() <= 1
+
+
+def test_solarize_matches_the_formula():
+    x = float_images(4, 3, 8)
+    expected = torch.where(x >= 0.5, 1 - x, x)
+    torch.testing.assert_close(ops.solarize(x, generator(), p=1.0), expected, rtol=0, atol=0)
+    assert torch.equal(ops.solarize(x, generator(), p=0.0), x)
+
+
+def test_per_sample_probability_tensor_selects_samples():
+    x = float_images(4, 1, 8)
+    p = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    out = ops.solarize(x, generator(), p)
+    assert torch.equal(out[1::2], x[1::2])
+    assert torch.equal(out[0::2], torch.where(x[0::2] >= 0.5, 1 - x[0::2], x[0::2]))
+
+
+def test_grayscale_output_has_equal_channels():
+    x = float_images(4, 3, 8)
+    grey = ops.random_grayscale(x, generator(), p=1.0)
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
+    one_channel = float_images(4, 1, 8)
+    assert torch.equal(ops.random_grayscale(one_channel, generator(), p=1.0), one_channel)
+
+
+def test_blur_keeps_a_constant_image_and_smooths_noise():
+    constant = torch.full((3, 3, 20, 20), 0.3)
+    blurred = ops.gaussian_blur(constant, generator(), p=1.0)
+    torch.testing.assert_close(blurred, constant, atol=1e-6, rtol=0)
+    noise = float_images(3, 3, 20)
+    smoothed = ops.gaussian_blur(noise, generator(), p=1.0, sigma=(1.0, 2.0), kernel_size=5)
+    assert smoothed.var() < 0.5 * noise.var()
+    assert torch.equal(ops.gaussian_blur(noise, generator(), p=0.0), noise)
+
+
+def test_blur_kernel_size_follows_simclr():
+    assert ops.default_kernel_size(28) == 3
+    assert ops.default_kernel_size(96) == 9
+    assert ops.default_kernel_size(224) == 23
+    with pytest.raises(ValueError, match="odd"):
+        ops.gaussian_blur(float_images(1, 1, 8), generator(), 1.0, kernel_size=4)
+
+
+def test_random_order_follows_the_generator():
+    first = generator(3)
+    torch.rand(1, generator=first)
+    again = generator(3)
+    torch.rand(1, generator=again)
+    assert ops.random_order(6, first) == ops.random_order(6, again)
+    assert sorted(ops.random_order(6, first)) == list(range(6))
+
+
+def test_normalize_matches_reference_for_uint8_and_float():
+    images = uint8_images(2, 3, 5)
+    mean, std = RGB_STATS["mean"], RGB_STATS["std"]
+    expected = (images.float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(
+        3, 1, 1
+    )
+    torch.testing.assert_close(normalize(images, mean, std), expected)
+    torch.testing.assert_close(normalize(images.float() / 255, mean, std), expected)
+    with pytest.raises(ValueError, match="3-channel"):
+        normalize(images, (0.5,), (0.2,))
+
+
+def test_byol_views_are_asymmetric():
+    # View 1 is always blurred, view 2 never here: a flat-cropped constant stays equal.
+    policy = BYOLViews(
+        channels=1, image_size=16, blur_p=(1.0, 0.0), solarize_p=(0.0, 1.0), **MNIST_STATS
+    )
+    images = torch.full((4, 1, 16, 16), 255, dtype=torch.uint8)
+    first, second = policy(images, generator())
+    assert (first > second).all()  # view 2 solarized a bright image to dark
+
+
+def test_options_have_paper_defaults_and_overrides():
+    simclr = SimCLRViews(channels=3, image_size=32, **RGB_STATS)
+    assert simclr.options.saturation == 0.4 and simclr.blur_p == (0.0, 0.0)
+    assert SimCLRViews(channels=3, image_size=96, **RGB_STATS).blur_p == (0.5, 0.5)
+    byol = BYOLViews(channels=3, image_size=32, **RGB_STATS)
+    assert byol.blur_p == (1.0, 0.1) and byol.options.solarize_p == (0.0, 0.2)
+    assert byol.options.saturation == 0.2
+    assert BYOLViews(channels=1, image_size=28, blur_p=0.0, **MNIST_STATS).blur_p == (0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"colour": 0.4}, "unknown option 'colour'.*valid options: blur_p"),
+        ({"crop_scale": (0.0, 1.0)}, r"crop_scale=\(0.0, 1.0\) must be a pair"),
+        ({"crop_scale": (0.5, 1.5)}, "crop_scale"),
+        ({"flip_p": 1.5}, "flip_p=1.5 must be a probability"),
+        ({"hue": 0.7}, r"hue=0.7 must be a number in \[0, 0.5\]"),
+        ({"blur_p": (0.5, 0.5, 0.5)}, "blur_p"),
+        ({"mean": (0.5, 0.5)}, "2 values for 1 channels"),
+        ({"std": (0.0,)}, "must be positive"),
+        ({"channels": 2}, "channels=2 must be 1 or 3"),
+    ],
+)
+def test_bad_options_raise_a_one_line_value_error(options, message):
+    arguments = {"channels": 1, "image_size": 28, **MNIST_STATS, **options}
+    with pytest.raises(ValueError, match=message) as error:
+        SimCLRViews(**arguments)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (torch.rand(2, 1, 28, 28), "uint8 images .* got a torch.float32 4-D tensor"),
+        (torch.zeros(1, 28, 28, dtype=torch.uint8), "3-D tensor"),
+        (torch.zeros(2, 3, 28, 28, dtype=torch.uint8), "1-channel images.*3 channels"),
+    ],
+)
+def test_bad_images_raise_value_error(images, message):
+    policy = SimCLRViews(channels=1, image_size=28, **MNIST_STATS)
+    with pytest.raises(ValueError, match=message):
+        policy(images, generator())
+
+
+def test_registry_builds_the_builtin_policies():
+    registry = load_registry()
+    assert {"simclr", "byol"} <= set(registry.views.names())
+    policy = registry.views.create("simclr", channels=1, image_size=28, mean=(0.5,), std=(0.25,))
+    views = policy(uint8_images(4, 1, 28), generator())
+    assert [view.shape for view in views] == [(4, 1, 28, 28)] * 2
+    assert registry.views.get("byol").plugin == "sslreg.views"
