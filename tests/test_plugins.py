@@ -242,3 +242,16 @@ def test_a_plugin_can_add_every_kind(registry):
     assert ("methods", "simclr-copy") in info.registered and len(info.hooks) == 7
     assert not extended.failures
     assert extended.objectives.create("zero")(1, 2) == 0.0
+
+
+def test_every_hook_signature_is_documented():
+    """CONTRIBUTING.md cannot drift from hookspecs.py."""
+    import pathlib
+
+    guide = (pathlib.Path(__file__).parents[1] / "CONTRIBUTING.md").read_text()
+    from sslreg.plugins import pm
+
+    for name in (n for n in dir(hookspecs) if n.startswith("register_")):
+        caller = getattr(pm.hook, name)
+        signature = f"{name}({', '.join(caller.spec.argnames)})"
+        assert f"`{signature}`" in guide, signature
