@@ -72,7 +72,6 @@ class EvalConfig:
     knn_temperature: tuple[float, ...] = field(
         default=(0.07, 0.1), converter=tuple, validator=_same_length_as_k
     )
-    linear_epochs: int = field(default=100, validator=[instance_of(int), ge(1), le(10_000)])
 
 
 SECTIONS = ("train", "optim", "eval", "method")

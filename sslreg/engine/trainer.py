@@ -237,6 +237,3 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
     generator.manual_seed(seed % (2**63))
     return generator
 
-
-def is_finite_number(value: float) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
