@@ -11,11 +11,12 @@ import hashlib
 import json
 import types
 import typing
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import attrs
 from attrs import field
-from attrs.validators import ge, gt, in_, instance_of, le, lt
+from attrs.validators import ge, gt, in_, instance_of, lt
 
 from sslreg.errors import ConfigError
 
@@ -194,7 +195,8 @@ def _evolve(target: Any, section: str, changes: dict[str, Any]) -> Any:
     try:
         return attrs.evolve(target, **changes)
     except (TypeError, ValueError) as error:
-        where = ", ".join(f"{section + '.' if section else ''}{k}={v!r}" for k, v in changes.items())
+        prefix = f"{section}." if section else ""
+        where = ", ".join(f"{prefix}{k}={v!r}" for k, v in changes.items())
         raise ConfigError(f"bad value {where}: {_first_line(error)}") from None
 
 

@@ -4,7 +4,8 @@ its spec, so specs can grow without breaking plugins."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

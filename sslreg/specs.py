@@ -7,7 +7,8 @@ builds the thing. The registry fills in ``plugin`` (who registered it).
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from attrs import field

@@ -13,10 +13,10 @@ from sslreg import (
     PluginError,
     UnknownNameError,
     hookimpl,
+    hookspecs,
     load_registry,
     testing,
 )
-from sslreg import hookspecs
 from sslreg.registry import Catalog
 
 
@@ -44,7 +44,8 @@ def test_catalog_refuses_duplicate_naming_both_plugins():
 
 
 def test_unknown_name_lists_choices(registry):
-    with pytest.raises(UnknownNameError, match="unknown backbone 'resnet99'; choose from: .*resnet18"):
+    expected = "unknown backbone 'resnet99'; choose from: .*resnet18"
+    with pytest.raises(UnknownNameError, match=expected):
         registry.backbones.get("resnet99")
 
 

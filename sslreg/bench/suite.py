@@ -6,7 +6,6 @@ import fnmatch
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import attrs
 from attrs import field

@@ -14,7 +14,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"bad value train.device={name!r}: use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(
+            f"bad value train.device={name!r}: use auto, cpu, cuda or cuda:N"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=cpu")
     return device

@@ -4,7 +4,6 @@ monitors and logging every N steps, an atomic checkpoint per epoch, and resume."
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from typing import Any
 
@@ -212,7 +211,9 @@ def write_train_info(trainer: Trainer, *, status: str) -> dict[str, Any]:
         "epochs": trainer.config.train.epochs,
         "steps": trainer.step,
         "wall_time_s": round(trainer.elapsed, 2),
-        "images_per_s": round(trainer.images_seen / trainer.elapsed, 1) if trainer.elapsed else None,
+        "images_per_s": (
+            round(trainer.images_seen / trainer.elapsed, 1) if trainer.elapsed else None
+        ),
         "device": device_name(trainer.device),
         "peak_memory_mb": _peak_memory_mb(trainer.device),
     }

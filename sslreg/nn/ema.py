@@ -27,7 +27,7 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     target_params = list(target.parameters())
     online_params = list(online.parameters())
     torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
-    for target_buffer, online_buffer in zip(target.buffers(), online.buffers()):
+    for target_buffer, online_buffer in zip(target.buffers(), online.buffers(), strict=True):
         target_buffer.copy_(online_buffer)
 
 

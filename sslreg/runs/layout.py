@@ -43,9 +43,13 @@ class RunDir:
         try:
             return json.loads(path.read_text())
         except FileNotFoundError:
-            raise SslregError(f"{path} is missing: is {self.path} an sslreg run directory?") from None
+            raise SslregError(
+                f"{path} is missing: is {self.path} an sslreg run directory?"
+            ) from None
         except json.JSONDecodeError as error:
-            raise SslregError(f"{path} is not valid JSON ({error.msg}); the run is damaged") from None
+            raise SslregError(
+                f"{path} is not valid JSON ({error.msg}); the run is damaged"
+            ) from None
 
     def load_config(self, registry: Any) -> RunConfig:
         return RunConfig.from_dict(self.read_json(self.config), registry)

@@ -7,7 +7,7 @@ NeurIPS 2020. https://arxiv.org/abs/2006.07733
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 import torch

@@ -44,7 +44,7 @@ def test_target_gets_no_gradient_and_follows_online():
             p.add_(0.1)
     method.on_step_end(progress=0.0)  # momentum stays at the base value at progress 0
     after = list(method.target_backbone.parameters())
-    moved = [not torch.equal(a, b) for a, b in zip(after, before)]
+    moved = [not torch.equal(a, b) for a, b in zip(after, before, strict=True)]
     assert all(moved)
 
 

@@ -6,7 +6,7 @@ Representations." ICML 2020. https://arxiv.org/abs/2002.05709
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 import torch

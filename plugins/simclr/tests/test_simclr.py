@@ -1,8 +1,8 @@
 import pytest
 import torch
+from sslreg_simclr import SimCLR, SimCLRConfig
 
 from sslreg import ConfigError, RunConfig, load_registry, testing
-from sslreg_simclr import SimCLR, SimCLRConfig
 
 
 def test_conformance():
