@@ -1,9 +1,9 @@
-"""Seed noise of the learning test's budget: SimCLR vs a random-init backbone.
+"""Seed noise at the learning tests' budget: a method vs a random-init backbone.
 
-Prints kNN (k=20) and linear accuracy for several seeds of both, so the margin that
-tests/test_learning.py asserts can be checked against the spread between seeds.
+Prints kNN (k=20) and linear accuracy of several seeds of both, so the margin a
+learning test asserts can be set against the spread between seeds:
 
-    .venv/bin/python benchmarks/learning_margin.py --seeds 0 1 2
+    .venv/bin/python benchmarks/learning_margin.py --method simclr --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -12,35 +12,28 @@ import argparse
 import statistics
 import tempfile
 
-from sslreg import RunConfig
-from sslreg.engine import floors, pretrain
-from sslreg.plugins import load_registry
-
-# Keep in step with tests/test_learning.py.
-BUDGET = ["train.epochs=2", "train.batch_size=256", "train.train_subset=6000",
-          "optim.warmup_epochs=0", "eval.train_subset=5000", "eval.test_subset=2000"]
+from sslreg import testing
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="simclr")
+    parser.add_argument("--backbone", default=testing.TINY_BACKBONE)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="extra KEY=VALUE after sslreg.testing.LEARNING_BUDGET")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
-    registry = load_registry()
-    trained, random_init = [], []
+    rows = {args.method: [], "random init": []}
     with tempfile.TemporaryDirectory() as out:
         for seed in args.seeds:
-            config = RunConfig.build(registry, args.method, [*BUDGET, f"train.seed={seed}"],
-                                     dataset="fashion-mnist", backbone="resnet18-narrow")
-            run = pretrain(config, registry, out, progress=False)
-            metrics = run.read_json(run.result)["metrics"]
-            floor = floors(config, registry, out)["random init"]
-            trained.append(metrics["knn20_acc"])
-            random_init.append(floor["knn20_acc"])
-            print(f"seed {seed}: {args.method} kNN20 {metrics['knn20_acc']:.4f} "
-                  f"linear {metrics['linear_acc']:.4f} | random init kNN20 "
-                  f"{floor['knn20_acc']:.4f} linear {floor['linear_acc']:.4f}", flush=True)
-    for name, values in ((args.method, trained), ("random init", random_init)):
+            trained, floor = testing.learning_run(args.method, out, tuple(args.overrides),
+                                                  seed=seed, backbone=args.backbone)
+            rows[args.method].append(trained["knn20_acc"])
+            rows["random init"].append(floor["knn20_acc"])
+            print(f"seed {seed}: {args.method} kNN20 {trained['knn20_acc']:.4f} linear "
+                  f"{trained['linear_acc']:.4f} | random init kNN20 {floor['knn20_acc']:.4f} "
+                  f"linear {floor['linear_acc']:.4f}", flush=True)
+    for name, values in rows.items():
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         print(f"{name}: kNN20 mean {statistics.mean(values):.4f} std {spread:.4f} "
               f"min {min(values):.4f} max {max(values):.4f}")

@@ -112,6 +112,31 @@ def check_method(name: str) -> None:
     check_deterministic(name)
 
 
+# A short CPU budget on real data for "does it learn" tests (tests/test_learning.py
+# and plugins' own); benchmarks/learning_margin.py measures its seed noise.
+LEARNING_BUDGET = ("train.epochs=2", "train.batch_size=256", "train.train_subset=6000",
+                   "optim.warmup_epochs=0", "eval.train_subset=5000", "eval.test_subset=2000")
+
+
+def learning_run(method: str, out: Any, overrides: tuple[str, ...] = (), *, seed: int = 0,
+                 dataset: str = "fashion-mnist", backbone: str = TINY_BACKBONE,
+                 registry: Any = None) -> tuple[dict[str, float], dict[str, float]]:
+    """Pretrain ``method`` on ``LEARNING_BUDGET`` (then ``overrides``) and evaluate it.
+
+    Returns the trained run's metrics and the random-init floor's, scored on the very
+    same evaluation images; a method that learns beats the floor by a clear margin.
+    """
+    from sslreg.engine import floors, pretrain
+
+    registry = registry or load_registry()
+    config = RunConfig.build(registry, method, [*LEARNING_BUDGET, *overrides,
+                                                f"train.seed={seed}"],
+                             dataset=dataset, backbone=backbone)
+    run = pretrain(config, registry, out, progress=False)
+    trained = run.read_json(run.result)["metrics"]
+    return trained, floors(config, registry, out)["random init"]
+
+
 @contextlib.contextmanager
 def registered(plugin: object, name: str) -> Iterator[None]:
     """Register a plugin object (a module or a class with hookimpls) for a test."""

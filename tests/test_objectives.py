@@ -366,3 +366,14 @@ def test_info_nce_refuses_a_queue_of_the_wrong_width():
         InfoNCELoss()(_randn(2, 4), _randn(2, 4), _randn(5, 3))
     # With a queue, a single query is fine: the queue holds the negatives.
     assert torch.isfinite(InfoNCELoss()(_randn(1, 4), _randn(1, 4), _randn(5, 4)))
+
+
+def test_infonce_bound_is_log_k_minus_loss():
+    from sslreg.objectives import infonce_bound
+
+    loss = torch.tensor(1.0, requires_grad=True)
+    bound = infonce_bound(loss, num_candidates=8)
+    assert bound.item() == pytest.approx(math.log(8) - 1.0)
+    assert not bound.requires_grad
+    with pytest.raises(ValueError, match="at least 2"):
+        infonce_bound(loss, num_candidates=1)

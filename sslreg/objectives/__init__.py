@@ -7,6 +7,7 @@ from typing import Any
 
 from sslreg.hookspecs import hookimpl
 from sslreg.objectives.barlow_twins import BarlowTwinsLoss
+from sslreg.objectives.bounds import infonce_bound
 from sslreg.objectives.clip import CLIPLoss
 from sslreg.objectives.info_nce import InfoNCELoss
 from sslreg.objectives.negative_cosine import NegativeCosineLoss
@@ -21,6 +22,7 @@ __all__ = [
     "NTXentLoss",
     "NegativeCosineLoss",
     "VICRegLoss",
+    "infonce_bound",
     "register_objectives",
 ]
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from sslreg import Method, MethodSpec, StepOutput, hookimpl
 from sslreg.nn import mlp
-from sslreg.objectives import NTXentLoss
+from sslreg.objectives import NTXentLoss, infonce_bound
 
 PAPER = "Chen et al. 2020, A Simple Framework for Contrastive Learning (SimCLR)"
 
@@ -42,7 +42,10 @@ class SimCLR(Method):
         # One pass over both views: batch norm sees all 2N images, as in the paper.
         z = self.projector(self.backbone(torch.cat(views[:2])))  # (2N, proj_dim)
         z1, z2 = z.chunk(2)
-        return StepOutput(loss=self.criterion(z1, z2), embeddings=z1.detach())
+        loss = self.criterion(z1, z2)
+        # Each anchor is scored against its positive and 2N-2 negatives.
+        bound = infonce_bound(loss, num_candidates=2 * len(z1) - 1)
+        return StepOutput(loss=loss, embeddings=z1.detach(), metrics={"infonce_bound": bound})
 
 
 @hookimpl
