@@ -12,7 +12,7 @@ from sslreg.errors import (
     UnknownNameError,
 )
 from sslreg.hookspecs import hookimpl
-from sslreg.interfaces import Method, Monitor, StepOutput, ViewPolicy
+from sslreg.interfaces import Method, Monitor, RunContext, StepOutput, ViewPolicy
 from sslreg.plugins import load_registry
 from sslreg.specs import (
     BackboneSpec,
@@ -42,6 +42,7 @@ __all__ = [
     "OptimConfig",
     "PluginError",
     "RunConfig",
+    "RunContext",
     "SslregError",
     "StepOutput",
     "TrainConfig",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 import torch
@@ -24,6 +24,26 @@ class StepOutput:
     metrics: dict[str, Tensor] = attrs.field(factory=dict)
 
 
+@attrs.frozen(kw_only=True)
+class RunContext:
+    """What a method may need to know about its run beyond its own config.
+
+    Given to :meth:`Method.setup` right after construction, in training and in
+    evaluation alike, so schedules measured in epochs (teacher-temperature warm-up,
+    frozen prototypes) and class-name captions are built the same way both times.
+    """
+
+    epochs: int = 1
+    steps_per_epoch: int = 1
+    channels: int = 1
+    image_size: int = 28
+    class_names: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
 class Method(nn.Module, abc.ABC):
     """Base class of every SSL method.
 
@@ -31,12 +51,22 @@ class Method(nn.Module, abc.ABC):
     whatever heads and target networks it needs. Subclasses implement
     :meth:`training_step`; methods with an EMA target or a queue also override
     :meth:`on_step_end`.
+
+    A method with ``uses_labels = True`` (e.g. image-text contrast, whose captions are
+    built from class names) is called as ``training_step(views, labels=labels)``.
     """
+
+    uses_labels: ClassVar[bool] = False
 
     def __init__(self, config: Any, backbone: nn.Module) -> None:
         super().__init__()
         self.config = config
         self.backbone = backbone
+        self.context = RunContext()
+
+    def setup(self, context: RunContext) -> None:
+        """Receive the run's context; called once, after ``__init__``."""
+        self.context = context
 
     @abc.abstractmethod
     def training_step(self, views: list[Tensor]) -> StepOutput:
@@ -49,6 +79,19 @@ class Method(nn.Module, abc.ABC):
     def features(self, images: Tensor) -> Tensor:
         """Frozen features for evaluation: (B, C, H, W) -> (B, D)."""
         return self.backbone(images)
+
+    @torch.no_grad()
+    def extra_evaluation(self, images: Tensor, labels: Tensor) -> dict[str, float]:
+        """Method-specific test metrics (e.g. zero-shot accuracy) on the whole normalised
+        test split (batch it as needed); merged into ``result.json`` beside the linear
+        probe and kNN."""
+        return {}
+
+    @torch.no_grad()
+    def visualize(self, images: Tensor) -> dict[str, Tensor]:
+        """Pictures for TensorBoard from a few fixed normalised test images, logged
+        once per epoch: ``{tag: (N, C, H, W) floats in [0, 1]}``."""
+        return {}
 
 
 @runtime_checkable

@@ -37,7 +37,9 @@ class MethodSpec:
     ``factory(config, backbone)`` returns a :class:`sslreg.interfaces.Method`; ``config``
     is an instance of ``config_class`` (an attrs class whose defaults are the paper's).
     ``optim`` holds the method's recommended optimizer settings as ``{field: value}``
-    over :class:`sslreg.config.OptimConfig`.
+    over :class:`sslreg.config.OptimConfig`. ``view_options(config)``, if given, maps the
+    method's config to options for its default view policy (e.g. the number of local
+    crops), so ``--set method.*`` can shape the views.
     """
 
     name: str = field(validator=_valid_name)
@@ -48,6 +50,8 @@ class MethodSpec:
     objective: str = field(validator=instance_of(str))
     description: str = field(default="", validator=instance_of(str))
     optim: dict[str, Any] = field(factory=dict, converter=dict)
+    view_options: Callable[[Any], dict[str, Any]] | None = field(
+        default=None, validator=optional(is_callable()))
     plugin: str | None = field(default=None, validator=optional(instance_of(str)))
 
 

@@ -22,10 +22,11 @@ from typing import Any
 import torch
 
 from sslreg.config import RunConfig
-from sslreg.interfaces import Method, StepOutput
+from sslreg.interfaces import Method, RunContext, StepOutput
 from sslreg.plugins import load_registry, pm
 
 TINY_BACKBONE = "resnet18-narrow"
+CLASS_NAMES = ("cat", "dog", "bird", "fish")
 
 
 def method_names() -> list[str]:
@@ -49,10 +50,18 @@ def build(name: str, *, channels: int = 1, size: int = 28, seed: int = 0,
     method = registry.methods.get(name).factory(config.method_config, net)
     assert isinstance(method, Method), f"{name}'s factory must return an sslreg.Method"
     assert hasattr(method.backbone, "output_dim"), "the backbone needs an output_dim"
+    method.setup(RunContext(epochs=2, steps_per_epoch=4, channels=channels, image_size=size,
+                            class_names=CLASS_NAMES))
+    spec = registry.methods.get(name)
+    options = spec.view_options(config.method_config) if spec.view_options else {}
     policy = registry.views.create(config.views_name(registry), channels=channels,
                                    image_size=size, mean=(0.5,) * channels,
-                                   std=(0.25,) * channels)
+                                   std=(0.25,) * channels, **options)
     return method, policy
+
+
+def tiny_labels(batch: int = 8) -> torch.Tensor:
+    return torch.arange(batch) % len(CLASS_NAMES)
 
 
 def step(method: Method, policy: Any, images: torch.Tensor, seed: int = 0) -> StepOutput:
@@ -60,7 +69,10 @@ def step(method: Method, policy: Any, images: torch.Tensor, seed: int = 0) -> St
     views = policy(images, torch.Generator().manual_seed(seed))
     assert len(views) == policy.num_views, "the policy returned the wrong number of views"
     method.train()
-    output = method.training_step(views)
+    if method.uses_labels:
+        output = method.training_step(views, labels=tiny_labels(len(images)))
+    else:
+        output = method.training_step(views)
     assert isinstance(output, StepOutput), "training_step must return sslreg.StepOutput"
     return output
 

@@ -120,8 +120,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(registry, tmp_path
     config = tiny_config(registry)
     original = trainer_module.train_step
 
-    def poisoned(trainer, batch, views_rng):
-        output = original(trainer, batch, views_rng)
+    def poisoned(trainer, batch, labels, views_rng):
+        output = original(trainer, batch, labels, views_rng)
         if trainer.epoch == 1:
             output = type(output)(loss=output.loss * math.nan, embeddings=output.embeddings)
         return output

@@ -17,6 +17,7 @@ from sslreg.engine.trainer import build_method, load_split
 from sslreg.evaluation import evaluate_features, extract_features, pixel_features
 from sslreg.interfaces import Method
 from sslreg.runs import RunDir, write_json
+from sslreg.views import normalize
 
 # Evaluation subsets are drawn with one fixed seed so every method and seed of a
 # comparison is scored on the very same images.
@@ -55,13 +56,16 @@ def evaluate_run(run: RunDir, registry: Any, method: Method | None = None) -> di
     config = run.load_config(registry)
     started = time.perf_counter()
     train, test = eval_splits(config, registry)
-    stats = load_split(config, registry, "train").channel_stats()
+    full_train = load_split(config, registry, "train")
+    stats = full_train.channel_stats()
     state = load_checkpoint(run.checkpoint, expected_digest=config.digest())
     if method is None:
-        method = build_method(config, registry, train.channels, train.images.shape[-1])
+        method = build_method(config, registry, full_train)
         method.load_state_dict(state["model"])
-    method = method.to(resolve_device(config.train.device))
+    device = resolve_device(config.train.device)
+    method = method.to(device).eval()
     metrics = score(method.features, config, train, test, stats)
+    metrics.update(extra_metrics(method, config, test, stats, device))
     result = {
         "metrics": metrics,
         "checkpoint_epoch": state["epoch"],
@@ -71,6 +75,17 @@ def evaluate_run(run: RunDir, registry: Any, method: Method | None = None) -> di
     }
     write_json(run.result, result)
     return result
+
+
+def extra_metrics(method: Method, config: RunConfig, test: ImageDataset, stats: tuple,
+                  device: torch.device) -> dict[str, float]:
+    """The method's own test metrics (e.g. zero-shot accuracy) on the test split."""
+    if type(method).extra_evaluation is Method.extra_evaluation:
+        return {}
+    mean, std = stats
+    images = normalize(test.images.to(device).float().div_(255), mean, std)
+    return {name: float(value)
+            for name, value in method.extra_evaluation(images, test.labels.to(device)).items()}
 
 
 def floors(config: RunConfig, registry: Any, out: Path) -> dict[str, dict[str, float]]:

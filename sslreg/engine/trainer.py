@@ -18,8 +18,9 @@ from sslreg.engine.checkpoint import load_checkpoint, save_checkpoint
 from sslreg.engine.device import device_name, resolve_device, use_bf16
 from sslreg.engine.optim import build_optimizer, lr_schedule
 from sslreg.errors import DivergedError, SslregError
-from sslreg.interfaces import Method
+from sslreg.interfaces import Method, RunContext
 from sslreg.runs import RunDir, write_json
+from sslreg.views import normalize
 
 
 @attrs.define
@@ -32,6 +33,7 @@ class Trainer:
     policy: Any
     monitors: list[Any]
     images: torch.Tensor  # uint8 (N, C, H, W) on the device
+    labels: torch.Tensor  # (N,) on the device; only methods with uses_labels see them
     optimizer: torch.optim.Optimizer
     schedule: torch.Tensor  # (epochs * steps_per_epoch,) learning rates
     device: torch.device
@@ -41,12 +43,37 @@ class Trainer:
     step: int = 0
     elapsed: float = 0.0  # training seconds over all sessions of this run
     images_seen: int = 0
+    preview: torch.Tensor | None = None  # normalised test images for Method.visualize
 
 
-def build_method(config: RunConfig, registry: Any, channels: int, image_size: int) -> Method:
+# How many fixed test images Method.visualize receives each epoch.
+PREVIEW_IMAGES = 8
+
+
+def build_method(config: RunConfig, registry: Any, full_train: ImageDataset) -> Method:
+    """The method with a fresh backbone, set up with the run's context."""
+    channels, image_size = full_train.channels, full_train.images.shape[-1]
     backbone = registry.backbones.create(
         config.backbone, in_channels=channels, image_size=image_size)
-    return registry.methods.get(config.method).factory(config.method_config, backbone)
+    method = registry.methods.get(config.method).factory(config.method_config, backbone)
+    train_size = len(full_train.subset(config.train.train_subset, seed=config.train.seed))
+    method.setup(RunContext(
+        epochs=config.train.epochs, steps_per_epoch=train_size // config.train.batch_size,
+        channels=channels, image_size=image_size, class_names=full_train.classes))
+    return method
+
+
+def build_policy(config: RunConfig, registry: Any, data: ImageDataset,
+                 stats: tuple[tuple[float, ...], tuple[float, ...]]) -> Any:
+    """The run's view policy; the method's view options apply to its default policy."""
+    name = config.views_name(registry)
+    spec = registry.methods.get(config.method)
+    options = (spec.view_options(config.method_config)
+               if spec.view_options is not None and name == spec.views else {})
+    mean, std = stats
+    return registry.views.create(name, channels=data.channels,
+                                 image_size=data.images.shape[-1], mean=mean, std=std,
+                                 **options)
 
 
 def load_split(config: RunConfig, registry: Any, split: str) -> ImageDataset:
@@ -65,20 +92,30 @@ def build_trainer(config: RunConfig, registry: Any, run: RunDir,
     if steps_per_epoch == 0:
         raise SslregError(f"train.batch_size={config.train.batch_size} is larger than the "
                           f"{len(data)} training images; lower it")
-    method = build_method(config, registry, data.channels, data.images.shape[-1]).to(device)
+    method = build_method(config, registry, full).to(device)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
-    policy = registry.views.create(config.views_name(registry), channels=data.channels,
-                                   image_size=data.images.shape[-1], mean=mean, std=std)
+    policy = build_policy(config, registry, data, (mean, std))
     return Trainer(
         config=config, run=run, method=method, policy=policy,
         monitors=[registry.monitors.create(name) for name in registry.monitors.names()],
-        images=data.images.to(device), device=device,
+        images=data.images.to(device), labels=data.labels.to(device), device=device,
+        preview=preview_images(config, registry, method, (mean, std), device),
         optimizer=build_optimizer(method, config.optim, device),
         schedule=lr_schedule(config.optim, config.train.batch_size, steps_per_epoch,
                              config.train.epochs).tolist(),
         bf16=use_bf16(config.train.precision, device), steps_per_epoch=steps_per_epoch,
     )
+
+
+def preview_images(config: RunConfig, registry: Any, method: Method, stats: tuple,
+                   device: torch.device) -> torch.Tensor | None:
+    """The first test images, normalised, when the method draws pictures of them."""
+    if type(method).visualize is Method.visualize:
+        return None
+    test = load_split(config, registry, "test")
+    images = test.images[:PREVIEW_IMAGES].to(device).float().div_(255)
+    return normalize(images, *stats)
 
 
 def restore(trainer: Trainer) -> None:
@@ -119,6 +156,7 @@ def fit(trainer: Trainer, writer: SummaryWriter, *, progress: bool = True) -> di
             run_epoch(trainer, epoch, writer, bar)
         trainer.elapsed += time.perf_counter() - started
         trainer.epoch = epoch + 1
+        log_pictures(trainer, writer)
         checkpoint(trainer)
         write_train_info(trainer, status="running" if trainer.epoch < epochs else "trained")
     return write_train_info(trainer, status="trained")
@@ -134,12 +172,12 @@ def run_epoch(trainer: Trainer, epoch: int, writer: SummaryWriter, bar: tqdm) ->
     window_start, window_images = time.perf_counter(), 0
     trainer.method.train()
     for index in range(trainer.steps_per_epoch):
-        batch = trainer.images[order[index * config.batch_size:(index + 1) * config.batch_size]]
-        output = train_step(trainer, batch, views_rng)
+        rows = order[index * config.batch_size:(index + 1) * config.batch_size]
+        output = train_step(trainer, trainer.images[rows], trainer.labels[rows], views_rng)
         non_finite |= ~torch.isfinite(output.loss.detach())
-        window_images += len(batch)
+        window_images += len(rows)
         trainer.step += 1
-        trainer.images_seen += len(batch)
+        trainer.images_seen += len(rows)
         bar.update()
         last = index == trainer.steps_per_epoch - 1
         if trainer.step % config.log_every == 0 or last:
@@ -149,7 +187,8 @@ def run_epoch(trainer: Trainer, epoch: int, writer: SummaryWriter, bar: tqdm) ->
             window_start, window_images = time.perf_counter(), 0
 
 
-def train_step(trainer: Trainer, batch: torch.Tensor, views_rng: torch.Generator) -> Any:
+def train_step(trainer: Trainer, batch: torch.Tensor, labels: torch.Tensor,
+               views_rng: torch.Generator) -> Any:
     """One optimizer step; no host synchronisation here (logging syncs every N steps)."""
     views = trainer.policy(batch, views_rng)
     if trainer.device.type == "cuda":
@@ -160,13 +199,26 @@ def train_step(trainer: Trainer, batch: torch.Tensor, views_rng: torch.Generator
     autocast = (torch.autocast(trainer.device.type, dtype=torch.bfloat16) if trainer.bf16
                 else contextlib.nullcontext())
     with autocast:
-        output = trainer.method.training_step(views)
+        if trainer.method.uses_labels:
+            output = trainer.method.training_step(views, labels=labels)
+        else:
+            output = trainer.method.training_step(views)
     trainer.optimizer.zero_grad(set_to_none=True)
     output.loss.backward()
     trainer.optimizer.step()
     total = trainer.steps_per_epoch * trainer.config.train.epochs
     trainer.method.on_step_end((trainer.step + 1) / total)
     return output
+
+
+def log_pictures(trainer: Trainer, writer: SummaryWriter) -> None:
+    if trainer.preview is None:
+        return
+    trainer.method.eval()
+    for tag, pictures in trainer.method.visualize(trainer.preview).items():
+        writer.add_images(f"pictures/{tag}", pictures.float().clamp(0, 1).cpu(),
+                          trainer.epoch)
+    trainer.method.train()
 
 
 def _stop_if_non_finite(trainer: Trainer, non_finite: torch.Tensor) -> None:
