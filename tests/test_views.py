@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from sslreg import load_registry
 from sslreg.interfaces import ViewPolicy
-from sslreg.views import BYOLViews, SimCLRViews, normalize, ops
+from sslreg.views import BYOLViews, CropFlipViews, MultiCropViews, SimCLRViews, normalize, ops
 
 MNIST_STATS = {"mean": (0.5,), "std": (0.25,)}
 RGB_STATS = {"mean": (0.49, 0.48, 0.45), "std": (0.25, 0.24, 0.26)}
@@ -291,3 +291,66 @@ def test_registry_builds_the_builtin_policies():
     views = policy(uint8_images(4, 1, 28), generator())
     assert [view.shape for view in views] == [(4, 1, 28, 28)] * 2
     assert registry.views.get("byol").plugin == "sslreg.views"
+
+
+def test_multicrop_returns_two_global_and_n_local_views():
+    policy = MultiCropViews(channels=3, image_size=32, **RGB_STATS)
+    assert policy.num_views == 8 and policy.local_size == 12
+    views = policy(uint8_images(4, 3, 32), generator())
+    assert [tuple(v.shape) for v in views] == [(4, 3, 32, 32)] * 2 + [(4, 3, 12, 12)] * 6
+    assert MultiCropViews(channels=1, image_size=96, **MNIST_STATS).local_size == 40
+    few = MultiCropViews(channels=1, image_size=28, num_local=2, local_size=16, **MNIST_STATS)
+    assert [v.shape[-1] for v in few(uint8_images(2, 1, 28), generator())] == [28, 28, 16, 16]
+    assert MultiCropViews(channels=1, image_size=28, num_local=0, **MNIST_STATS).num_views == 2
+
+
+def test_multicrop_is_seeded_and_local_views_differ():
+    policy = MultiCropViews(channels=1, image_size=28, num_local=3, **MNIST_STATS)
+    images = uint8_images(4, 1, 28)
+    first, again = policy(images, generator(5)), policy(images, generator(5))
+    for a, b in zip(first, again, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(first[2], first[3])
+
+
+def test_multicrop_local_crops_are_smaller_regions():
+    # A horizontal ramp: a crop covering a fraction f of the width spans about f of the
+    # ramp's range, so local crops (scale <= 0.4) span less than global ones (>= 0.4).
+    ramp = torch.linspace(0, 255, 28).round().to(torch.uint8).expand(64, 1, 28, 28)
+    policy = MultiCropViews(channels=1, image_size=28, num_local=1, jitter_p=0.0,
+                            grayscale_p=0.0, **MNIST_STATS)
+    views = policy(ramp.contiguous(), generator())
+
+    def span(view):
+        rows = view[:, 0, view.shape[-2] // 2]
+        return (rows.max(dim=1).values - rows.min(dim=1).values).mean()
+
+    assert span(views[2]) < 0.75 * span(views[0])
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"num_local": -1}, "num_local=-1 must be an int in 0..32"),
+    ({"local_size": 10}, "local_size=10 must be a multiple of 4"),
+    ({"local_size": 32}, "local_size=32 is larger than the 28 px images"),
+    ({"local_scale": (0.5, 0.2)}, "local_scale"),
+])
+def test_multicrop_rejects_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        MultiCropViews(channels=1, image_size=28, **MNIST_STATS, **options)
+
+
+def test_crop_flip_views_only_crop_and_flip():
+    policy = CropFlipViews(channels=1, image_size=28, crop_scale=(1.0, 1.0),
+                           crop_ratio=(1.0, 1.0), flip_p=0.0, **MNIST_STATS)
+    images = uint8_images(3, 1, 28)
+    (view,) = policy(images, generator())
+    # A full, unflipped crop with no colour ops is the normalised image itself.
+    torch.testing.assert_close(view, normalize(images.float() / 255, (0.5,), (0.25,)),
+                               atol=1e-5, rtol=0)
+    assert CropFlipViews(channels=1, image_size=28, **MNIST_STATS).options.crop_scale == (0.2, 1)
+    with pytest.raises(ValueError, match="unknown option 'hue'.*crop_ratio, crop_scale, flip_p"):
+        CropFlipViews(channels=1, image_size=28, hue=0.1, **MNIST_STATS)
+
+
+def test_registry_has_multicrop_and_mae_views():
+    assert {"multicrop", "mae"} <= set(load_registry().views.names())

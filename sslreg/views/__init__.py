@@ -12,9 +12,16 @@ from typing import Any
 from sslreg.hookspecs import hookimpl
 from sslreg.specs import ViewSpec
 from sslreg.views.ops import normalize
-from sslreg.views.policies import BYOLViews, SimCLRViews
+from sslreg.views.policies import BYOLViews, CropFlipViews, MultiCropViews, SimCLRViews
 
-__all__ = ["BYOLViews", "SimCLRViews", "normalize", "register_views"]
+__all__ = [
+    "BYOLViews",
+    "CropFlipViews",
+    "MultiCropViews",
+    "SimCLRViews",
+    "normalize",
+    "register_views",
+]
 
 
 @hookimpl
@@ -31,5 +38,19 @@ def register_views(register: Callable[[Any], None]) -> None:
             name="byol",
             factory=BYOLViews,
             description="BYOL: 2 asymmetric views (view 1 always blurred, view 2 solarized)",
+        )
+    )
+    register(
+        ViewSpec(
+            name="multicrop",
+            factory=MultiCropViews,
+            description="multi-crop (SwAV, DINO): 2 global + num_local (default 6) small views",
+        )
+    )
+    register(
+        ViewSpec(
+            name="mae",
+            factory=CropFlipViews,
+            description="MAE: 1 view, random resized crop (scale 0.2-1) and flip only",
         )
     )

@@ -127,6 +127,54 @@ class BYOLOptions(ViewOptions):
     )
 
 
+def _count(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 32):
+        raise ConfigError(f"option {attribute.name}={value!r} must be an int in 0..32")
+
+
+def _local_size(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not (isinstance(value, int) and value >= 4 and value % 4 == 0):
+        raise ConfigError(f"option {attribute.name}={value!r} must be a multiple of 4 "
+                          "(the ViT patch) and >= 4, or None for the default")
+
+
+@attrs.frozen(kw_only=True)
+class MultiCropOptions(BYOLOptions):
+    """Multi-crop (Caron et al. 2020, SwAV sec. 3.2), with DINO's defaults (Caron et al.
+    2021): two global views with BYOL's asymmetric blur and solarize, crop scale
+    (0.4, 1), plus ``num_local`` small views, crop scale (0.05, 0.4), resampled to
+    ``local_size`` (default: the image side times 96/224, as 96 px local crops of
+    224 px images, rounded to a multiple of 4: 12 px for 28-32 px images). Local views
+    are blurred with ``local_blur_p`` (0 at <= 32 px, like the global ones) and never
+    solarized.
+    """
+
+    crop_scale: tuple[float, float] = field(
+        default=(0.4, 1.0), converter=_as_tuple, validator=_range(1.0)
+    )
+    num_local: int = field(default=6, validator=_count)
+    local_scale: tuple[float, float] = field(
+        default=(0.05, 0.4), converter=_as_tuple, validator=_range(1.0)
+    )
+    local_size: int | None = field(default=None, validator=_local_size)
+    local_blur_p: float | None = field(
+        default=None, validator=attrs.validators.optional(_probability))
+
+
+@attrs.frozen(kw_only=True)
+class CropFlipOptions:
+    """MAE's augmentation (He et al. 2022, appendix A.1): random resized crop with scale
+    (0.2, 1) and a horizontal flip, nothing else."""
+
+    crop_scale: tuple[float, float] = field(
+        default=(0.2, 1.0), converter=_as_tuple, validator=_range(1.0)
+    )
+    crop_ratio: tuple[float, float] = field(
+        default=(3 / 4, 4 / 3), converter=_as_tuple, validator=_range(None)
+    )
+    flip_p: float = field(default=0.5, validator=_probability)
+
+
 def _build_options(options_class: type, policy: str, options: dict[str, Any]) -> Any:
     valid = sorted(attrs.fields_dict(options_class))
     unknown = sorted(set(options) - set(valid))
@@ -182,7 +230,9 @@ class TwoViewPolicy:
         self.mean = _check_statistics("mean", mean, channels, positive=False)
         self.std = _check_statistics("std", std, channels, positive=True)
         self.options = _build_options(self.options_class, policy, options)
-        self.blur_p: tuple[float, float] = self.options.blur_p or _default_blur_p(image_size)
+        # Crop-and-flip policies have no blur option at all.
+        blur_p = getattr(self.options, "blur_p", None)
+        self.blur_p: tuple[float, float] = blur_p or _default_blur_p(image_size)
         self._statistics: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def __repr__(self) -> str:
@@ -275,3 +325,66 @@ class BYOLViews(TwoViewPolicy):
     """BYOL's asymmetric pair (Grill et al. 2020, table 6); see :class:`BYOLOptions`."""
 
     options_class = BYOLOptions
+
+
+def default_local_size(image_size: int) -> int:
+    return max(8, 4 * round(image_size * 96 / 224 / 4))
+
+
+class MultiCropViews(TwoViewPolicy):
+    """Two global views and ``num_local`` local ones; see :class:`MultiCropOptions`.
+
+    Returns ``[global_1, global_2, local_1, ..., local_N]``; the global views are
+    (B, C, image_size, image_size), the local ones (B, C, local_size, local_size).
+    """
+
+    options_class = MultiCropOptions
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        o = self.options
+        self.num_views = 2 + o.num_local
+        self.local_size = o.local_size or default_local_size(self.image_size)
+        if self.local_size > self.image_size:
+            raise ConfigError(f"view policy MultiCropViews: local_size={self.local_size} "
+                              f"is larger than the {self.image_size} px images")
+        default_p = 0.0 if self.image_size <= 32 else 0.5
+        self.local_blur_p = default_p if o.local_blur_p is None else o.local_blur_p
+
+    def __call__(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
+        self._check(images, generator)
+        batch, local = images.shape[0], self.options.num_local
+        x = images.float().mul_(1.0 / 255.0)
+        mean, std = self._device_statistics(x.device)
+        globals_ = self._augment(x.repeat(2, 1, 1, 1), generator, batch)
+        views = list(ops.normalize(globals_, mean, std).chunk(2))
+        if local:
+            # All local views as one batch, resampled straight to the small size.
+            locals_ = self._augment_local(x.repeat(local, 1, 1, 1), generator)
+            views += list(ops.normalize(locals_, mean, std).chunk(local))
+        return views
+
+    def _augment_local(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        o = self.options
+        x = ops.random_resized_crop(
+            x, generator, o.local_scale, o.crop_ratio, self.local_size, flip_p=o.flip_p
+        )
+        x = ops.color_jitter(
+            x, generator, o.brightness, o.contrast, o.saturation, o.hue, o.jitter_p
+        )
+        x = ops.random_grayscale(x, generator, o.grayscale_p)
+        return ops.gaussian_blur(x, generator, self.local_blur_p, o.blur_sigma)
+
+
+class CropFlipViews(TwoViewPolicy):
+    """One view: random resized crop and horizontal flip (MAE); see
+    :class:`CropFlipOptions`."""
+
+    options_class = CropFlipOptions
+    num_views = 1
+
+    def _augment(self, x: Tensor, generator: torch.Generator, batch: int) -> Tensor:
+        o = self.options
+        return ops.random_resized_crop(
+            x, generator, o.crop_scale, o.crop_ratio, self.image_size, flip_p=o.flip_p
+        )
