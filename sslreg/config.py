@@ -24,6 +24,15 @@ OPTIMIZERS = ("sgd", "lars", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def _float_pair(value: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in value)
+
+
+def _betas(_instance: Any, attribute: attrs.Attribute, value: tuple) -> None:
+    if len(value) != 2 or not all(0 <= v < 1 for v in value):
+        raise ValueError(f"{attribute.name} must be two numbers in [0, 1), got {value}")
+
+
 @attrs.frozen(kw_only=True)
 class OptimConfig:
     """Optimizer and schedule. ``lr`` is the base rate for a batch of 256, scaled
@@ -37,6 +46,9 @@ class OptimConfig:
     warmup_epochs: float = field(default=1.0, converter=float, validator=ge(0))
     # LARS trust coefficient; SimCLR and BYOL use 1e-3.
     lars_eta: float = field(default=1e-3, converter=float, validator=gt(0))
+    # AdamW's (beta1, beta2); MAE and DINO lower beta2 to 0.95 / keep 0.999.
+    betas: tuple[float, float] = field(default=(0.9, 0.999), converter=_float_pair,
+                                       validator=_betas)
 
 
 @attrs.frozen(kw_only=True)

@@ -151,3 +151,13 @@ def test_run_writes_config_events_and_result(registry, tmp_path):
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/images_per_s", "monitor/rankme",
             "monitor/embedding_std"} <= tags
+
+
+def test_adamw_takes_the_configured_betas():
+    from sslreg.engine.optim import build_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = build_optimizer(model, OptimConfig(name="adamw", betas=(0.9, 0.95)),
+                                torch.device("cpu"))
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert all(group["betas"] == (0.9, 0.95) for group in optimizer.param_groups)
