@@ -126,8 +126,16 @@ class RunConfig:
         """Refuse names no plugin registered, listing the valid choices."""
         registry.methods.get(self.method)
         registry.datasets.get(self.dataset)
-        registry.backbones.get(self.backbone)
+        backbone = registry.backbones.get(self.backbone)
         registry.views.get(self.views_name(registry))
+        families = registry.methods.get(self.method).backbone_families
+        if families is not None and backbone.family not in families:
+            fitting = [n for n in registry.backbones.names()
+                       if registry.backbones.get(n).family in families]
+            raise ConfigError(
+                f"method '{self.method}' needs a {' or '.join(families)} backbone "
+                f"({', '.join(fitting) or 'none registered'}); got '{self.backbone}' "
+                f"({backbone.family})")
 
     def views_name(self, registry: Any) -> str:
         return self.views or registry.methods.get(self.method).views

@@ -39,7 +39,9 @@ class MethodSpec:
     ``optim`` holds the method's recommended optimizer settings as ``{field: value}``
     over :class:`sslreg.config.OptimConfig`. ``view_options(config)``, if given, maps the
     method's config to options for its default view policy (e.g. the number of local
-    crops), so ``--set method.*`` can shape the views.
+    crops), so ``--set method.*`` can shape the views. ``backbone_families`` names the
+    backbone families the method works with (``None``: any), e.g. ``("vit",)`` for a
+    method that needs patch tokens.
     """
 
     name: str = field(validator=_valid_name)
@@ -52,16 +54,21 @@ class MethodSpec:
     optim: dict[str, Any] = field(factory=dict, converter=dict)
     view_options: Callable[[Any], dict[str, Any]] | None = field(
         default=None, validator=optional(is_callable()))
+    backbone_families: tuple[str, ...] | None = field(
+        default=None, converter=attrs.converters.optional(tuple))
     plugin: str | None = field(default=None, validator=optional(instance_of(str)))
 
 
 @attrs.frozen(kw_only=True)
 class BackboneSpec:
     """A backbone: ``factory(in_channels, image_size)`` returns an ``nn.Module`` mapping
-    ``(B, C, H, W)`` float images to ``(B, output_dim)`` features, with ``output_dim``."""
+    ``(B, C, H, W)`` float images to ``(B, output_dim)`` features, with ``output_dim``.
+    ``family`` groups backbones by what they offer methods: ``"convnet"`` or ``"vit"``
+    (patch tokens: ``embed``, ``encode``, ``forward_tokens``), or a plugin's own."""
 
     name: str = field(validator=_valid_name)
     factory: Callable[..., Any] = field(validator=is_callable())
+    family: str = field(default="convnet", validator=_valid_name)
     description: str = field(default="", validator=instance_of(str))
     plugin: str | None = field(default=None, validator=optional(instance_of(str)))
 

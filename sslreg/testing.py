@@ -26,6 +26,7 @@ from sslreg.interfaces import Method, RunContext, StepOutput
 from sslreg.plugins import load_registry, pm
 
 TINY_BACKBONE = "resnet18-narrow"
+TINY_VIT = "vit-mini"
 CLASS_NAMES = ("cat", "dog", "bird", "fish")
 
 
@@ -40,10 +41,22 @@ def tiny_images(batch: int = 8, channels: int = 1, size: int = 28, seed: int = 0
                          generator=generator)
 
 
+def tiny_backbone(name: str, registry: Any = None) -> str:
+    """The CPU-sized backbone a method works with: ``resnet18-narrow`` if it takes a
+    convnet, else ``vit-mini`` if it takes a ViT, else the first that fits."""
+    registry = registry or load_registry()
+    families = registry.methods.get(name).backbone_families
+    for backbone in (TINY_BACKBONE, TINY_VIT, *registry.backbones.names()):
+        if families is None or registry.backbones.get(backbone).family in families:
+            return backbone
+    raise AssertionError(f"{name}: no registered backbone fits {families}")
+
+
 def build(name: str, *, channels: int = 1, size: int = 28, seed: int = 0,
-          backbone: str = TINY_BACKBONE, registry: Any = None) -> tuple[Method, Any]:
+          backbone: str | None = None, registry: Any = None) -> tuple[Method, Any]:
     """The method with its default config and its default view policy."""
     registry = registry or load_registry()
+    backbone = backbone or tiny_backbone(name, registry)
     config = RunConfig.build(registry, name, backbone=backbone)
     torch.manual_seed(seed)
     net = registry.backbones.create(backbone, in_channels=channels, image_size=size)
@@ -92,10 +105,10 @@ def check_step(name: str, **kwargs: Any) -> StepOutput:
     return output
 
 
-def check_state_dict_roundtrip(name: str) -> None:
+def check_state_dict_roundtrip(name: str, backbone: str | None = None) -> None:
     """A fresh model loading another's state_dict computes the same features."""
-    first, _ = build(name, seed=0)
-    second, _ = build(name, seed=1)
+    first, _ = build(name, seed=0, backbone=backbone)
+    second, _ = build(name, seed=1, backbone=backbone)
     images = torch.rand(4, 1, 28, 28)
     first.eval()
     second.eval()
@@ -108,20 +121,21 @@ def check_state_dict_roundtrip(name: str) -> None:
     torch.testing.assert_close(first.features(images), second.features(images))
 
 
-def check_deterministic(name: str) -> None:
+def check_deterministic(name: str, backbone: str | None = None) -> None:
     """Same seed, same views, same loss."""
     losses = []
     for _ in range(2):
-        method, policy = build(name, seed=0)
+        method, policy = build(name, seed=0, backbone=backbone)
         losses.append(step(method, policy, tiny_images(), seed=3).loss.detach())
     torch.testing.assert_close(losses[0], losses[1])
 
 
-def check_method(name: str) -> None:
-    """Every conformance check on one registered method."""
-    check_step(name)
-    check_state_dict_roundtrip(name)
-    check_deterministic(name)
+def check_method(name: str, backbone: str | None = None) -> None:
+    """Every conformance check on one registered method, on ``backbone`` (default: the
+    CPU-sized one that fits, see :func:`tiny_backbone`)."""
+    check_step(name, backbone=backbone)
+    check_state_dict_roundtrip(name, backbone)
+    check_deterministic(name, backbone)
 
 
 # A short CPU budget on real data for "does it learn" tests (tests/test_learning.py
@@ -131,7 +145,7 @@ LEARNING_BUDGET = ("train.epochs=2", "train.batch_size=256", "train.train_subset
 
 
 def learning_run(method: str, out: Any, overrides: tuple[str, ...] = (), *, seed: int = 0,
-                 dataset: str = "fashion-mnist", backbone: str = TINY_BACKBONE,
+                 dataset: str = "fashion-mnist", backbone: str | None = None,
                  registry: Any = None) -> tuple[dict[str, float], dict[str, float]]:
     """Pretrain ``method`` on ``LEARNING_BUDGET`` (then ``overrides``) and evaluate it.
 
@@ -143,7 +157,8 @@ def learning_run(method: str, out: Any, overrides: tuple[str, ...] = (), *, seed
     registry = registry or load_registry()
     config = RunConfig.build(registry, method, [*LEARNING_BUDGET, *overrides,
                                                 f"train.seed={seed}"],
-                             dataset=dataset, backbone=backbone)
+                             dataset=dataset,
+                             backbone=backbone or tiny_backbone(method, registry))
     run = pretrain(config, registry, out, progress=False)
     trained = run.read_json(run.result)["metrics"]
     return trained, floors(config, registry, out)["random init"]

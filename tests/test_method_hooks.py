@@ -90,3 +90,27 @@ def test_view_options_reach_the_policy():
                              ((0.5,), (0.25,)))
     assert isinstance(policy, SimCLRViews) and policy.options.flip_p == 0.25
     assert other.options.flip_p == 0.5  # another policy keeps its own defaults
+
+
+class VitOnlyPlugin:
+    @hookimpl
+    def register_methods(self, register):
+        register(MethodSpec(name="vit-only", factory=Probe, config_class=ProbeConfig,
+                            paper="-", views="simclr", objective="nt_xent",
+                            backbone_families=("vit",)))
+
+
+def test_a_method_refuses_a_backbone_family_it_cannot_use():
+    import pytest
+
+    from sslreg import ConfigError, load_registry
+
+    with testing.registered(VitOnlyPlugin(), "vit-only-plugin"):
+        registry = load_registry()
+        expected = ("method 'vit-only' needs a vit backbone \\(vit-mini, vit-tiny\\); "
+                    "got 'resnet18-narrow' \\(convnet\\)")
+        with pytest.raises(ConfigError, match=expected):
+            RunConfig.build(registry, "vit-only", backbone="resnet18-narrow")
+        assert RunConfig.build(registry, "vit-only", backbone="vit-mini").backbone == "vit-mini"
+        assert testing.tiny_backbone("vit-only", registry) == "vit-mini"
+        assert testing.tiny_backbone("simclr", registry) == "resnet18-narrow"

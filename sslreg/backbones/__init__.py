@@ -46,6 +46,7 @@ def register_backbones(register: Callable[[BackboneSpec], None]) -> None:
     register(BackboneSpec(
         name="vit-tiny",
         factory=_vit(embed_dim=192, depth=12, heads=3),
+        family="vit",
         description="ViT-Tiny (DeiT sizes: 192-d, 12 blocks, 3 heads), 4x4 patches, fixed "
         "sine-cosine positions, [CLS] features; 0.53 GFLOPs per 1x28x28 image (0.69 at "
         "3x32x32)",
@@ -53,6 +54,7 @@ def register_backbones(register: Callable[[BackboneSpec], None]) -> None:
     register(BackboneSpec(
         name="vit-mini",
         factory=_vit(embed_dim=128, depth=4, heads=4),
+        family="vit",
         description="a 128-d, 4-block, 4-head ViT for CPU budgets, 4x4 patches; "
         "79 MFLOPs per 1x28x28 image (103 at 3x32x32)",
     ))

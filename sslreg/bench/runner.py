@@ -11,7 +11,7 @@ import click
 import pandas as pd
 import torch
 
-from sslreg.bench.suite import Suite, suite_sets
+from sslreg.bench.suite import Budget, Suite, suite_sets
 from sslreg.config import RunConfig
 from sslreg.engine import floors, pretrain
 from sslreg.errors import SslregError
@@ -25,23 +25,39 @@ def run_suite(suite: Suite, registry: Any, out: Path, *, progress: bool = True) 
     if not methods:
         raise SslregError(f"suite {suite.name} matches no registered method "
                           f"(patterns {', '.join(suite.methods)}); see `sslreg methods`")
+    backbones = {m: backbone_for(registry, m, budget) for m in methods}
     jobs = [(m, s) for m in methods for s in suite.seeds]
     rows = []
     started = time.perf_counter()
     for number, (method, seed) in enumerate(jobs, 1):
         config = RunConfig.build(registry, method, suite_sets(suite, budget, method, seed),
-                                 dataset=suite.dataset, backbone=budget.backbone)
-        _say(f"[{number}/{len(jobs)}] {method} seed {seed} "
+                                 dataset=suite.dataset, backbone=backbones[method])
+        _say(f"[{number}/{len(jobs)}] {method} seed {seed} on {backbones[method]} "
              f"({time.perf_counter() - started:.0f} s elapsed)")
-        rows.append(_run_one(config, registry, out, progress))
-    for seed in suite.seeds:
-        _say(f"floors: raw pixels and random init ({budget.backbone}), seed {seed}")
-        config = RunConfig.build(registry, methods[0], suite_sets(suite, budget, methods[0], seed),
-                                 dataset=suite.dataset, backbone=budget.backbone)
-        for name, metrics in floors(config, registry, out).items():
-            rows.append({"method": f"({name})", "seed": seed, "status": "floor", **metrics})
+        rows.append({"backbone": backbones[method], **_run_one(config, registry, out, progress)})
+    for backbone in dict.fromkeys(backbones.values()):
+        method = next(m for m in methods if backbones[m] == backbone)
+        for seed in suite.seeds:
+            _say(f"floors: raw pixels and random init ({backbone}), seed {seed}")
+            config = RunConfig.build(registry, method, suite_sets(suite, budget, method, seed),
+                                     dataset=suite.dataset, backbone=backbone)
+            for name, metrics in floors(config, registry, out).items():
+                rows.append({"method": f"({name})", "backbone": backbone, "seed": seed,
+                             "status": "floor", **metrics})
     _say(f"suite {suite.name} done in {time.perf_counter() - started:.0f} s")
-    return render_table(pd.DataFrame(rows), suite, budget.backbone)
+    return render_table(pd.DataFrame(rows), suite)
+
+
+def backbone_for(registry: Any, method: str, budget: Budget) -> str:
+    """The budget's backbone, or its ViT one for methods that only take a ViT."""
+    families = registry.methods.get(method).backbone_families
+    for backbone in (budget.backbone, budget.vit_backbone):
+        if backbone and (families is None or registry.backbones.get(backbone).family
+                         in families):
+            return backbone
+    raise SslregError(f"the suite's budget has no backbone for method '{method}' (it needs "
+                      f"a {' or '.join(families or ())} backbone); set vit_backbone in "
+                      "[budget.cpu] and [budget.gpu]")
 
 
 def _run_one(config: RunConfig, registry: Any, out: Path, progress: bool) -> dict[str, Any]:
@@ -63,18 +79,19 @@ def _run_one(config: RunConfig, registry: Any, out: Path, progress: bool) -> dic
             "images_per_s": info["images_per_s"]}
 
 
-def render_table(frame: pd.DataFrame, suite: Suite, backbone: str) -> str:
-    """One row per method: mean (± std over seeds) of each accuracy, and the cost."""
+def render_table(frame: pd.DataFrame, suite: Suite) -> str:
+    """One row per (method, backbone): mean (± std over seeds) of each accuracy, and the
+    cost; floors once per backbone used."""
     columns = {"linear_acc": "linear", "knn20_acc": "kNN k=20", "knn200_acc": "kNN k=200",
                "wall_time_s": "train s", "images_per_s": "img/s"}
     present = [c for c in columns if c in frame]
-    grouped = frame.groupby("method", sort=False)
+    grouped = frame.groupby(["method", "backbone"], sort=False)
     table = pd.DataFrame(index=grouped.size().index)
     for column in present:
         table[columns[column]] = grouped[column].agg(_mean_std(column))
     table["status"] = grouped["status"].agg(lambda s: "ok" if (s.isin(["ok", "floor"])).all()
                                             else "; ".join(sorted(set(s) - {"ok"})))
-    header = (f"## {suite.name}: {suite.dataset}, {backbone}, seeds "
+    header = (f"## {suite.name}: {suite.dataset}, seeds "
               f"{', '.join(map(str, suite.seeds))}\n\n")
     return header + table.reset_index().to_markdown(index=False)
 

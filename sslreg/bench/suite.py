@@ -23,9 +23,13 @@ _strings = deep_iterable(instance_of(str))
 
 @attrs.frozen(kw_only=True)
 class Budget:
-    """What one device kind runs: the backbone and ``--set`` overrides for every run."""
+    """What one device kind runs: the backbone and ``--set`` overrides for every run.
+
+    ``vit_backbone`` serves the methods that only take a ViT (e.g. MAE)."""
 
     backbone: str = field(validator=instance_of(str))
+    vit_backbone: str | None = field(default=None,
+                                     validator=attrs.validators.optional(instance_of(str)))
     set: tuple[str, ...] = field(default=(), converter=tuple, validator=_strings)
 
 

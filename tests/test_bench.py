@@ -1,0 +1,55 @@
+"""The benchmark harness end to end on the synthetic dataset."""
+
+import pytest
+
+from sslreg import MethodSpec, SslregError, hookimpl, load_registry, testing
+from sslreg.bench.runner import backbone_for, run_suite
+from sslreg.bench.suite import Budget, parse_suite
+from sslreg_simclr import SimCLR, SimCLRConfig
+
+SUITE = """
+name = "tiny"
+dataset = "synthetic"
+methods = ["simclr", "vit-simclr"]
+seeds = [0]
+[budget.cpu]
+backbone = "resnet18-narrow"
+vit_backbone = "vit-mini"
+set = ["train.epochs=1", "train.batch_size=32", "train.train_subset=64",
+       "eval.train_subset=100", "eval.test_subset=50"]
+[budget.gpu]
+backbone = "resnet18-narrow"
+vit_backbone = "vit-mini"
+set = ["train.epochs=1", "train.batch_size=32", "train.train_subset=64",
+       "eval.train_subset=100", "eval.test_subset=50"]
+"""
+
+
+class VitSimCLRPlugin:
+    """SimCLR declared ViT-only, to exercise the budget's ViT backbone."""
+
+    @hookimpl
+    def register_methods(self, register):
+        register(MethodSpec(name="vit-simclr", factory=SimCLR, config_class=SimCLRConfig,
+                            paper="-", views="simclr", objective="nt_xent",
+                            backbone_families=("vit",)))
+
+
+def test_suite_runs_each_method_on_a_fitting_backbone_with_floors_per_backbone(tmp_path):
+    with testing.registered(VitSimCLRPlugin(), "vit-simclr-plugin"):
+        table = run_suite(parse_suite(SUITE), load_registry(), tmp_path, progress=False)
+    lines = table.splitlines()
+    assert lines[0] == "## tiny: synthetic, seeds 0"
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]) for line in lines[4:]}
+    assert rows == {("simclr", "resnet18-narrow"), ("vit-simclr", "vit-mini"),
+                    ("(raw pixels)", "resnet18-narrow"), ("(random init)", "resnet18-narrow"),
+                    ("(raw pixels)", "vit-mini"), ("(random init)", "vit-mini")}
+    assert all(line.split("|")[-2].strip() == "ok" for line in lines[4:]), table
+
+
+def test_a_budget_without_a_fitting_backbone_is_refused():
+    with testing.registered(VitSimCLRPlugin(), "vit-simclr-plugin"):
+        registry = load_registry()
+        with pytest.raises(SslregError, match="no backbone for method 'vit-simclr'"):
+            backbone_for(registry, "vit-simclr", Budget(backbone="resnet18-narrow"))
+        assert backbone_for(registry, "simclr", Budget(backbone="resnet18")) == "resnet18"
