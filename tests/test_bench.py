@@ -1,11 +1,11 @@
 """The benchmark harness end to end on the synthetic dataset."""
 
 import pytest
+from sslreg_simclr import SimCLR, SimCLRConfig
 
 from sslreg import MethodSpec, SslregError, hookimpl, load_registry, testing
 from sslreg.bench.runner import backbone_for, run_suite
 from sslreg.bench.suite import Budget, parse_suite
-from sslreg_simclr import SimCLR, SimCLRConfig
 
 SUITE = """
 name = "tiny"
