@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
 from sslreg.errors import SslregError
+from sslreg.runs import write_text
 
 
 class Cli(click.Group):
@@ -118,12 +120,21 @@ def eval_command(run_dir: str) -> None:
 @click.argument("suite", default="quick")
 @click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def bench(suite: str, out: str, quiet: bool) -> None:
+@click.option("--table", "table_file", type=click.Path(dir_okay=False),
+              help="Also write the table, with the command and machine, to this file.")
+def bench(suite: str, out: str, quiet: bool, table_file: str | None) -> None:
     """Pretrain and evaluate every method of SUITE (a name or a TOML file); print a table."""
     from sslreg.bench import load_suite, run_suite
+    from sslreg.bench.runner import provenance
 
+    started = time.perf_counter()
     table = run_suite(load_suite(suite), _registry(), Path(out), progress=not quiet)
     click.echo(table)
+    if table_file:
+        command = f"sslreg bench {suite} --out {out} --table {table_file}"
+        note = provenance(command, time.perf_counter() - started)
+        write_text(Path(table_file), f"{table}\n\n{note}\n")
+        click.echo(f"wrote {table_file}")
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:

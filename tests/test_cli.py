@@ -123,3 +123,21 @@ def test_eval_of_a_folder_that_is_not_a_run(tmp_path):
 
 def test_bench_unknown_suite():
     assert_one_line_error(run("bench", "quik"), "unknown suite 'quik'", "quick, smoke")
+
+
+def test_bench_writes_the_table_with_its_provenance(tmp_path):
+    suite = tmp_path / "one.toml"
+    budget = ('backbone = "resnet18-narrow"\nset = ["train.epochs=1", "train.batch_size=32", '
+              '"train.train_subset=64", "eval.train_subset=100", "eval.test_subset=50"]\n')
+    suite.write_text(f'name = "one"\ndataset = "synthetic"\nmethods = ["simclr"]\n'
+                     f"[budget.cpu]\n{budget}[budget.gpu]\n{budget}")
+    table = tmp_path / "tables" / "one.md"
+    result = run("bench", str(suite), "--out", str(tmp_path / "runs"), "--quiet",
+                 "--table", str(table))
+    assert result.exit_code == 0, result.output
+    text = table.read_text()
+    assert text.startswith("## one: synthetic, seeds 0")
+    assert "| simclr " in text and "(random init)" in text
+    assert f"Made by `sslreg bench {suite} --out {tmp_path / 'runs'} --table {table}` in " \
+        in text
+    assert "CPU cores), torch " in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import os
 import time
 import traceback
 from pathlib import Path
@@ -14,6 +16,7 @@ import torch
 from sslreg.bench.suite import Budget, Suite, suite_sets
 from sslreg.config import RunConfig
 from sslreg.engine import floors, pretrain
+from sslreg.engine.device import device_name
 from sslreg.errors import SslregError
 from sslreg.runs import RunDir
 
@@ -112,3 +115,11 @@ def _mean_std(column: str):
 
 def _say(message: str) -> None:
     click.echo(message, err=True)
+
+
+def provenance(command: str, seconds: float) -> str:
+    """One line saying how and where a table was made, for files that keep it."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return (f"Made by `{command}` in {seconds:.0f} s on {device_name(device)} "
+            f"({os.cpu_count()} CPU cores), torch {torch.__version__}, "
+            f"{datetime.date.today().isoformat()}.")

@@ -57,6 +57,12 @@ class RunDir:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomically replace ``path`` with ``data`` as indented JSON."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomically replace ``path`` with ``text``: a reader sees the old file or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    temporary.write_text(text)
     os.replace(temporary, path)
