@@ -18,7 +18,7 @@ from sslreg import testing
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="simclr")
-    parser.add_argument("--backbone", default=testing.TINY_BACKBONE)
+    parser.add_argument("--backbone", default=None, help="default: testing.tiny_backbone")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="extra KEY=VALUE after sslreg.testing.LEARNING_BUDGET")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -26,13 +26,14 @@ def main() -> None:
     rows = {args.method: [], "random init": []}
     with tempfile.TemporaryDirectory() as out:
         for seed in args.seeds:
-            trained, floor = testing.learning_run(args.method, out, tuple(args.overrides),
-                                                  seed=seed, backbone=args.backbone)
+            trained, floor, warnings = testing.learning_run(
+                args.method, out, tuple(args.overrides), seed=seed, backbone=args.backbone)
             rows[args.method].append(trained["knn20_acc"])
             rows["random init"].append(floor["knn20_acc"])
             print(f"seed {seed}: {args.method} kNN20 {trained['knn20_acc']:.4f} linear "
                   f"{trained['linear_acc']:.4f} | random init kNN20 {floor['knn20_acc']:.4f} "
-                  f"linear {floor['linear_acc']:.4f}", flush=True)
+                  f"linear {floor['linear_acc']:.4f} | monitor warnings {len(warnings)}",
+                  flush=True)
     for name, values in rows.items():
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         print(f"{name}: kNN20 mean {statistics.mean(values):.4f} std {spread:.4f} "

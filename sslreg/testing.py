@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -144,13 +144,22 @@ LEARNING_BUDGET = ("train.epochs=2", "train.batch_size=256", "train.train_subset
                    "optim.warmup_epochs=0", "eval.train_subset=5000", "eval.test_subset=2000")
 
 
+class LearningResult(NamedTuple):
+    """What :func:`learning_run` measured."""
+
+    trained: dict[str, float]  # the pretrained backbone's evaluation metrics
+    random_init: dict[str, float]  # the random-init floor's, on the same images
+    monitor_warnings: list[str]  # collapse warnings the monitors raised while training
+
+
 def learning_run(method: str, out: Any, overrides: tuple[str, ...] = (), *, seed: int = 0,
                  dataset: str = "fashion-mnist", backbone: str | None = None,
-                 registry: Any = None) -> tuple[dict[str, float], dict[str, float]]:
+                 registry: Any = None) -> LearningResult:
     """Pretrain ``method`` on ``LEARNING_BUDGET`` (then ``overrides``) and evaluate it.
 
     Returns the trained run's metrics and the random-init floor's, scored on the very
-    same evaluation images; a method that learns beats the floor by a clear margin.
+    same evaluation images (a method that learns beats the floor by a clear margin),
+    and the collapse monitors' warnings (a healthy run has none).
     """
     from sslreg.engine import floors, pretrain
 
@@ -161,7 +170,8 @@ def learning_run(method: str, out: Any, overrides: tuple[str, ...] = (), *, seed
                              backbone=backbone or tiny_backbone(method, registry))
     run = pretrain(config, registry, out, progress=False)
     trained = run.read_json(run.result)["metrics"]
-    return trained, floors(config, registry, out)["random init"]
+    warnings = run.read_json(run.train_info).get("monitor_warnings", [])
+    return LearningResult(trained, floors(config, registry, out)["random init"], warnings)
 
 
 @contextlib.contextmanager

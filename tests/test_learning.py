@@ -12,6 +12,7 @@ MARGIN = 0.10
 
 
 def test_simclr_beats_random_init_on_fashion_mnist(tmp_path):
-    trained, random_init = testing.learning_run("simclr", tmp_path)
+    trained, random_init, warnings = testing.learning_run("simclr", tmp_path)
+    assert not warnings, warnings
     assert trained["knn20_acc"] > random_init["knn20_acc"] + MARGIN, (trained, random_init)
     assert trained["linear_acc"] > random_init["linear_acc"] + MARGIN, (trained, random_init)

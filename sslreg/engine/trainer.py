@@ -44,6 +44,8 @@ class Trainer:
     elapsed: float = 0.0  # training seconds over all sessions of this run
     images_seen: int = 0
     preview: torch.Tensor | None = None  # normalised test images for Method.visualize
+    # Collapse warnings raised by the monitors in this session, kept in train_info.json.
+    monitor_warnings: list[str] = attrs.Factory(list)
 
 
 # How many fixed test images Method.visualize receives each epoch.
@@ -130,6 +132,9 @@ def restore(trainer: Trainer) -> None:
                           f"({str(error).splitlines()[0][:160]})") from None
     trainer.epoch, trainer.step = state["epoch"], state["step"]
     trainer.elapsed, trainer.images_seen = state["elapsed"], state["images_seen"]
+    if trainer.run.train_info.exists():
+        info = trainer.run.read_json(trainer.run.train_info)
+        trainer.monitor_warnings = list(info.get("monitor_warnings", []))
 
 
 def checkpoint(trainer: Trainer) -> None:
@@ -252,6 +257,7 @@ def check_monitors(trainer: Trainer, writer: SummaryWriter, embeddings: torch.Te
             writer.add_scalar(f"monitor/{name}", value, trainer.step)
         warning = monitor.collapsed(metrics)
         if warning:
+            trainer.monitor_warnings.append(f"step {trainer.step}: {warning}")
             bar.write(f"warning: step {trainer.step}: {warning}")
             writer.add_text("monitor/warning", warning, trainer.step)
 
@@ -268,6 +274,7 @@ def write_train_info(trainer: Trainer, *, status: str) -> dict[str, Any]:
         ),
         "device": device_name(trainer.device),
         "peak_memory_mb": _peak_memory_mb(trainer.device),
+        "monitor_warnings": trainer.monitor_warnings,
     }
     write_json(trainer.run.train_info, info)
     return info
