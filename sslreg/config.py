@@ -49,6 +49,8 @@ class OptimConfig:
     # AdamW's (beta1, beta2); MAE and DINO lower beta2 to 0.95 / keep 0.999.
     betas: tuple[float, float] = field(default=(0.9, 0.999), converter=_float_pair,
                                        validator=_betas)
+    # AdamW's epsilon; CLIP raises it to 1e-6.
+    eps: float = field(default=1e-8, converter=float, validator=gt(0))
 
 
 @attrs.frozen(kw_only=True)

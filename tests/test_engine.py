@@ -153,11 +153,14 @@ def test_run_writes_config_events_and_result(registry, tmp_path):
             "monitor/embedding_std"} <= tags
 
 
-def test_adamw_takes_the_configured_betas():
+def test_adamw_takes_the_configured_betas_and_eps():
     from sslreg.engine.optim import build_optimizer
 
     model = torch.nn.Linear(3, 2)
-    optimizer = build_optimizer(model, OptimConfig(name="adamw", betas=(0.9, 0.95)),
-                                torch.device("cpu"))
+    config = OptimConfig(name="adamw", betas=(0.9, 0.95), eps=1e-6)
+    optimizer = build_optimizer(model, config, torch.device("cpu"))
     assert isinstance(optimizer, torch.optim.AdamW)
     assert all(group["betas"] == (0.9, 0.95) for group in optimizer.param_groups)
+    assert all(group["eps"] == 1e-6 for group in optimizer.param_groups)
+    with pytest.raises(ValueError, match="eps"):
+        OptimConfig(eps=0)

@@ -69,7 +69,8 @@ def build_optimizer(model: nn.Module, config: OptimConfig,
     # Fused kernels do the whole update in one launch on CUDA.
     fused = {"fused": True} if device.type == "cuda" else {}
     if config.name == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, **fused)
+        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps,
+                                 **fused)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, **fused)
 
 
