@@ -145,7 +145,8 @@ class MultiCropOptions(BYOLOptions):
     (0.4, 1), plus ``num_local`` small views, crop scale (0.05, 0.4), resampled to
     ``local_size`` (default: the image side times 96/224, as 96 px local crops of
     224 px images, rounded to a multiple of 4: 12 px for 28-32 px images). Local views
-    are blurred with ``local_blur_p`` (0 at <= 32 px, like the global ones) and never
+    are blurred with ``local_blur_p`` (default 0 at <= 32 px, 0.5 above; the global
+    views keep BYOL's blur probabilities unless ``blur_p`` is set) and never
     solarized.
     """
 

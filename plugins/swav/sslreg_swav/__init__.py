@@ -1,0 +1,219 @@
+"""SwAV: swapping assignments between views. Each global crop is given a soft code over
+learnable prototypes by Sinkhorn-Knopp (equal use of the prototypes prevents collapse),
+and every other crop of the image predicts that code.
+
+Caron, Misra, Mairal, Goyal, Bojanowski, Joulin. "Unsupervised Learning of Visual
+Features by Contrasting Cluster Assignments." NeurIPS 2020.
+https://arxiv.org/abs/2006.09882
+
+Defaults: the paper's loss settings (temperature 0.1, epsilon 0.05, 3 Sinkhorn rounds,
+sec. 4 and appendix A.1) and its 2 + 6 multi-crop with crop scales (0.14, 1) and
+(0.05, 0.14) (sec. 4.1); the small-image head of solo-learn's and lightly's CIFAR-10
+settings (2048-d hidden, 128-d output); 3000 prototypes as both the paper (ImageNet) and
+solo-learn's CIFAR-10 config (``scripts/pretrain/cifar/swav.yaml``) use; prototypes frozen
+for the first epoch (the reference code freezes them for one ImageNet epoch: 313
+iterations at batch 4096, 5005 at batch 256); no queue (the reference code's default
+``queue_length=0``, right for small datasets; its batch-256 script adds a 3840-long queue
+from epoch 15: ``--set method.queue_length=3840``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+from attrs import field
+from attrs.validators import ge, gt, instance_of, le
+from torch import Tensor, nn
+
+from sslreg import Method, MethodSpec, ObjectiveSpec, StepOutput, hookimpl
+from sslreg.nn import mlp
+from sslreg_swav.loss import SwAVLoss, sinkhorn
+
+__all__ = ["PAPER", "SwAV", "SwAVConfig", "SwAVLoss", "cosine_scores", "sinkhorn", "view_options"]
+
+PAPER = "Caron et al. 2020, Unsupervised Learning of Visual Features by Contrasting " \
+    "Cluster Assignments (SwAV)"
+
+# The two global crops get codes (the reference code's crops_for_assign = [0, 1]).
+GLOBAL_CROPS = 2
+
+
+def _count(upper: int | None = None) -> list[Any]:
+    """Validators of a count >= 0 (and <= ``upper``)."""
+    return [instance_of(int), ge(0)] + ([le(upper)] if upper is not None else [])
+
+
+@attrs.frozen(kw_only=True)
+class SwAVConfig:
+    """SwAV hyperparameters; see the module docstring for where each default comes from.
+
+    ``queue_length`` > 0 keeps that many past global-crop projections per global crop;
+    once full they join the batch the codes are computed over (never the predictions),
+    from epoch ``queue_start_epoch`` on. ``freeze_prototypes_epochs`` keeps every
+    gradient off the prototypes for that many epochs.
+    """
+
+    temperature: float = field(default=0.1, converter=float, validator=gt(0))
+    epsilon: float = field(default=0.05, converter=float, validator=gt(0))
+    sinkhorn_iterations: int = field(default=3, validator=[instance_of(int), ge(1)])
+    proj_hidden_dim: int = field(default=2048, validator=[instance_of(int), ge(1)])
+    proj_dim: int = field(default=128, validator=[instance_of(int), ge(1)])
+    num_prototypes: int = field(default=3000, validator=[instance_of(int), ge(2)])
+    freeze_prototypes_epochs: int = field(default=1, validator=_count())
+    queue_length: int = field(default=0, validator=_count())
+    queue_start_epoch: int = field(default=15, validator=_count())
+    num_local: int = field(default=6, validator=_count(32))
+
+
+def view_options(config: SwAVConfig) -> dict[str, Any]:
+    """SwAV's multi-crop (sec. 4.1): global crops of scale (0.14, 1), local crops of
+    scale (0.05, 0.14)."""
+    return {"crop_scale": (0.14, 1.0), "local_scale": (0.05, 0.14),
+            "num_local": config.num_local}
+
+
+class SwAV(Method):
+    """Backbone -> projector -> L2-normalise -> prototypes (a bias-free Linear whose rows
+    are kept on the unit sphere) -> swapped prediction of Sinkhorn codes.
+
+    The step counter and the queue are buffers, so a resumed run freezes the prototypes
+    and uses the queue exactly as an uninterrupted one; host-side copies of the two
+    counters decide the Python branches without a device sync each step.
+    """
+
+    def __init__(self, config: SwAVConfig, backbone: nn.Module) -> None:
+        super().__init__(config, backbone)
+        self.projector = mlp(backbone.output_dim, config.proj_hidden_dim, config.proj_dim)
+        self.prototypes = nn.Linear(config.proj_dim, config.num_prototypes, bias=False)
+        self.criterion = SwAVLoss(temperature=config.temperature, epsilon=config.epsilon,
+                                  sinkhorn_iterations=config.sinkhorn_iterations,
+                                  crops_for_assign=GLOBAL_CROPS)
+        self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
+        # Past normalised projections of each global crop, newest first.
+        self.register_buffer("queue", torch.zeros(GLOBAL_CROPS, config.queue_length,
+                                                  config.proj_dim))  # (2, L, D)
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self._steps = 0  # host copy of step_count
+        self._filled = 0  # host copy of queue_filled
+        self._pending: Tensor | None = None  # this step's projections, enqueued at its end
+        self.register_load_state_dict_post_hook(_sync_counters)
+
+    @property
+    def prototypes_frozen(self) -> bool:
+        return self._steps < self.config.freeze_prototypes_epochs * self.context.steps_per_epoch
+
+    @property
+    def queue_started(self) -> bool:
+        start = self.config.queue_start_epoch * self.context.steps_per_epoch
+        return self.config.queue_length > 0 and self._steps >= start
+
+    @property
+    def queue_full(self) -> bool:
+        return self.queue_started and self._filled == self.config.queue_length
+
+    @torch.no_grad()
+    def normalize_prototypes(self) -> None:
+        """Put each prototype back on the unit sphere (done before every step, as the
+        reference code does, so scores are cosines)."""
+        weight = self.prototypes.weight
+        weight.copy_(F.normalize(weight.float(), dim=1))
+
+    def embed(self, images: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, proj_dim) L2-normalised projections."""
+        return F.normalize(self.projector(self.backbone(images)).float(), dim=1)
+
+    def training_step(self, views: list[Tensor]) -> StepOutput:
+        self.normalize_prototypes()
+        batch = len(views[0])
+        # One pass per resolution, as the reference code: the globals, then all locals.
+        z = [self.embed(torch.cat(views[:GLOBAL_CROPS]))]  # (2B, D)
+        if len(views) > GLOBAL_CROPS:
+            z.append(self.embed(torch.cat(views[GLOBAL_CROPS:])))  # (nB, D)
+        z = torch.cat(z)  # (V*B, D)
+        # No gradient reaches frozen prototypes, so their .grad stays None and the
+        # optimizer skips them (the reference code sets p.grad = None instead).
+        weight = self.prototypes.weight  # (K, D)
+        if self.prototypes_frozen:
+            weight = weight.detach()
+        scores = list(cosine_scores(z, weight).split(batch))  # V x (B, K)
+        globals_ = z[:GLOBAL_CROPS * batch].detach().view(GLOBAL_CROPS, batch, -1)
+        loss = self.criterion(scores, self.queue_scores())
+        self._pending = globals_  # (2, B, D)
+        return StepOutput(loss=loss, embeddings=globals_[0], metrics={
+            "prototypes_frozen": torch.tensor(float(self.prototypes_frozen)),
+            "queue_in_use": torch.tensor(float(self.queue_full)),
+        })
+
+    @torch.no_grad()
+    def queue_scores(self) -> list[Tensor] | None:
+        """Each global crop's queue scored against the prototypes, once the queue is
+        full (as the reference code), else ``None``."""
+        if not self.queue_full:
+            return None
+        weight = self.prototypes.weight
+        return [cosine_scores(self.queue[i], weight) for i in range(GLOBAL_CROPS)]  # 2 x (L, K)
+
+    def on_step_end(self, progress: float) -> None:
+        if self.queue_started and self._pending is not None:
+            self.enqueue(self._pending)
+        self._pending = None
+        self.step_count += 1
+        self._steps += 1
+
+    @torch.no_grad()
+    def enqueue(self, projections: Tensor) -> None:
+        """Push (2, B, D) projections in front of the queue, dropping the oldest."""
+        n = min(projections.shape[1], self.config.queue_length)
+        self.queue[:, n:] = self.queue[:, :-n].clone()
+        self.queue[:, :n] = projections[:, :n]
+        self._filled = min(self._filled + n, self.config.queue_length)
+        self.queue_filled.fill_(self._filled)
+
+
+def cosine_scores(z: Tensor, prototypes: Tensor) -> Tensor:
+    """(N, D) unit projections x (K, D) unit prototypes -> (N, K) cosines, in float32
+    even under autocast: exp(score / 0.05) in Sinkhorn would turn bf16 rounding of the
+    scores (steps of 0.004 below 1) into errors of several percent in the codes."""
+    with torch.autocast(z.device.type, enabled=False):
+        return z.float() @ prototypes.float().T
+
+
+def _sync_counters(module: SwAV, _incompatible_keys: Any) -> None:
+    # After load_state_dict (resume, tests): one sync to refresh the host copies.
+    module._steps = int(module.step_count)
+    module._filled = int(module.queue_filled)
+
+
+@hookimpl
+def register_objectives(register: Callable[[ObjectiveSpec], None]) -> None:
+    register(ObjectiveSpec(
+        name="swav",
+        factory=SwAVLoss,
+        paper=PAPER,
+        description="(scores, queue_scores=None): each global crop's Sinkhorn code "
+        "predicted from every other crop's softmax(scores / T)",
+    ))
+
+
+@hookimpl
+def register_methods(register: Callable[[MethodSpec], None]) -> None:
+    register(MethodSpec(
+        name="swav",
+        factory=SwAV,
+        config_class=SwAVConfig,
+        paper=PAPER,
+        views="multicrop",
+        objective="swav",
+        description="multi-crop; every crop predicts the global crops' Sinkhorn-Knopp codes "
+        "over learnable prototypes",
+        view_options=view_options,
+        # The paper's own batch-256 setting (reference code, scripts/
+        # swav_400ep_bs256_pretrain.sh): LARS (trust 1e-3) at lr 0.6 for 256 images, weight
+        # decay 1e-6, no warm-up; solo-learn's CIFAR-10 config also uses LARS lr 0.6, wd 1e-6.
+        # (The batch-4096 runs use 4.8 with 10 warm-up epochs.)
+        optim={"name": "lars", "lr": 0.6, "weight_decay": 1e-6, "warmup_epochs": 0},
+    ))
