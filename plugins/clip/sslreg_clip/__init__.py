@@ -1,0 +1,260 @@
+"""CLIP: contrastive image-text pre-training, with captions built from class names.
+
+Radford, Kim, Hallacy, Ramesh, Goh, Agarwal, Sastry, Askell, Mishkin, Clark, Krueger and
+Sutskever. "Learning Transferable Visual Models From Natural Language Supervision."
+ICML 2021. https://arxiv.org/abs/2103.00020
+
+Not self-supervised in the sense of the other methods: the only text a labelled image
+dataset offers is its class names, so each image's caption is "a photo of a {its
+class}." (a random template per sample per step) and the labels reach the model through
+the captions. Scores are therefore closer to supervised learning's than to SSL's.
+
+The model: image -> backbone -> linear projection; caption -> byte-level tokens -> a small
+causal transformer read at the EOS token -> linear projection; both into a joint space
+where the symmetric InfoNCE loss of the paper's figure 3 pairs row i with column i, at a
+learned temperature (logit scale initialised to 1/0.07, clipped at 100). With few
+classes a batch holds many captions of the same class, which this loss counts as
+negatives; the paper's loss is kept as is. Zero-shot classification
+(``zero_shot_acc``) embeds every class name through every template and averages the
+normalised embeddings (the paper's prompt ensembling, sec. 3.1.4).
+
+Sizes scaled down for 28-32 px images: a 128-d joint space (the paper: 512-1024), a
+2-block, 128-wide text transformer with 64-d heads (the paper: 12 blocks, 512 wide,
+64-d heads), 64 byte tokens (the paper: 76 BPE tokens). Views: one, from the built-in
+``mae`` policy (random resized crop, scale 0.2-1, and flip); the paper's only
+augmentation is a random square crop, and one view suffices for an image-text loss.
+
+The learning test's margin (tests/test_clip.py) was set from seed noise measured with
+benchmarks/learning_margin.py; see that test's docstring.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import attrs
+import torch
+import torch.nn.functional as F
+from attrs import field
+from attrs.validators import ge, gt, instance_of, le
+from torch import Tensor, nn
+
+from sslreg import Method, MethodSpec, RunContext, StepOutput, hookimpl
+from sslreg.objectives import infonce_bound
+from sslreg_clip.text import TextEncoder
+from sslreg_clip.tokenizer import PAD_ID, ByteTokenizer
+
+__all__ = ["TEMPLATES", "ByteTokenizer", "CLIP", "CLIPConfig", "TextEncoder", "clip_loss"]
+
+PAPER = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language " \
+        "Supervision (CLIP)"
+
+# Caption templates, mostly from the paper's ImageNet prompt list; every one fits the
+# 64-byte context with the longest Fashion-MNIST name ("T-shirt/top").
+TEMPLATES = (
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "an image of the {}.",
+    "a low resolution photo of a {}.",
+    "a black and white photo of a {}.",
+    "a cropped photo of the {}.",
+    "a close-up photo of a {}.",
+    "a blurry photo of the {}.",
+)
+
+# Length of the fixed table of random template draws read by a step counter; a prime,
+# so that batches of any size walk through all of it before repeating.
+TEMPLATE_DRAWS = 4093
+
+# Images per forward pass in zero-shot evaluation.
+ZERO_SHOT_BATCH = 512
+
+
+@attrs.frozen(kw_only=True)
+class CLIPConfig:
+    """CLIP hyperparameters: the paper's (sec. 2.4-2.5), sized down for small images.
+
+    ``init_temperature`` 0.07 and ``max_logit_scale`` 100 are the paper's;
+    ``learn_temperature=False`` keeps the temperature fixed (then the loss is the
+    built-in ``clip`` objective's exactly).
+    """
+
+    proj_dim: int = field(default=128, validator=[instance_of(int), ge(1)])
+    text_width: int = field(default=128, validator=[instance_of(int), ge(1)])
+    text_layers: int = field(default=2, validator=[instance_of(int), ge(1)])
+    text_heads: int = field(default=2, validator=[instance_of(int), ge(1)])
+    context_length: int = field(default=64, validator=[instance_of(int), ge(3), le(1024)])
+    init_temperature: float = field(default=0.07, converter=float, validator=gt(0))
+    max_logit_scale: float = field(default=100.0, converter=float, validator=ge(1))
+    learn_temperature: bool = field(default=True, validator=instance_of(bool))
+
+    @text_heads.validator
+    def _divides_width(self, attribute: attrs.Attribute, value: int) -> None:
+        if self.text_width % value:
+            raise ValueError(f"{attribute.name}={value} must divide text_width="
+                             f"{self.text_width}")
+
+    @max_logit_scale.validator
+    def _above_initial(self, attribute: attrs.Attribute, value: float) -> None:
+        if 1 / self.init_temperature > value:
+            raise ValueError(f"{attribute.name}={value} is below the initial logit scale "
+                             f"1/init_temperature={1 / self.init_temperature:g}")
+
+
+def clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor) -> Tensor:
+    """The paper's figure 3 loss at a given scale: ``logits = scale * img_n @ txt_n.T``,
+    then the mean of the row-wise and column-wise cross-entropies against the diagonal.
+    Equal to ``CLIPLoss(temperature=1 / scale)``; the scale may carry a gradient.
+
+    Shapes: image_emb, text_emb (N, D) paired; logit_scale 0-d. Returns a scalar.
+    """
+    # float32 even under autocast: scaled logits are too coarse in bf16.
+    image = F.normalize(image_emb.float(), dim=1)  # (N, D)
+    text = F.normalize(text_emb.float(), dim=1)  # (N, D)
+    logits = logit_scale.float() * image @ text.T  # (N, N)
+    targets = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+class CLIP(Method):
+    """Image and text towers into one joint space, trained on class-name captions."""
+
+    uses_labels = True
+
+    def __init__(self, config: CLIPConfig, backbone: nn.Module) -> None:
+        super().__init__(config, backbone)
+        self.tokenizer = ByteTokenizer(config.context_length)
+        self.image_projection = nn.Linear(backbone.output_dim, config.proj_dim, bias=False)
+        self.text_encoder = TextEncoder(
+            vocab_size=self.tokenizer.vocab_size, context_length=config.context_length,
+            width=config.text_width, layers=config.text_layers, heads=config.text_heads,
+            out_dim=config.proj_dim)
+        # log(1 / T): the paper learns the temperature in log space (sec. 2.5).
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)),
+                                        requires_grad=config.learn_temperature)
+        # Random template draws from the seeded global RNG, read through a step counter:
+        # deterministic, free of host syncs, and both in the state_dict, so a resumed
+        # run draws what an uninterrupted one would have.
+        self.register_buffer("template_draws",
+                             torch.randint(len(TEMPLATES), (TEMPLATE_DRAWS,)))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # (classes, templates, length) caption tokens, rebuilt from the class names by
+        # setup() on every run, so not saved.
+        self.register_buffer("captions", self._tokenize(()), persistent=False)
+
+    def setup(self, context: RunContext) -> None:
+        super().setup(context)
+        self.captions = self._tokenize(context.class_names).to(self.captions.device)
+
+    def _tokenize(self, class_names: tuple[str, ...]) -> Tensor:
+        texts = [template.format(name) for name in class_names for template in TEMPLATES]
+        tokens = self.tokenizer.encode(texts)  # (C * T, context_length)
+        # Drop the columns after the longest caption's EOS: under the causal mask no EOS
+        # feature sees them, so the text tower's output is the same, and it runs faster.
+        length = int((tokens != PAD_ID).sum(dim=1).max()) if len(texts) else 0
+        return tokens[:, :length].reshape(len(class_names), len(TEMPLATES), length).contiguous()
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, proj_dim), not normalised."""
+        return self.image_projection(self.backbone(images))
+
+    def encode_text(self, tokens: Tensor) -> Tensor:
+        """(M, L) ids -> (M, proj_dim), not normalised."""
+        return self.text_encoder(tokens)
+
+    def scale(self) -> Tensor:
+        """The logit scale exp(logit_scale), 0-d, with its gradient."""
+        return self.logit_scale.exp()
+
+    def template_choices(self, batch: int) -> Tensor:
+        """(batch,) template indices for this step: a window of the fixed random draws
+        that moves by ``batch`` every optimizer step."""
+        offsets = torch.arange(batch, device=self.steps.device)
+        return self.template_draws[(self.steps * batch + offsets) % TEMPLATE_DRAWS]
+
+    def caption_embeddings(self, labels: Tensor, templates: Tensor) -> Tensor:
+        """(N,) labels and template indices -> (N, proj_dim) caption embeddings.
+
+        Only classes x templates distinct captions exist, so all of them are encoded
+        once (80 for 10 classes, fewer than a batch) and gathered per sample: the text
+        tower has no batch statistics, so this equals encoding each sample's caption.
+        """
+        classes, count, length = self.captions.shape
+        table = self.encode_text(self.captions.view(classes * count, length))  # (C*T, D)
+        return table.view(classes, count, -1)[labels, templates]  # (N, D)
+
+    def training_step(self, views: list[Tensor], labels: Tensor | None = None) -> StepOutput:
+        self._check_captions(labels)
+        image = self.encode_image(views[0])  # (N, D)
+        text = self.caption_embeddings(labels, self.template_choices(len(labels)))  # (N, D)
+        scale = self.scale()
+        loss = clip_loss(image, text, scale)
+        embeddings = F.normalize(image.detach().float(), dim=1)  # what the monitors watch
+        # Each image is scored against the batch's N captions (and each caption against
+        # N images): K = N candidates.
+        metrics = {"infonce_bound": infonce_bound(loss, num_candidates=len(labels)),
+                   "logit_scale": scale.detach()}
+        return StepOutput(loss=loss, embeddings=embeddings, metrics=metrics)
+
+    def _check_captions(self, labels: Tensor | None) -> None:
+        if labels is None:
+            raise ValueError("clip builds its captions from the labels: call "
+                             "training_step(views, labels=labels)")
+        if self.captions.shape[0] == 0:
+            raise ValueError("clip has no class names to caption: call "
+                             "setup(RunContext(class_names=...)) first")
+
+    def on_step_end(self, progress: float) -> None:
+        self.steps.add_(1)
+        # Clip the learned scale at max_logit_scale (the paper, sec. 2.5) and keep it at
+        # least 1, as the reference training code does; in place, no host sync.
+        with torch.no_grad():
+            self.logit_scale.clamp_(0.0, math.log(self.config.max_logit_scale))
+
+    @torch.no_grad()
+    def class_embeddings(self) -> Tensor:
+        """(C, proj_dim) unit class embeddings: every template's caption embedded and
+        normalised, averaged over templates, renormalised (prompt ensembling)."""
+        classes, count, length = self.captions.shape
+        text = self.encode_text(self.captions.view(classes * count, length)).float()
+        text = F.normalize(text, dim=1).view(classes, count, -1)  # (C, T, D)
+        return F.normalize(text.mean(dim=1), dim=1)  # (C, D)
+
+    @torch.no_grad()
+    def extra_evaluation(self, images: Tensor, labels: Tensor,
+                         batch_size: int = ZERO_SHOT_BATCH) -> dict[str, float]:
+        """Zero-shot accuracy: each test image takes the class whose ensembled caption
+        embedding is closest in cosine similarity."""
+        self._check_captions(labels)
+        classes = self.class_embeddings()  # (C, D)
+        correct = torch.zeros((), dtype=torch.long, device=labels.device)
+        for start in range(0, len(images), batch_size):
+            image = self.encode_image(images[start:start + batch_size]).float()  # (b, D)
+            predicted = (F.normalize(image, dim=1) @ classes.T).argmax(dim=1)  # (b,)
+            correct += (predicted == labels[start:start + batch_size]).sum()
+        return {"zero_shot_acc": correct.item() / max(len(images), 1)}
+
+
+@hookimpl
+def register_methods(register: Callable[[MethodSpec], None]) -> None:
+    register(MethodSpec(
+        name="clip",
+        factory=CLIP,
+        config_class=CLIPConfig,
+        paper=PAPER,
+        # One view: crop and flip, close to the paper's random square crop.
+        views="mae",
+        objective="clip",
+        description="image-text contrast with captions built from class names, learned "
+        "temperature, zero-shot accuracy; USES THE LABELS (not self-supervised)",
+        # AdamW with the paper's betas (0.9, 0.98) and decoupled weight decay 0.2 (sec.
+        # 2.5, table 18); gains, biases and the logit scale are not decayed (1-d or 0-d).
+        # The paper warms up for 2000 steps; 1 epoch here: without warm-up the text
+        # tower maps every caption to one point in its first steps at these rates. The
+        # paper's lr 5e-4 is for batch 32768; at batch 256, 5e-3 learns within short
+        # budgets (1e-3: kNN20 +0.03 in the learning test's 2 epochs, 3e-3 and 6e-3
+        # with warm-up: +0.21 and +0.24). Adam eps 1e-6 as the paper.
+        optim={"name": "adamw", "lr": 5e-3, "weight_decay": 0.2, "betas": (0.9, 0.98),
+               "eps": 1e-6, "warmup_epochs": 1},
+    ))
