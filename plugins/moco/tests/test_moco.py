@@ -1,0 +1,140 @@
+"""MoCo's tests.
+
+The learning test runs ``sslreg.testing.LEARNING_BUDGET``. Measured on the 2-core CPU
+(``benchmarks/learning_margin.py --method moco --seeds 0 1 2``): MoCo v2 kNN20
+0.663 +- 0.010 (linear 0.729 / 0.727 / 0.728), random init 0.473 +- 0.013 (linear
+0.513 / 0.518 / 0.513). MARGIN 0.10 is over seven seed deviations, about half the gap.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sslreg_moco import KeyQueue, MoCo, MoCoConfig
+
+from sslreg import ConfigError, RunConfig, load_registry, testing
+
+MARGIN = 0.10
+
+
+def _method(**options) -> MoCo:
+    net = load_registry().backbones.create("resnet18-narrow", in_channels=1, image_size=28)
+    return MoCo(MoCoConfig(**options), net)
+
+
+def test_conformance():
+    testing.check_method("moco")
+
+
+def test_conformance_v3():
+    registry = load_registry()
+    config = RunConfig.build(registry, "moco", ["method.version=3"])
+    assert config.method_config.version == 3
+    method = MoCo(config.method_config, registry.backbones.create(
+        "resnet18-narrow", in_channels=1, image_size=28))
+    _, policy = testing.build("moco")
+    output = testing.step(method, policy, testing.tiny_images())
+    assert torch.isfinite(output.loss)
+    output.loss.backward()
+    assert all(p.grad is None for p in method.key_backbone.parameters())
+
+
+def test_registered_with_paper_defaults():
+    spec = load_registry().methods.get("moco")
+    assert spec.plugin == "moco"
+    assert (spec.views, spec.objective) == ("simclr", "info_nce")
+    config = spec.config_class()
+    assert (config.version, config.temperature, config.base_momentum) == (2, 0.2, 0.99)
+    assert config.head_sizes == (2048, 128)
+    assert MoCoConfig(version=3).base_momentum == 0.99
+    assert spec.optim["name"] == "sgd" and spec.optim["lr"] == 0.3
+
+
+def test_queue_is_a_fifo_that_wraps_around():
+    queue = KeyQueue(length=4, dim=2)
+    assert queue.negatives() is None  # starts empty
+    first = torch.tensor([[3.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    queue.push(first)
+    torch.testing.assert_close(queue.negatives(), F.normalize(first, dim=1))
+    assert int(queue.pointer) == 3 and int(queue.count) == 3
+    queue.push(torch.tensor([[0.0, -1.0], [-5.0, 0.0]]))  # rows 3, then 0 (oldest)
+    negatives = queue.negatives()
+    assert negatives.shape == (4, 2) and int(queue.count) == 4
+    torch.testing.assert_close(negatives[3], torch.tensor([0.0, -1.0]))
+    torch.testing.assert_close(negatives[0], torch.tensor([-1.0, 0.0]))
+    torch.testing.assert_close(negatives[1:3], F.normalize(first[1:], dim=1))
+    assert int(queue.pointer) == 1
+    negatives.add_(1.0)  # a copy: changing it leaves the queue alone
+    torch.testing.assert_close(queue.keys[3], torch.tensor([0.0, -1.0]))
+
+
+def test_queue_survives_a_state_dict_round_trip():
+    queue = KeyQueue(length=4, dim=2)
+    queue.push(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    restored = KeyQueue(length=4, dim=2)
+    restored.load_state_dict(queue.state_dict())
+    torch.testing.assert_close(restored.negatives(), queue.negatives())
+    assert int(restored.pointer) == 2
+
+
+def test_v2_loss_is_info_nce_against_the_queue_then_enqueues_keys():
+    method, policy = testing.build("moco")
+    method.train()
+    views = policy(testing.tiny_images(), torch.Generator().manual_seed(0))
+    method.queue.push(torch.randn(16, 128))  # a full queue would do as well
+    queue_before = method.queue.negatives()
+    output = method.training_step(views)
+    q = F.normalize(method.projector(method.backbone(views[0])), dim=1)
+    k = F.normalize(method.key_projector(method.key_backbone(views[1])), dim=1)
+    # Written out: logits [q.k+, q.queue] / T, the positive at index 0.
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue_before.T], dim=1) / 0.2
+    expected = -torch.log_softmax(logits, dim=1)[:, 0].mean()
+    torch.testing.assert_close(output.loss, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(method.queue.keys[16:24], k)
+    bound = math.log(1 + 16) - expected
+    torch.testing.assert_close(output.metrics["infonce_bound"], bound, rtol=1e-4, atol=1e-5)
+
+
+def test_v3_loss_is_symmetric_in_batch_and_scaled_by_two_t():
+    method = _method(version=3, proj_hidden_dim=32, proj_dim=16)
+    method.train()
+    views = [torch.randn(6, 1, 28, 28), torch.randn(6, 1, 28, 28)]
+    loss = method.training_step(views).loss
+    q1, q2 = method.predictor(method.projector(method.backbone(torch.cat(views)))).chunk(2)
+    k1, k2 = method.key_projector(method.key_backbone(torch.cat(views))).chunk(2)
+
+    def ctr(q, k):
+        logits = F.normalize(q, dim=1) @ F.normalize(k, dim=1).T / 0.2
+        return F.cross_entropy(logits, torch.arange(len(q))) * 2 * 0.2
+
+    torch.testing.assert_close(loss, ctr(q1, k2) + ctr(q2, k1), rtol=1e-4, atol=1e-5)
+
+
+def test_key_encoder_follows_the_query_encoder_by_ema():
+    method = _method(momentum=0.9)
+    before = [p.clone() for p in method.key_backbone.parameters()]
+    with torch.no_grad():
+        for p in method.backbone.parameters():
+            p.add_(1.0)
+    method.on_step_end(progress=0.5)
+    for key, old, query in zip(method.key_backbone.parameters(), before,
+                               method.backbone.parameters(), strict=True):
+        torch.testing.assert_close(key, 0.9 * old + 0.1 * query)
+
+
+def test_overrides_are_validated():
+    registry = load_registry()
+    with pytest.raises(ConfigError, match="version"):
+        RunConfig.build(registry, "moco", ["method.version=4"])
+    with pytest.raises(ConfigError, match="queue_length"):
+        RunConfig.build(registry, "moco", ["method.queue_length=0"])
+    with pytest.raises(ConfigError, match="momentum"):
+        RunConfig.build(registry, "moco", ["method.momentum=1.5"])
+
+
+def test_moco_learns_on_fashion_mnist(tmp_path):
+    trained, random_init, warnings = testing.learning_run("moco", tmp_path)
+    assert trained["knn20_acc"] > random_init["knn20_acc"] + MARGIN, (trained, random_init)
+    assert trained["linear_acc"] > random_init["linear_acc"] + MARGIN, (trained, random_init)
+    assert not warnings, warnings
