@@ -53,3 +53,28 @@ def test_a_budget_without_a_fitting_backbone_is_refused():
         with pytest.raises(SslregError, match="no backbone for method 'vit-simclr'"):
             backbone_for(registry, "vit-simclr", Budget(backbone="resnet18-narrow"))
         assert backbone_for(registry, "simclr", Budget(backbone="resnet18")) == "resnet18"
+
+
+def test_per_method_overrides_for_every_budget_and_for_one():
+    from sslreg.bench.suite import suite_sets
+
+    suite = parse_suite(SUITE + """
+[method.simclr]
+set = ["method.temperature=0.2"]
+[budget.cpu.method.simclr]
+set = ["optim.lr=1.0"]
+""")
+    cpu = suite_sets(suite, suite.budget(cuda=False), "simclr", seed=3)
+    assert cpu[-3:] == ["method.temperature=0.2", "optim.lr=1.0", "train.seed=3"]
+    gpu = suite_sets(suite, suite.budget(cuda=True), "simclr", seed=3)
+    assert "optim.lr=1.0" not in gpu and "method.temperature=0.2" in gpu
+    assert suite_sets(suite, suite.budget(cuda=False), "byol", 0)[-1] == "train.seed=0"
+
+
+def test_builtin_quick_suite_parses():
+    from sslreg.bench.suite import load_suite
+
+    suite = load_suite("quick")
+    assert suite.methods == ("*",)
+    assert "optim.lr=4.8" in suite.cpu.method["swav"]
+    assert "swav" not in suite.gpu.method

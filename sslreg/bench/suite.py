@@ -21,16 +21,25 @@ else:  # pragma: no cover
 _strings = deep_iterable(instance_of(str))
 
 
+def _method_sets(tables: dict) -> dict[str, tuple[str, ...]]:
+    """``{method: {"set": [...]}}`` (TOML ``[...method.NAME]`` tables) -> ``{method: sets}``."""
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise ValueError("method tables must look like [method.NAME] with set = [...]")
+    return {name: tuple(table.get("set", ())) for name, table in tables.items()}
+
+
 @attrs.frozen(kw_only=True)
 class Budget:
     """What one device kind runs: the backbone and ``--set`` overrides for every run.
 
-    ``vit_backbone`` serves the methods that only take a ViT (e.g. MAE)."""
+    ``vit_backbone`` serves the methods that only take a ViT (e.g. MAE); ``method``
+    holds per-method overrides for this budget only (``[budget.cpu.method.NAME]``)."""
 
     backbone: str = field(validator=instance_of(str))
     vit_backbone: str | None = field(default=None,
                                      validator=attrs.validators.optional(instance_of(str)))
     set: tuple[str, ...] = field(default=(), converter=tuple, validator=_strings)
+    method: dict[str, tuple[str, ...]] = field(factory=dict, converter=_method_sets)
 
 
 @attrs.frozen(kw_only=True)
@@ -80,7 +89,7 @@ def parse_suite(text: str, default_name: str = "suite") -> Suite:
         raise ConfigError(f"suite {default_name} is not valid TOML: {error}") from None
     try:
         budgets = data.pop("budget")
-        method_set = {k: tuple(v.get("set", ())) for k, v in data.pop("method", {}).items()}
+        method_set = _method_sets(data.pop("method", {}))
         return Suite(name=data.pop("name", default_name), cpu=Budget(**budgets["cpu"]),
                      gpu=Budget(**budgets["gpu"]), method_set=method_set, **data)
     except KeyError as error:
@@ -92,4 +101,5 @@ def parse_suite(text: str, default_name: str = "suite") -> Suite:
 
 
 def suite_sets(suite: Suite, budget: Budget, method: str, seed: int) -> list[str]:
-    return [*budget.set, *suite.method_set.get(method, ()), f"train.seed={seed}"]
+    return [*budget.set, *suite.method_set.get(method, ()), *budget.method.get(method, ()),
+            f"train.seed={seed}"]
