@@ -1,0 +1,94 @@
+"""VICReg: variance-invariance-covariance regularisation of two views' embeddings. The
+invariance term pulls the views together; the variance and covariance terms keep every
+dimension alive and decorrelated, so nothing can collapse without negatives or an EMA.
+
+Bardes, Ponce, LeCun. "VICReg: Variance-Invariance-Covariance Regularization for
+Self-Supervised Learning." ICLR 2022. https://arxiv.org/abs/2105.04906
+
+The paper's ImageNet expander is 8192-8192-8192 (three linear layers, BN and ReLU after
+the first two). For small images the defaults follow the CIFAR-10 settings of solo-learn
+(``scripts/pretrain/cifar/vicreg.yaml``: ``proj_hidden_dim`` = ``proj_output_dim`` = 2048)
+and lightly (``BarlowTwinsProjectionHead(512, 2048, 2048)`` in its VICReg example).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from attrs import field
+from attrs.validators import ge, instance_of
+from torch import Tensor, nn
+
+from sslreg import Method, MethodSpec, StepOutput, hookimpl
+from sslreg.nn import mlp
+from sslreg.objectives import VICRegLoss
+
+PAPER = "Bardes, Ponce and LeCun 2022, VICReg: Variance-Invariance-Covariance " \
+    "Regularization for Self-Supervised Learning (VICReg)"
+
+
+def _finite(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"{attribute.name} must be a finite number, got {value}")
+
+
+def _coefficient(default: float) -> Any:
+    return field(default=default, converter=float, validator=[_finite, ge(0)])
+
+
+@attrs.frozen(kw_only=True)
+class VICRegConfig:
+    """VICReg hyperparameters; the loss weights are the paper's lambda = mu = 25, nu = 1
+    (sec. 4.1). The expander sizes are the small-image ones of solo-learn and lightly."""
+
+    sim_coeff: float = _coefficient(25.0)
+    std_coeff: float = _coefficient(25.0)
+    cov_coeff: float = _coefficient(1.0)
+    proj_hidden_dim: int = field(default=2048, validator=[instance_of(int), ge(1)])
+    proj_dim: int = field(default=2048, validator=[instance_of(int), ge(1)])
+
+
+class VICReg(Method):
+    """Backbone -> 3-layer expander -> VICReg loss between the two views; the three
+    unweighted terms are logged, since their balance shows what the run is fighting
+    (a variance term that stays high means dimensions are collapsing)."""
+
+    def __init__(self, config: VICRegConfig, backbone: nn.Module) -> None:
+        super().__init__(config, backbone)
+        self.expander = mlp(backbone.output_dim, config.proj_hidden_dim, config.proj_dim,
+                            num_layers=3)
+        self.criterion = VICRegLoss(sim_coeff=config.sim_coeff, std_coeff=config.std_coeff,
+                                    cov_coeff=config.cov_coeff)
+
+    def training_step(self, views: list[Tensor]) -> StepOutput:
+        # One pass per view, as the reference code does: each view's batch norm
+        # statistics come from that view's batch alone.
+        z1, z2 = (self.expander(self.backbone(view)) for view in views[:2])  # (N, proj_dim)
+        terms = self.criterion.terms(z1, z2)
+        loss = (self.criterion.sim_coeff * terms["invariance"]
+                + self.criterion.std_coeff * terms["variance"]
+                + self.criterion.cov_coeff * terms["covariance"])
+        metrics = {name: value.detach() for name, value in terms.items()}
+        return StepOutput(loss=loss, embeddings=z1.detach(), metrics=metrics)
+
+
+@hookimpl
+def register_methods(register: Callable[[MethodSpec], None]) -> None:
+    register(MethodSpec(
+        name="vicreg",
+        factory=VICReg,
+        config_class=VICRegConfig,
+        paper=PAPER,
+        # The paper uses BYOL's asymmetric augmentations (appendix C.1).
+        views="byol",
+        objective="vicreg",
+        description="invariance (MSE) + variance hinge + covariance penalty on an "
+        "expander's outputs; no negatives, no predictor, no EMA",
+        # LARS at 0.2 x batch/256 for every parameter (1-d ones unadapted, undecayed),
+        # weight decay 1e-6, 10 warm-up epochs: the paper's appendix C.1 and the
+        # reference code's defaults (--base-lr 0.2, --wd 1e-6).
+        optim={"name": "lars", "lr": 0.2, "weight_decay": 1e-6, "warmup_epochs": 10},
+    ))

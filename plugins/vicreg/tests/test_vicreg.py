@@ -1,0 +1,70 @@
+"""VICReg's tests; the loss itself is checked on hand-computable inputs in the core's
+tests/test_objectives.py.
+
+The learning test runs ``sslreg.testing.LEARNING_BUDGET``. Measured on the 2-core CPU
+(``benchmarks/learning_margin.py --method vicreg --seeds 0 1 2``): kNN20
+0.710 +- 0.012 (linear 0.729 / 0.718 / 0.747), random init 0.473 +- 0.013 (linear
+0.513 / 0.518 / 0.513). MARGIN 0.10 is under every per-seed gap (smallest 0.217).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sslreg import ConfigError, RunConfig, load_registry, testing
+
+MARGIN = 0.10
+
+
+def test_conformance():
+    testing.check_method("vicreg")
+
+
+def test_registered_with_paper_defaults():
+    spec = load_registry().methods.get("vicreg")
+    assert spec.plugin == "vicreg"
+    assert (spec.views, spec.objective) == ("byol", "vicreg")
+    config = spec.config_class()
+    assert (config.sim_coeff, config.std_coeff, config.cov_coeff) == (25.0, 25.0, 1.0)
+    assert spec.optim["name"] == "lars"
+
+
+def test_loss_is_the_written_out_objective_and_terms_are_logged():
+    method, policy = testing.build("vicreg")
+    method.train()
+    views = policy(testing.tiny_images(), torch.Generator().manual_seed(0))
+    output = method.training_step(views)
+    z1, z2 = (method.expander(method.backbone(v)) for v in views)
+    n, d = z1.shape
+
+    def variance(z):
+        return F.relu(1 - torch.sqrt(z.var(0) + 1e-4)).mean()
+
+    def covariance(z):
+        zc = z - z.mean(0)
+        cov = zc.T @ zc / (n - 1)
+        return (cov - torch.diag(torch.diagonal(cov))).pow(2).sum() / d
+
+    invariance = F.mse_loss(z1, z2)
+    # The reference code averages the two branches' variance terms (the paper's eq. 6
+    # sums them; the factor of 2 folds into mu) and sums their covariance terms.
+    expected = (25 * invariance + 25 * (variance(z1) + variance(z2)) / 2
+                + covariance(z1) + covariance(z2))
+    torch.testing.assert_close(output.loss, expected, rtol=1e-4, atol=1e-4)
+    assert set(output.metrics) == {"invariance", "variance", "covariance"}
+    torch.testing.assert_close(output.metrics["invariance"], invariance.detach())
+
+
+def test_overrides_are_validated():
+    registry = load_registry()
+    with pytest.raises(ConfigError, match="std_coeff"):
+        RunConfig.build(registry, "vicreg", ["method.std_coeff=-1"])
+    with pytest.raises(ConfigError, match="cov_coeff"):
+        RunConfig.build(registry, "vicreg", ["method.cov_coeff=nan"])
+
+
+def test_vicreg_learns_on_fashion_mnist(tmp_path):
+    trained, random_init, warnings = testing.learning_run("vicreg", tmp_path)
+    assert trained["knn20_acc"] > random_init["knn20_acc"] + MARGIN, (trained, random_init)
+    assert trained["linear_acc"] > random_init["linear_acc"] + MARGIN, (trained, random_init)
+    assert not warnings, warnings
