@@ -1,0 +1,288 @@
+"""DINO: self-distillation with no labels. A student matches an EMA teacher's centred,
+sharpened distribution over prototypes across multi-crop views.
+
+Caron, Touvron, Misra, Jégou, Mairal, Bojanowski, Joulin. "Emerging Properties in
+Self-Supervised Vision Transformers." ICCV 2021. https://arxiv.org/abs/2104.14294
+
+The student sees every crop (two global, ``num_local`` local), the teacher only the two
+global ones; the loss (``dino`` objective, :mod:`sslreg_dino.loss`) is the cross-entropy
+between the teacher's ``softmax((t - center) / teacher_temp)`` and the student's
+``softmax(s / 0.1)`` over every pair of different crops. Works on convnets and ViTs; on a
+ViT, :meth:`DINO.visualize` draws the [CLS] token's last-layer attention.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+from attrs import field
+from attrs.validators import ge, gt, instance_of, le, lt, optional
+from torch import Tensor, nn
+
+from sslreg import Method, MethodSpec, ObjectiveSpec, RunContext, StepOutput, hookimpl
+from sslreg.nn import cosine_momentum, ema_update, make_target
+from sslreg_dino.loss import DINOLoss, teacher_probabilities
+
+__all__ = ["DINO", "DINOConfig", "DINOHead", "DINOLoss", "attention_maps"]
+
+PAPER = "Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transformers (DINO)"
+
+# Schedules measured in epochs are cut to the share of the run the paper gave them, so
+# a short run keeps their shape: the teacher temperature warms up over 30 of 100 epochs
+# and the prototypes stay frozen for 1 of 100 (sec. 4 and appendix; main_dino.py).
+TEACHER_TEMP_WARMUP_SHARE = 0.3
+FREEZE_SHARE = 0.01
+
+
+@attrs.frozen(kw_only=True)
+class DINOConfig:
+    """DINO hyperparameters; defaults from the paper (sec. 3.1, 4 and appendix) and its
+    reference code (main_dino.py), except ``out_dim``.
+
+    ``out_dim`` is 4096 prototypes, solo-learn's CIFAR setting (the paper's 65536 is for
+    ImageNet's 1.3M images; 4096 is ample for 10-100 classes). ``num_local`` is the
+    built-in ``multicrop`` policy's default, 6 as in the paper's ResNet-50 run and one
+    arm of its multi-crop ablation (2x224 + 6x96). The teacher temperature warms up
+    from 0.04 to 0.07 as in the paper's 100-epoch ViT-S run; ``warmup_teacher_temp_epochs``
+    (30) and ``freeze_last_layer_epochs`` (1) are that run's, cut to 30% and 1% of a
+    shorter run (see ``TEACHER_TEMP_WARMUP_SHARE``). ``use_bn_in_head=None`` follows the
+    paper's two recipes: BN in the head's hidden layers for a convnet (its ResNet-50
+    run), none for a ViT. ``evaluate_teacher`` gives the EMA teacher's backbone to the
+    linear probe and kNN, as the paper does (eval_knn.py's default); off by default
+    because a short run leaves the teacher far behind the student.
+    """
+
+    out_dim: int = field(default=4096, validator=[instance_of(int), ge(1)])
+    hidden_dim: int = field(default=2048, validator=[instance_of(int), ge(1)])
+    bottleneck_dim: int = field(default=256, validator=[instance_of(int), ge(1)])
+    num_local: int = field(default=6, validator=[instance_of(int), ge(0), le(32)])
+    student_temp: float = field(default=0.1, converter=float, validator=gt(0))
+    warmup_teacher_temp: float = field(default=0.04, converter=float, validator=gt(0))
+    teacher_temp: float = field(default=0.07, converter=float, validator=gt(0))
+    warmup_teacher_temp_epochs: float = field(default=30.0, converter=float, validator=ge(0))
+    center_momentum: float = field(default=0.9, converter=float, validator=[ge(0), lt(1)])
+    base_momentum: float = field(default=0.996, converter=float, validator=[ge(0), le(1)])
+    freeze_last_layer_epochs: float = field(default=1.0, converter=float, validator=ge(0))
+    use_bn_in_head: bool | None = field(default=None,
+                                        validator=optional(instance_of(bool)))
+    evaluate_teacher: bool = field(default=False, validator=instance_of(bool))
+
+
+class DINOHead(nn.Module):
+    """3-layer MLP (GELU, BN after the hidden layers if ``use_bn``) -> L2-normalised
+    bottleneck -> prototypes.
+
+    The last layer is the paper's weight-normalised linear layer with its gain fixed to
+    1, i.e. each prototype row is L2-normalised, so the logits are cosines in [-1, 1].
+    Returns ``(z, logits)``: the normalised bottleneck (B, bottleneck_dim) and the
+    prototype scores (B, out_dim), the latter in float32.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int,
+                 out_dim: int, use_bn: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for dim in (in_dim, hidden_dim):
+            layers.append(nn.Linear(dim, hidden_dim))
+            if use_bn:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers, nn.Linear(hidden_dim, bottleneck_dim))
+        for module in self.mlp:
+            if isinstance(module, nn.Linear):  # the reference code's init
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        self.prototypes = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
+        # nn.Linear's default init, as the reference's weight-normed layer keeps it.
+        nn.init.kaiming_uniform_(self.prototypes, a=math.sqrt(5))
+
+    def forward(self, x: Tensor, freeze_prototypes: bool = False) -> tuple[Tensor, Tensor]:
+        z = F.normalize(self.mlp(x).float(), dim=-1)  # (B, bottleneck_dim)
+        # A detached weight gets no gradient, so the optimizer skips it (frozen layer).
+        weight = self.prototypes.detach() if freeze_prototypes else self.prototypes
+        # float32 matmul under autocast: cosines / 0.04 need more than bf16's 8 bits.
+        with torch.autocast(x.device.type, enabled=False):
+            logits = z @ F.normalize(weight.float(), dim=-1).T  # (B, out_dim)
+        return z, logits
+
+
+class DINO(Method):
+    """Student backbone+head against an EMA teacher backbone+head (momentum 0.996 -> 1).
+
+    State kept for resume: ``center`` (1, out_dim), the EMA of the teacher's batch-mean
+    output, and ``steps``, the optimizer steps taken (the teacher-temperature warm-up
+    and the frozen-prototype epochs are read from it).
+    """
+
+    def __init__(self, config: DINOConfig, backbone: nn.Module) -> None:
+        super().__init__(config, backbone)
+        use_bn = config.use_bn_in_head
+        if use_bn is None:  # the paper's two recipes: BN for its ResNet-50, none for ViTs
+            use_bn = not hasattr(backbone, "last_self_attention")
+        self.head = DINOHead(backbone.output_dim, config.hidden_dim, config.bottleneck_dim,
+                             config.out_dim, use_bn=use_bn)
+        self.teacher_backbone = make_target(backbone)
+        self.teacher_head = make_target(self.head)
+        self.criterion = DINOLoss(config.student_temp)
+        self.register_buffer("center", torch.zeros(1, config.out_dim))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # A host copy of ``steps``: deciding whether the prototypes are frozen must not
+        # read the device tensor each step. Refreshed whenever a state_dict is loaded.
+        self.steps_done = 0
+        self.register_load_state_dict_post_hook(_refresh_steps_done)
+        self.momentum = config.base_momentum
+        self._pending_teacher: Tensor | None = None  # this step's teacher output
+        self.setup(self.context)
+
+    def setup(self, context: RunContext) -> None:
+        super().setup(context)
+        c = self.config
+        warmup = min(c.warmup_teacher_temp_epochs, TEACHER_TEMP_WARMUP_SHARE * context.epochs)
+        freeze = min(c.freeze_last_layer_epochs, FREEZE_SHARE * context.epochs)
+        self.warmup_steps = warmup * context.steps_per_epoch
+        self.freeze_steps = freeze * context.steps_per_epoch
+
+    def teacher_temperature(self) -> Tensor:
+        """Linear from ``warmup_teacher_temp`` to ``teacher_temp`` over the warm-up steps,
+        then constant; a 0-d float tensor computed on the device (no host sync)."""
+        c = self.config
+        if self.warmup_steps > 0:
+            progress = (self.steps.float() / self.warmup_steps).clamp(max=1.0)
+        else:
+            progress = self.steps.new_ones((), dtype=torch.float32)
+        return c.warmup_teacher_temp + (c.teacher_temp - c.warmup_teacher_temp) * progress
+
+    @property
+    def prototypes_frozen(self) -> bool:
+        """The paper freezes the last layer during the first epoch: it helps training."""
+        return self.steps_done < self.freeze_steps
+
+    def student_outputs(self, views: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """The first global crop's bottleneck (N, bottleneck_dim) and every crop's
+        logits, V tensors (N, out_dim)."""
+        # One backbone pass per resolution: the global crops, then the local ones.
+        features = [self.backbone(torch.cat(views[:2]))]  # (2N, D)
+        if len(views) > 2:
+            features.append(self.backbone(torch.cat(views[2:])))  # ((V-2)N, D)
+        z, logits = self.head(torch.cat(features), freeze_prototypes=self.prototypes_frozen)
+        return z[: len(views[0])], list(logits.chunk(len(views)))
+
+    @torch.no_grad()
+    def teacher_outputs(self, views: list[Tensor]) -> list[Tensor]:
+        """The global crops' teacher logits, two tensors (N, out_dim)."""
+        _, logits = self.teacher_head(self.teacher_backbone(torch.cat(views[:2])))
+        return list(logits.chunk(2))
+
+    def training_step(self, views: list[Tensor]) -> StepOutput:
+        z, student = self.student_outputs(views)
+        teacher = self.teacher_outputs(views)
+        temperature = self.teacher_temperature()
+        loss = self.criterion(student, teacher, self.center, temperature)
+        self._pending_teacher = torch.cat(teacher)  # (2N, out_dim), centres after the step
+        return StepOutput(loss=loss, embeddings=z.detach(), metrics={
+            "teacher_temp": temperature.detach(),
+            "teacher_entropy": self.teacher_entropy(teacher, temperature),
+            "ema_momentum": torch.tensor(self.momentum),
+        })
+
+    @torch.no_grad()
+    def teacher_entropy(self, teacher: list[Tensor], temperature: Tensor) -> Tensor:
+        """Mean entropy of the teacher's targets: log(out_dim) when uniform, 0 when
+        one-hot; the paper watches it to tell the two kinds of collapse apart."""
+        q = teacher_probabilities(torch.cat(teacher), self.center, temperature)
+        return -(q * q.clamp_min(1e-12).log()).sum(dim=-1).mean()
+
+    @torch.no_grad()
+    def update_center(self, teacher: Tensor) -> None:
+        """center <- m * center + (1 - m) * mean of ``teacher`` (B, out_dim) over the
+        batch (paper eq. 4), m = ``center_momentum``."""
+        batch_center = teacher.float().mean(dim=0, keepdim=True)  # (1, out_dim)
+        self.center.lerp_(batch_center, 1.0 - self.config.center_momentum)
+
+    def on_step_end(self, progress: float) -> None:
+        self.momentum = cosine_momentum(self.config.base_momentum, progress)
+        ema_update(self.teacher_backbone, self.backbone, self.momentum)
+        ema_update(self.teacher_head, self.head, self.momentum)
+        if self._pending_teacher is not None:
+            self.update_center(self._pending_teacher)
+            self._pending_teacher = None
+        self.steps += 1
+        self.steps_done += 1
+
+    @property
+    def evaluated_backbone(self) -> nn.Module:
+        return self.teacher_backbone if self.config.evaluate_teacher else self.backbone
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        return self.evaluated_backbone(images)
+
+    @torch.no_grad()
+    def visualize(self, images: Tensor) -> dict[str, Tensor]:
+        """On a ViT, the [CLS] token's last-layer attention to the patches: ``attention``
+        (N, 1, H, W) averaged over heads and ``attention_heads`` (N * heads, 1, H, W),
+        image by image; nothing on a convnet."""
+        if not hasattr(self.evaluated_backbone, "last_self_attention"):
+            return {}
+        maps = attention_maps(self.evaluated_backbone, images)  # (N, heads, H, W)
+        return {"attention": _unit_range(maps.mean(dim=1, keepdim=True)),
+                "attention_heads": _unit_range(maps.flatten(0, 1).unsqueeze(1))}
+
+
+def attention_maps(vit: nn.Module, images: Tensor) -> Tensor:
+    """(N, heads, H, W): each head's attention from [CLS] to every patch in the last
+    block, blown up to the image size (nearest, one block of pixels per patch, as the
+    paper's visualize_attention.py)."""
+    attention = vit.last_self_attention(images).float()  # (N, heads, 1 + P, 1 + P)
+    rows, cols = vit.grid(images)
+    cls_to_patches = attention[:, :, 0, 1:]  # (N, heads, P), P = rows * cols
+    maps = cls_to_patches.reshape(*cls_to_patches.shape[:2], rows, cols)
+    return F.interpolate(maps, size=tuple(images.shape[-2:]), mode="nearest")
+
+
+def _unit_range(maps: Tensor) -> Tensor:
+    """Each map (M, 1, H, W) rescaled to [0, 1] by its own min and max."""
+    low = maps.amin(dim=(1, 2, 3), keepdim=True)
+    high = maps.amax(dim=(1, 2, 3), keepdim=True)
+    return (maps - low) / (high - low).clamp_min(1e-12)
+
+
+def _refresh_steps_done(module: DINO, _incompatible_keys: Any) -> None:
+    module.steps_done = int(module.steps)
+
+
+@hookimpl
+def register_objectives(register: Callable[[ObjectiveSpec], None]) -> None:
+    register(ObjectiveSpec(
+        name="dino",
+        factory=DINOLoss,
+        paper=PAPER,
+        description="(student crops, teacher crops, center, teacher_temp): cross-entropy of "
+        "the centred, sharpened teacher softmax and the student's (temperature 0.1) over "
+        "every pair of different crops",
+    ))
+
+
+@hookimpl
+def register_methods(register: Callable[[MethodSpec], None]) -> None:
+    register(MethodSpec(
+        name="dino",
+        factory=DINO,
+        config_class=DINOConfig,
+        paper=PAPER,
+        views="multicrop",
+        objective="dino",
+        description="student matches an EMA teacher's centred, sharpened prototype "
+        "distribution across 2 global + num_local crops; no negatives",
+        view_options=lambda config: {"num_local": config.num_local},
+        # The paper's ResNet-50 run (its released args): LARS at 0.3 x batch/256, weight
+        # decay 1e-6, 10 warm-up epochs. Its ViT recipe is AdamW at 5e-4 x batch/256 with
+        # weight decay 0.04 -> 0.4 on a cosine (sslreg's is constant: use 0.04), i.e.
+        # --set optim.name=adamw optim.lr=5e-4 optim.weight_decay=0.04.
+        optim={"name": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10},
+    ))
