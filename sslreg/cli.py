@@ -137,6 +137,66 @@ def bench(suite: str, out: str, quiet: bool, table_file: str | None) -> None:
         click.echo(f"wrote {table_file}")
 
 
+@cli.command()
+@click.argument("suite", default="quick")
+@click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="The runs folder the suite ran in.")
+@click.option("--format", "fmt", default="md", show_default=True,
+              help="md, csv, latex or html.")
+def leaderboard(suite: str, out: str, fmt: str) -> None:
+    """Render SUITE's leaderboard from the run index: mean ± std over seeds per method,
+    cost columns, and the floors."""
+    from sslreg.bench.leaderboard import FORMATS, leaderboard_frame, render
+
+    if fmt not in FORMATS:
+        raise SslregError(f"unknown format '{fmt}'; choose from: {', '.join(FORMATS)}")
+    if not Path(out).is_dir():
+        raise SslregError(f"runs folder {out} does not exist; pass --out to the folder "
+                          "`sslreg bench` wrote to")
+    click.echo(render(leaderboard_frame(out, suite), fmt))
+
+
+@cli.command()
+@click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="The runs folder.")
+@click.option("--method", help="Only runs of this method.")
+@click.option("--suite", help="Only runs that this suite ran.")
+@click.option("--status", help="Only runs with this status (evaluated, trained, running, "
+              "diverged, failed...).")
+@click.option("--rebuild", is_flag=True, help="Rebuild the index from the run directories.")
+def runs(out: str, method: str | None, suite: str | None, status: str | None,
+         rebuild: bool) -> None:
+    """List the recorded runs of a runs folder, with provenance and final metrics."""
+    from sslreg.runs import open_index
+
+    if not Path(out).is_dir():
+        raise SslregError(f"runs folder {out} does not exist; pass --out to the folder "
+                          "`sslreg pretrain` or `sslreg bench` wrote to")
+    index = open_index(out)
+    if rebuild:
+        click.echo(f"rebuilt the index from {index.rebuild()} run directories", err=True)
+    rows = [r for r in index.rows()
+            if (method is None or r["method"] == method)
+            and (suite is None or suite in r["suites"])
+            and (status is None or r["status"].split(":")[0] == status)]
+    if not rows:
+        click.echo("no runs match")
+        return
+    click.echo(runs_table(rows))
+
+
+def runs_table(rows: list[dict]) -> str:
+    import pandas as pd
+
+    frame = pd.DataFrame([{
+        "run": r["run"], "status": r["status"][:40], "seed": r["seed"],
+        "linear": r["metrics"].get("linear_acc"), "kNN20": r["metrics"].get("knn20_acc"),
+        "train s": r["wall_time_s"], "img/s": r["images_per_s"], "device": r["device"],
+        "commit": (r["git_commit"] or "-")[:12],
+    } for r in rows])
+    return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
 def _print_metrics(metrics: dict[str, float]) -> None:
     for key, value in metrics.items():
         click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")

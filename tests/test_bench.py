@@ -78,3 +78,32 @@ def test_builtin_quick_suite_parses():
     assert suite.methods == ("*",)
     assert "optim.lr=4.8" in suite.cpu.method["swav"]
     assert "swav" not in suite.gpu.method
+
+
+class BrokenMethodPlugin:
+    """A method whose step raises, to check that one failure does not stop a suite."""
+
+    @hookimpl
+    def register_methods(self, register):
+        class Broken(SimCLR):
+            def training_step(self, views):
+                raise RuntimeError("deliberately broken")
+
+        register(MethodSpec(name="broken", factory=Broken, config_class=SimCLRConfig,
+                            paper="-", views="simclr", objective="nt_xent"))
+
+
+def test_failures_are_isolated_recorded_and_finished_runs_skipped(tmp_path):
+    from sslreg.runs import open_index
+
+    suite = parse_suite(SUITE.replace('["simclr", "vit-simclr"]', '["simclr", "broken"]'))
+    with testing.registered(BrokenMethodPlugin(), "broken-plugin"):
+        table = run_suite(suite, load_registry(), tmp_path, progress=False)
+        assert "crashed: RuntimeError: deliberately broken" in table
+        rows = {r["method"]: r for r in open_index(tmp_path).rows()}
+        assert rows["simclr"]["status"] == "evaluated" and rows["simclr"]["suites"] == ["tiny"]
+        assert rows["broken"]["status"].startswith("crashed: RuntimeError")
+        checkpoint = next(tmp_path.glob("simclr-*/checkpoint.pt"))
+        before = checkpoint.stat().st_mtime_ns
+        run_suite(suite, load_registry(), tmp_path, progress=False)
+        assert checkpoint.stat().st_mtime_ns == before, "a finished run was trained again"

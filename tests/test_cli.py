@@ -66,7 +66,9 @@ def test_pretrain_then_eval(tmp_path):
                  "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert "linear_acc" in result.output
-    (run_dir,) = tmp_path.iterdir()
+    (run_dir,) = [path for path in tmp_path.iterdir() if path.is_dir()]
+    listed = run("runs", "--out", str(tmp_path))  # the run index recorded it
+    assert listed.exit_code == 0 and run_dir.name in listed.output and "evaluated" in listed.output
     assert RunDir(run_dir).read_json(RunDir(run_dir).config)["method_config"] == {
         "temperature": 0.2, "proj_hidden_dim": 2048, "proj_dim": 128}
     RunDir(run_dir).result.unlink()
@@ -101,7 +103,7 @@ def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
 def test_existing_run_and_corrupt_checkpoint(tmp_path):
     assert run("pretrain", "--method", "simclr", *TINY, "--no-eval", "--out",
                str(tmp_path)).exit_code == 0
-    (run_dir,) = tmp_path.iterdir()
+    (run_dir,) = [path for path in tmp_path.iterdir() if path.is_dir()]
     checkpoint = RunDir(run_dir).checkpoint
     saved = checkpoint.read_bytes()
     again = run("pretrain", "--method", "simclr", *TINY, "--no-eval", "--out", str(tmp_path))

@@ -13,12 +13,13 @@ import click
 import pandas as pd
 import torch
 
+from sslreg.bench.leaderboard import mean_std
 from sslreg.bench.suite import Budget, Suite, suite_sets
 from sslreg.config import RunConfig
 from sslreg.engine import floors, pretrain
 from sslreg.engine.device import device_name
 from sslreg.errors import SslregError
-from sslreg.runs import RunDir
+from sslreg.runs import RunDir, add_suite, open_index, write_json
 
 
 def run_suite(suite: Suite, registry: Any, out: Path, *, progress: bool = True) -> str:
@@ -37,7 +38,8 @@ def run_suite(suite: Suite, registry: Any, out: Path, *, progress: bool = True) 
                                  dataset=suite.dataset, backbone=backbones[method])
         _say(f"[{number}/{len(jobs)}] {method} seed {seed} on {backbones[method]} "
              f"({time.perf_counter() - started:.0f} s elapsed)")
-        rows.append({"backbone": backbones[method], **_run_one(config, registry, out, progress)})
+        row = _run_one(config, registry, out, progress, suite.name)
+        rows.append({"backbone": backbones[method], **row})
     for backbone in dict.fromkeys(backbones.values()):
         method = next(m for m in methods if backbones[m] == backbone)
         for seed in suite.seeds:
@@ -63,7 +65,8 @@ def backbone_for(registry: Any, method: str, budget: Budget) -> str:
                       "[budget.cpu] and [budget.gpu]")
 
 
-def _run_one(config: RunConfig, registry: Any, out: Path, progress: bool) -> dict[str, Any]:
+def _run_one(config: RunConfig, registry: Any, out: Path, progress: bool,
+             suite: str) -> dict[str, Any]:
     run = RunDir.for_config(out, config)
     row: dict[str, Any] = {"method": config.method, "seed": config.train.seed}
     try:
@@ -73,13 +76,26 @@ def _run_one(config: RunConfig, registry: Any, out: Path, progress: bool) -> dic
         info = run.read_json(run.train_info)
     except SslregError as error:
         _say(f"  {config.method} failed: {error}")
-        return {**row, "status": f"failed: {error}"}
+        return {**row, "status": _record_failure(run, config, suite, f"failed: {error}")}
     except Exception as error:  # one broken method must not stop the suite
         _say(f"  {config.method} crashed: {type(error).__name__}: {error}")
         _say(traceback.format_exc(limit=3))
-        return {**row, "status": f"crashed: {type(error).__name__}: {error}"}
+        status = f"crashed: {type(error).__name__}: {error}"
+        return {**row, "status": _record_failure(run, config, suite, status)}
+    add_suite(run, suite)
+    open_index(out).record(run)
     return {**row, "status": "ok", **result["metrics"], "wall_time_s": info["wall_time_s"],
             "images_per_s": info["images_per_s"]}
+
+
+def _record_failure(run: RunDir, config: RunConfig, suite: str, status: str) -> str:
+    """Keep a failed run in the index with its reason (its config is written if the run
+    failed before its directory was made)."""
+    if not run.config.exists():
+        write_json(run.config, config.to_dict())
+    add_suite(run, suite)
+    open_index(run.path.parent).record(run, status=status)
+    return status
 
 
 def render_table(frame: pd.DataFrame, suite: Suite) -> str:
@@ -91,26 +107,12 @@ def render_table(frame: pd.DataFrame, suite: Suite) -> str:
     grouped = frame.groupby(["method", "backbone"], sort=False)
     table = pd.DataFrame(index=grouped.size().index)
     for column in present:
-        table[columns[column]] = grouped[column].agg(_mean_std(column))
+        table[columns[column]] = grouped[column].agg(mean_std(column))
     table["status"] = grouped["status"].agg(lambda s: "ok" if (s.isin(["ok", "floor"])).all()
                                             else "; ".join(sorted(set(s) - {"ok"})))
     header = (f"## {suite.name}: {suite.dataset}, seeds "
               f"{', '.join(map(str, suite.seeds))}\n\n")
     return header + table.reset_index().to_markdown(index=False)
-
-
-def _mean_std(column: str):
-    def summary(values: pd.Series) -> str:
-        values = values.dropna()
-        if values.empty:
-            return "-"
-        scale, digits = (100.0, 1) if column.endswith("_acc") else (1.0, 0)
-        mean = values.mean() * scale
-        if len(values) == 1:
-            return f"{mean:.{digits}f}"
-        return f"{mean:.{digits}f} ± {values.std() * scale:.{digits}f}"
-
-    return summary
 
 
 def _say(message: str) -> None:

@@ -13,6 +13,7 @@ from sslreg.engine.evaluate import evaluate_run
 from sslreg.engine.trainer import build_trainer, fit, restore
 from sslreg.errors import SslregError
 from sslreg.runs import RunDir, write_json
+from sslreg.runs.index import open_index
 
 
 def prepare_run_dir(run: RunDir, config: RunConfig, resume: bool) -> None:
@@ -32,14 +33,17 @@ def pretrain(config: RunConfig, registry: Any, out: Path | str, *, resume: bool 
     run = RunDir.for_config(out, config)
     trainer = build_trainer(config, registry, run, train_data)  # fails before writing
     prepare_run_dir(run, config, resume)
-    if resume and run.checkpoint.exists():
-        restore(trainer)
-    with SummaryWriter(str(run.tensorboard)) as writer:
-        if trainer.epoch < config.train.epochs:
-            fit(trainer, writer, progress=progress)
-        if evaluate:
-            result = evaluate_run(run, registry, method=trainer.method)
-            log_hparams(writer, config, result["metrics"])
+    try:
+        if resume and run.checkpoint.exists():
+            restore(trainer)
+        with SummaryWriter(str(run.tensorboard)) as writer:
+            if trainer.epoch < config.train.epochs:
+                fit(trainer, writer, progress=progress)
+            if evaluate:
+                result = evaluate_run(run, registry, method=trainer.method)
+                log_hparams(writer, config, result["metrics"])
+    finally:  # finished, diverged or interrupted: the index says which
+        open_index(out).record(run)
     return run
 
 

@@ -1,5 +1,6 @@
 """Run directories."""
 
+from sslreg.runs.index import RunIndex, add_suite, open_index
 from sslreg.runs.layout import RunDir, write_json, write_text
 
-__all__ = ["RunDir", "write_json", "write_text"]
+__all__ = ["RunDir", "RunIndex", "add_suite", "open_index", "write_json", "write_text"]

@@ -1,0 +1,138 @@
+"""The run index: records with provenance, rebuild, concurrent writers, ``sslreg runs``."""
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from sslreg.cli import cli
+from sslreg.runs import RunDir, RunIndex, add_suite, open_index, write_json
+
+
+def fake_run(out, name, method="simclr", seed=0, knn=0.5, status="trained"):
+    """A run directory as the engine leaves it, without training anything."""
+    run = RunDir(out / name)
+    write_json(run.config, {"method": method, "dataset": "synthetic", "backbone": "tiny",
+                            "train": {"seed": seed}})
+    write_json(run.train_info, {"status": status, "device": "cpu (1 threads)",
+                                "wall_time_s": 1.5, "images_per_s": 100.0,
+                                "peak_memory_mb": None})
+    if status == "trained":
+        write_json(run.result, {"metrics": {"knn20_acc": knn, "linear_acc": knn + 0.1}})
+    return run
+
+
+def test_record_keeps_provenance_and_final_metrics(tmp_path):
+    run = fake_run(tmp_path, "a", knn=0.7)
+    add_suite(run, "quick")
+    RunIndex(tmp_path).record(run)
+    (row,) = RunIndex(tmp_path).rows()
+    assert (row["run"], row["method"], row["seed"], row["status"]) == ("a", "simclr", 0,
+                                                                         "evaluated")
+    assert row["metrics"] == {"knn20_acc": 0.7, "linear_acc": 0.7 + 0.1}
+    assert row["suites"] == ["quick"]
+    assert len(row["config_sha256"]) == 64 and json.loads(row["config"])["method"] == "simclr"
+    assert row["versions"]["sslreg"] and "sslreg-simclr" in row["versions"]
+    assert row["device"] == "cpu (1 threads)" and row["images_per_s"] == 100.0
+    # Recording again replaces the row instead of adding one.
+    RunIndex(tmp_path).record(run, status="failed: boom")
+    assert [r["status"] for r in RunIndex(tmp_path).rows()] == ["failed: boom"]
+
+
+def test_lost_or_damaged_index_is_rebuilt_from_the_run_directories(tmp_path):
+    for name in ("a", "b"):
+        fake_run(tmp_path, name)
+    index = open_index(tmp_path)  # none yet: built from the directories
+    assert [r["run"] for r in index.rows()] == ["a", "b"]
+    index.path.write_bytes(b"this is not a database" * 100)
+    index = open_index(tmp_path)
+    assert sorted(r["run"] for r in index.rows()) == ["a", "b"]
+    assert list(tmp_path.glob("index.sqlite.damaged-*")), "the damaged file is kept aside"
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from sslreg.runs import RunDir, RunIndex, write_json
+
+out, worker = Path(sys.argv[1]), sys.argv[2]
+for number in range(40):
+    run = RunDir(out / f"w{worker}-{number}")
+    write_json(run.config, {"method": "simclr", "train": {"seed": number}})
+    RunIndex(out).record(run)
+"""
+
+
+def test_two_processes_writing_at_once_corrupt_nothing(tmp_path):
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(w)],
+                                stderr=subprocess.PIPE, text=True) for w in range(2)]
+    for writer in writers:
+        _, errors = writer.communicate(timeout=120)
+        assert writer.returncode == 0, errors
+    with sqlite3.connect(tmp_path / "index.sqlite") as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert len(RunIndex(tmp_path).rows()) == 80
+
+
+def test_runs_command_lists_and_filters(tmp_path):
+    fake_run(tmp_path, "simclr-run", knn=0.61)
+    fake_run(tmp_path, "byol-run", method="byol", knn=0.52)
+    fake_run(tmp_path, "byol-broken", method="byol", status="diverged")
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["runs", "--out", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    assert "simclr-run" in listed.output and "0.61" in listed.output
+    only_byol = runner.invoke(cli, ["runs", "--out", str(tmp_path), "--method", "byol"])
+    assert "simclr-run" not in only_byol.output and "byol-run" in only_byol.output
+    diverged = runner.invoke(cli, ["runs", "--out", str(tmp_path), "--status", "diverged"])
+    assert "byol-broken" in diverged.output and "byol-run" not in diverged.output
+    missing = runner.invoke(cli, ["runs", "--out", str(tmp_path / "nope")])
+    assert missing.exit_code != 0 and "does not exist" in missing.output
+
+
+def _suite_fixture(out):
+    """Two seeds of simclr and one of byol recorded for suite 'tiny', with floors."""
+    for name, method, seed, knn in [("s0", "simclr", 0, 0.60), ("s1", "simclr", 1, 0.70),
+                                    ("b0", "byol", 0, 0.50), ("other", "byol", 1, 0.99)]:
+        run = fake_run(out, name, method=method, seed=seed, knn=knn)
+        config = json.loads(run.config.read_text())
+        write_json(run.config, {**config, "eval": {"train_subset": 100, "test_subset": 50,
+                                                   "holdout_fraction": 0.1}})
+        if name != "other":  # a run of another suite stays out of this leaderboard
+            add_suite(run, "tiny")
+    write_json(out / "floors" / "synthetic-tiny-seed0-tr100-te50-h0.1.json",
+               {"raw pixels": {"knn20_acc": 0.8, "linear_acc": 0.85},
+                "random init": {"knn20_acc": 0.3, "linear_acc": 0.35}})
+
+
+def test_leaderboard_in_every_format_from_a_fixture_index(tmp_path):
+    from sslreg.bench.leaderboard import FORMATS, leaderboard_frame, render, summary
+
+    _suite_fixture(tmp_path)
+    frame = leaderboard_frame(tmp_path, "tiny")
+    table = summary(frame).set_index("method")
+    assert table.loc["simclr", "kNN k=20"] == "65.0 ± 7.1"  # mean and std of 60 and 70
+    assert table.loc["simclr", "seeds"] == 2 and table.loc["byol", "kNN k=20"] == "50.0"
+    assert table.loc["(raw pixels)", "linear"] == "85.0"
+    assert table.loc["(random init)", "status"] == "ok"
+    assert "99" not in table.to_string()
+    outputs = {fmt: render(frame, fmt) for fmt in FORMATS}
+    assert "| simclr" in outputs["md"] and "65.0 ± 7.1" in outputs["md"]
+    assert outputs["csv"].splitlines()[0].startswith("method,backbone,seeds,linear")
+    assert "\\begin{tabular}" in outputs["latex"] and "(random init)" in outputs["latex"]
+    assert outputs["html"].startswith("<table") and "<td>simclr</td>" in outputs["html"]
+
+
+def test_leaderboard_command_and_its_errors(tmp_path):
+    _suite_fixture(tmp_path)
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["leaderboard", "tiny", "--out", str(tmp_path), "--format",
+                                "csv"])
+    assert shown.exit_code == 0 and "simclr" in shown.output, shown.output
+    bad = runner.invoke(cli, ["leaderboard", "tiny", "--out", str(tmp_path), "--format", "pdf"])
+    assert bad.exit_code != 0 and "md, csv, latex, html" in bad.output
+    unknown = runner.invoke(cli, ["leaderboard", "nosuch", "--out", str(tmp_path)])
+    assert unknown.exit_code != 0 and "no runs of suite 'nosuch'" in unknown.output
