@@ -107,3 +107,11 @@ def test_failures_are_isolated_recorded_and_finished_runs_skipped(tmp_path):
         before = checkpoint.stat().st_mtime_ns
         run_suite(suite, load_registry(), tmp_path, progress=False)
         assert checkpoint.stat().st_mtime_ns == before, "a finished run was trained again"
+
+
+def test_fmnist_suite_is_the_gpu_leaderboard():
+    from sslreg.bench.suite import load_suite
+
+    suite = load_suite("fmnist")
+    assert suite.seeds == (0, 1, 2) and suite.gpu.backbone == "resnet18"
+    assert "train.epochs=200" in suite.gpu.set and suite.gpu.vit_backbone == "vit-tiny"

@@ -10,6 +10,7 @@ from sslreg.engine import pretrain
 from sslreg.engine import trainer as trainer_module
 from sslreg.engine.checkpoint import load_checkpoint, save_checkpoint
 from sslreg.engine.optim import LARS, lr_schedule, param_groups
+from sslreg.engine.trainer import load_split
 from sslreg.runs import RunDir
 
 TINY = ["train.epochs=2", "train.batch_size=32", "train.train_subset=128", "train.log_every=2",
@@ -151,6 +152,13 @@ def test_run_writes_config_events_and_result(registry, tmp_path):
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/images_per_s", "monitor/rankme",
             "monitor/embedding_std"} <= tags
+    # The projector: test features with class names and image sprites.
+    assert "test_features" in (run.tensorboard / "projector_config.pbtxt").read_text()
+    (metadata,) = run.tensorboard.glob("*/test_features/metadata.tsv")
+    test = load_split(config, registry, "test")
+    names = metadata.read_text().split("\n")[: len(test.labels[:5])]
+    assert names == [test.classes[y] for y in test.labels[:5].tolist()]
+    assert list(metadata.parent.glob("sprite.png"))
 
 
 def test_adamw_takes_the_configured_betas_and_eps():

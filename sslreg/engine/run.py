@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from sslreg.config import RunConfig
 from sslreg.data import ImageDataset
 from sslreg.engine.evaluate import evaluate_run
-from sslreg.engine.trainer import build_trainer, fit, restore
+from sslreg.engine.trainer import build_trainer, fit, load_split, restore
 from sslreg.errors import SslregError
 from sslreg.runs import RunDir, write_json
 from sslreg.runs.index import open_index
+from sslreg.views import normalize
 
 
 def prepare_run_dir(run: RunDir, config: RunConfig, resume: bool) -> None:
@@ -42,9 +44,33 @@ def pretrain(config: RunConfig, registry: Any, out: Path | str, *, resume: bool 
             if evaluate:
                 result = evaluate_run(run, registry, method=trainer.method)
                 log_hparams(writer, config, result["metrics"])
+                log_embeddings(writer, trainer, config, registry)
     finally:  # finished, diverged or interrupted: the index says which
         open_index(out).record(run)
     return run
+
+
+# How many test images the TensorBoard projector shows (with their labels and pictures).
+PROJECTOR_IMAGES = 1000
+
+
+@torch.no_grad()
+def log_embeddings(writer: SummaryWriter, trainer: Any, config: RunConfig,
+                   registry: Any) -> None:
+    """The frozen features of the first test images, for TensorBoard's projector, with
+    class names as labels and the images as sprites."""
+    test = load_split(config, registry, "test")
+    images = test.images[:PROJECTOR_IMAGES]
+    mean, std = load_split(config, registry, "train").channel_stats()
+    pictures = images.float().div_(255)
+    method = trainer.method.eval()
+    features = torch.cat([
+        method.features(normalize(batch.to(trainer.device), mean, std)).float().cpu()
+        for batch in pictures.split(config.eval.batch_size)])
+    labels = test.labels[:PROJECTOR_IMAGES].tolist()
+    names = [test.classes[y] if y < len(test.classes) else str(y) for y in labels]
+    writer.add_embedding(features, metadata=names, label_img=pictures,
+                         global_step=trainer.epoch, tag="test_features")
 
 
 def log_hparams(writer: SummaryWriter, config: RunConfig, metrics: dict[str, float]) -> None:
