@@ -1,0 +1,74 @@
+"""The supervised ceiling: the same backbone trained with the labels, on the same budget
+and views as the self-supervised methods, then frozen and evaluated exactly like them.
+
+It is not a self-supervised method: leaderboards show it as the ceiling a method would
+reach if it knew the labels. It trains a linear classifier on the backbone's features
+with cross-entropy, on one crop-and-flip view (the ``mae`` view policy: the standard
+supervised augmentation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+import torch.nn.functional as F
+from attrs import field
+from attrs.validators import ge, le
+from torch import Tensor, nn
+
+from sslreg import Method, MethodSpec, StepOutput, hookimpl
+
+PAPER = "supervised ceiling (cross-entropy with the labels; not self-supervised)"
+
+
+@attrs.frozen(kw_only=True)
+class SupervisedConfig:
+    """``label_smoothing`` of the cross-entropy (0: none)."""
+
+    label_smoothing: float = field(default=0.0, converter=float, validator=[ge(0), le(1)])
+
+
+class Supervised(Method):
+    """Backbone -> Linear classifier over the run's classes, cross-entropy."""
+
+    uses_labels = True
+
+    def __init__(self, config: SupervisedConfig, backbone: nn.Module) -> None:
+        super().__init__(config, backbone)
+        self.classifier: nn.Linear | None = None
+
+    def setup(self, context) -> None:
+        super().setup(context)
+        if not context.class_names:
+            raise ValueError("the supervised ceiling needs a dataset with class names")
+        self.classifier = nn.Linear(self.backbone.output_dim, len(context.class_names))
+
+    def training_step(self, views: list[Tensor], labels: Tensor | None = None) -> StepOutput:
+        if labels is None or self.classifier is None:
+            raise ValueError("the supervised ceiling is called with labels after setup()")
+        features = self.backbone(views[0])
+        logits = self.classifier(features)
+        loss = F.cross_entropy(logits.float(), labels,
+                               label_smoothing=self.config.label_smoothing)
+        accuracy = (logits.detach().argmax(1) == labels).float().mean()
+        return StepOutput(loss=loss, embeddings=features.detach(),
+                          metrics={"train_acc": accuracy})
+
+
+@hookimpl
+def register_methods(register: Callable[[MethodSpec], None]) -> None:
+    register(MethodSpec(
+        name="supervised",
+        factory=Supervised,
+        config_class=SupervisedConfig,
+        paper=PAPER,
+        views="mae",
+        objective="cross_entropy",
+        description="CEILING, USES THE LABELS: the backbone trained with cross-entropy on "
+        "the same budget",
+        # SGD with momentum and weight decay 5e-4 as the usual small-image ResNet recipe,
+        # at lr 0.8 x batch/256 so that short budgets reach a real ceiling (2 epochs of
+        # 6000 Fashion-MNIST images, seed 0: kNN20 0.674 at lr 0.1, 0.787 at 0.8).
+        optim={"name": "sgd", "lr": 0.8, "weight_decay": 5e-4, "momentum": 0.9},
+    ))
