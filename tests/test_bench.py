@@ -115,3 +115,21 @@ def test_fmnist_suite_is_the_gpu_leaderboard():
     suite = load_suite("fmnist")
     assert suite.seeds == (0, 1, 2) and suite.gpu.backbone == "resnet18"
     assert "train.epochs=200" in suite.gpu.set and suite.gpu.vit_backbone == "vit-tiny"
+
+
+@pytest.mark.parametrize("text, reason", [
+    ('name = "x"', "lacks 'budget'"),
+    ('name = [', "not valid TOML"),
+    ('seedz = [0]\n' + SUITE, "unknown key 'seedz'; valid keys: dataset"),
+    (SUITE + 'epochs = 3', "unknown key 'epochs' in a [budget] table; valid keys: backbone"),
+    (SUITE.replace("seeds = [0]", 'seeds = "zero"'), "'seeds' must be a non-empty list"),
+    (SUITE.replace('set = ["train.epochs=1", "train.batch_size=32", "train.train_subset=64",\n'
+                   '       "eval.train_subset=100", "eval.test_subset=50"]',
+                   'set = "train.epochs=1"', 1), "'set' must be a list"),
+])
+def test_bad_suite_files_get_one_clear_line(text, reason):
+    from sslreg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="suite") as error:
+        parse_suite(text, default_name="bad")
+    assert reason in str(error.value) and "\n" not in str(error.value), str(error.value)

@@ -6,6 +6,7 @@ import fnmatch
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import attrs
 from attrs import field
@@ -21,11 +22,25 @@ else:  # pragma: no cover
 _strings = deep_iterable(instance_of(str))
 
 
+def _string_list(value: Any) -> tuple[str, ...]:
+    """A TOML list of strings; a bare string is refused (it would split into letters)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"'set' must be a list of \"KEY=VALUE\" strings, got {value!r}")
+    return tuple(value)
+
+
+def _seed_list(value: Any) -> tuple[int, ...]:
+    if not (isinstance(value, (list, tuple)) and value
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        raise ValueError(f"'seeds' must be a non-empty list of integers >= 0, got {value!r}")
+    return tuple(value)
+
+
 def _method_sets(tables: dict) -> dict[str, tuple[str, ...]]:
     """``{method: {"set": [...]}}`` (TOML ``[...method.NAME]`` tables) -> ``{method: sets}``."""
     if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
         raise ValueError("method tables must look like [method.NAME] with set = [...]")
-    return {name: tuple(table.get("set", ())) for name, table in tables.items()}
+    return {name: _string_list(table.get("set", [])) for name, table in tables.items()}
 
 
 @attrs.frozen(kw_only=True)
@@ -38,7 +53,7 @@ class Budget:
     backbone: str = field(validator=instance_of(str))
     vit_backbone: str | None = field(default=None,
                                      validator=attrs.validators.optional(instance_of(str)))
-    set: tuple[str, ...] = field(default=(), converter=tuple, validator=_strings)
+    set: tuple[str, ...] = field(default=(), converter=_string_list, validator=_strings)
     method: dict[str, tuple[str, ...]] = field(factory=dict, converter=_method_sets)
 
 
@@ -48,8 +63,7 @@ class Suite:
     description: str = field(default="", validator=instance_of(str))
     dataset: str = field(default="fashion-mnist", validator=instance_of(str))
     methods: tuple[str, ...] = field(default=("*",), converter=tuple, validator=_strings)
-    seeds: tuple[int, ...] = field(default=(0,), converter=tuple,
-                                   validator=deep_iterable(instance_of(int)))
+    seeds: tuple[int, ...] = field(default=(0,), converter=_seed_list)
     cpu: Budget = field(validator=instance_of(Budget))
     gpu: Budget = field(validator=instance_of(Budget))
     method_set: dict[str, tuple[str, ...]] = field(factory=dict)
@@ -96,8 +110,22 @@ def parse_suite(text: str, default_name: str = "suite") -> Suite:
         raise ConfigError(f"suite {default_name} lacks {error}; it needs [budget.cpu] and "
                           "[budget.gpu] tables") from None
     except (TypeError, ValueError) as error:
-        first = (str(error).splitlines() or ["invalid"])[0]
-        raise ConfigError(f"suite {default_name} is invalid: {first}") from None
+        raise ConfigError(f"suite {default_name} is invalid: {_reason(error)}") from None
+
+
+def _reason(error: Exception) -> str:
+    """One readable line: attrs puts its message first in a tuple of details, and an
+    unexpected keyword names a key the suite format does not have."""
+    message = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+    if "unexpected keyword argument" in message:
+        key = message.rsplit(" ", 1)[-1]
+        if message.startswith("Budget"):
+            fields = [a.name for a in attrs.fields(Budget)]
+            return f"unknown key {key} in a [budget] table; valid keys: {', '.join(fields)}"
+        fields = sorted(a.name for a in attrs.fields(Suite) if a.name not in ("cpu", "gpu",
+                                                                                "method_set"))
+        return f"unknown key {key}; valid keys: {', '.join(fields)}, budget, method"
+    return (message.splitlines() or ["invalid"])[0]
 
 
 def suite_sets(suite: Suite, budget: Budget, method: str, seed: int) -> list[str]:
