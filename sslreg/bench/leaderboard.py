@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from sslreg.engine.evaluate import floors_path
 from sslreg.errors import SslregError
 from sslreg.runs import RunDir, open_index
 
@@ -66,22 +67,17 @@ def _floor_records(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]
     records, seen = [], set()
     for row in rows:
         config = json.loads(row["config"])
-        key = _floor_key(config)
-        path = out / "floors" / f"{key}.json"
-        if key in seen or not path.exists():
+        e = config.get("eval", {})
+        path = floors_path(out, config["dataset"], config["backbone"], config["train"]["seed"],
+                           (e.get("train_subset"), e.get("test_subset"),
+                            e.get("holdout_fraction")))
+        if path in seen or not path.exists():
             continue
-        seen.add(key)
+        seen.add(path)
         for name, metrics in RunDir(path.parent).read_json(path).items():
             records.append({"method": f"({name})", "backbone": config["backbone"],
                             "seed": config["train"]["seed"], "status": "floor", **metrics})
     return records
-
-
-def _floor_key(config: dict[str, Any]) -> str:
-    # The same key as sslreg.engine.evaluate.floors writes.
-    e = config.get("eval", {})
-    return (f"{config['dataset']}-{config['backbone']}-seed{config['train']['seed']}-"
-            f"tr{e.get('train_subset')}-te{e.get('test_subset')}-h{e.get('holdout_fraction')}")
 
 
 def mean_std(column: str):

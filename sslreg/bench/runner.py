@@ -13,7 +13,7 @@ import click
 import pandas as pd
 import torch
 
-from sslreg.bench.leaderboard import mean_std
+from sslreg.bench.leaderboard import summary
 from sslreg.bench.suite import Budget, Suite, suite_sets
 from sslreg.config import RunConfig
 from sslreg.engine import floors, pretrain
@@ -84,8 +84,8 @@ def _run_one(config: RunConfig, registry: Any, out: Path, progress: bool,
         return {**row, "status": _record_failure(run, config, suite, status)}
     add_suite(run, suite)
     open_index(out).record(run)
-    return {**row, "status": "ok", **result["metrics"], "wall_time_s": info["wall_time_s"],
-            "images_per_s": info["images_per_s"]}
+    return {**row, "status": "evaluated", **result["metrics"],
+            **{key: info.get(key) for key in ("wall_time_s", "images_per_s", "peak_memory_mb")}}
 
 
 def _record_failure(run: RunDir, config: RunConfig, suite: str, status: str) -> str:
@@ -99,20 +99,10 @@ def _record_failure(run: RunDir, config: RunConfig, suite: str, status: str) -> 
 
 
 def render_table(frame: pd.DataFrame, suite: Suite) -> str:
-    """One row per (method, backbone): mean (± std over seeds) of each accuracy, and the
-    cost; floors once per backbone used."""
-    columns = {"linear_acc": "linear", "knn20_acc": "kNN k=20", "knn200_acc": "kNN k=200",
-               "wall_time_s": "train s", "images_per_s": "img/s"}
-    present = [c for c in columns if c in frame]
-    grouped = frame.groupby(["method", "backbone"], sort=False)
-    table = pd.DataFrame(index=grouped.size().index)
-    for column in present:
-        table[columns[column]] = grouped[column].agg(mean_std(column))
-    table["status"] = grouped["status"].agg(lambda s: "ok" if (s.isin(["ok", "floor"])).all()
-                                            else "; ".join(sorted(set(s) - {"ok"})))
+    """The leaderboard of this session's rows, as Markdown under a heading."""
     header = (f"## {suite.name}: {suite.dataset}, seeds "
               f"{', '.join(map(str, suite.seeds))}\n\n")
-    return header + table.reset_index().to_markdown(index=False)
+    return header + summary(frame).to_markdown(index=False)
 
 
 def _say(message: str) -> None:

@@ -93,8 +93,9 @@ def floors(config: RunConfig, registry: Any, out: Path) -> dict[str, dict[str, f
 
     Cached per dataset, backbone, evaluation protocol and seed in ``out/floors``.
     """
-    key = f"{config.dataset}-{config.backbone}-seed{config.train.seed}-{_eval_key(config)}"
-    path = Path(out) / "floors" / f"{key}.json"
+    e = config.eval
+    path = floors_path(out, config.dataset, config.backbone, config.train.seed,
+                       (e.train_subset, e.test_subset, e.holdout_fraction))
     if path.exists():
         return RunDir(path.parent).read_json(path)
     train, test = eval_splits(config, registry)
@@ -112,6 +113,10 @@ def floors(config: RunConfig, registry: Any, out: Path) -> dict[str, dict[str, f
     return result
 
 
-def _eval_key(config: RunConfig) -> str:
-    e = config.eval
-    return f"tr{e.train_subset}-te{e.test_subset}-h{e.holdout_fraction}"
+def floors_path(out: Path | str, dataset: str, backbone: str, seed: int,
+                protocol: tuple[int, int, float]) -> Path:
+    """Where the floors of one dataset, backbone, seed and evaluation protocol (train
+    subset, test subset, hold-out fraction) are cached; leaderboards read them here."""
+    train_subset, test_subset, holdout = protocol
+    key = f"{dataset}-{backbone}-seed{seed}-tr{train_subset}-te{test_subset}-h{holdout}"
+    return Path(out) / "floors" / f"{key}.json"

@@ -101,18 +101,22 @@ class KeyQueue(nn.Module):
         self.register_buffer("keys", torch.zeros(length, dim))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
-        self._full = False  # a host-side flag: once full, no synchronisation per step
+        # A host-side copy of ``count``, so no step waits on the device to read it; read
+        # from the buffer once after construction or loading a state_dict.
+        self._count: int | None = None
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._forget_count())
+
+    def _forget_count(self) -> None:
+        self._count = None
 
     def negatives(self) -> Tensor | None:
         """The stored keys (a copy, as the queue changes in place while autograd still
-        needs them), or ``None`` while empty. Reads the fill count from the device only
-        until the queue is full once."""
-        if not self._full:
-            count = int(self.count)
-            self._full = count == len(self.keys)
-            if not self._full:
-                return self.keys[:count].clone() if count else None
-        return self.keys.clone()
+        needs them), or ``None`` while empty."""
+        if self._count is None:
+            self._count = int(self.count)
+        if self._count == len(self.keys):
+            return self.keys.clone()
+        return self.keys[:self._count].clone() if self._count else None
 
     @torch.no_grad()
     def push(self, keys: Tensor) -> None:
@@ -123,6 +127,8 @@ class KeyQueue(nn.Module):
         self.keys[rows] = keys.to(self.keys.dtype)
         self.pointer.copy_((self.pointer + len(keys)) % length)
         self.count.copy_(torch.clamp(self.count + len(keys), max=length))
+        if self._count is not None:
+            self._count = min(self._count + len(keys), length)
 
 
 class MoCo(Method):
