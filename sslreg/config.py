@@ -87,6 +87,10 @@ class EvalConfig:
     knn_temperature: tuple[float, ...] = field(
         default=(0.07, 0.1), converter=tuple, validator=_same_length_as_k
     )
+    # The learning curve: kNN (the first k) on ``curve_images`` train and test images
+    # after every ``curve_every`` epochs and after the last; 0 draws no curve.
+    curve_every: int = field(default=0, validator=[instance_of(int), ge(0)])
+    curve_images: int = field(default=5000, validator=[instance_of(int), ge(100)])
 
 
 SECTIONS = ("train", "optim", "eval", "method")

@@ -108,6 +108,41 @@ def test_interrupted_run_resumes_to_the_same_weights(registry, tmp_path, monkeyp
         torch.testing.assert_close(a[key], b[key], msg=key)
 
 
+def test_learning_curve_is_logged_each_epoch_and_survives_resume(registry, tmp_path,
+                                                                  monkeypatch):
+    config = tiny_config(registry, extra=["eval.curve_every=1", "eval.curve_images=100"])
+    straight = pretrain(config, registry, tmp_path / "a", evaluate=False, progress=False)
+    curve = straight.read_json(straight.train_info)["curve"]
+    assert [epoch for epoch, _ in curve] == [1, 2]
+    assert all(0 <= accuracy <= 1 for _, accuracy in curve)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(straight.tensorboard)).Reload()
+    logged = [(e.step, round(e.value, 5)) for e in events.Scalars("curve/knn_acc")]
+    assert logged == [tuple(point) for point in curve]
+    # The last point is the kNN of the final weights on the curve's fixed images.
+    trainer = trainer_module.build_trainer(config, registry, straight)
+    trainer_module.restore(trainer)
+    trainer.method.eval()
+    again = trainer_module.curve_point(trainer.curve, trainer.method.features, trainer.device)
+    assert round(again, 5) == curve[-1][1]
+    # Interrupted after epoch 1 and resumed: the same curve.
+    original = trainer_module.run_epoch
+
+    def interrupt_second_epoch(trainer, epoch, writer, bar):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        original(trainer, epoch, writer, bar)
+
+    monkeypatch.setattr(trainer_module, "run_epoch", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, registry, tmp_path / "b", evaluate=False, progress=False)
+    monkeypatch.setattr(trainer_module, "run_epoch", original)
+    resumed = pretrain(config, registry, tmp_path / "b", resume=True, evaluate=False,
+                       progress=False)
+    assert resumed.read_json(resumed.train_info)["curve"] == curve
+
+
 def test_existing_run_is_not_overwritten(registry, tmp_path):
     config = tiny_config(registry, extra=["train.epochs=1"])
     run = pretrain(config, registry, tmp_path, evaluate=False, progress=False)

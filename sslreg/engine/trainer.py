@@ -15,6 +15,7 @@ from tqdm import tqdm
 from sslreg.config import RunConfig
 from sslreg.data import ImageDataset, load_dataset
 from sslreg.engine.checkpoint import load_checkpoint, save_checkpoint
+from sslreg.engine.curve import CurveProbe, curve_point, curve_probe, due, log_curve_point
 from sslreg.engine.device import device_name, resolve_device, use_bf16
 from sslreg.engine.optim import build_optimizer, lr_schedule
 from sslreg.errors import DivergedError, SslregError
@@ -46,6 +47,8 @@ class Trainer:
     preview: torch.Tensor | None = None  # normalised test images for Method.visualize
     # Collapse warnings raised by the monitors in this session, kept in train_info.json.
     monitor_warnings: list[str] = attrs.Factory(list)
+    curve: CurveProbe | None = None  # the fixed images of the learning curve, if drawn
+    curve_points: list[list[float]] = attrs.Factory(list)  # [epoch, kNN accuracy]
 
 
 # How many fixed test images Method.visualize receives each epoch.
@@ -107,6 +110,8 @@ def build_trainer(config: RunConfig, registry: Any, run: RunDir,
         schedule=lr_schedule(config.optim, config.train.batch_size, steps_per_epoch,
                              config.train.epochs).tolist(),
         bf16=use_bf16(config.train.precision, device), steps_per_epoch=steps_per_epoch,
+        curve=curve_probe(config, full, load_split(config, registry, "test")
+                          if config.eval.curve_every else None, (mean, std)),
     )
 
 
@@ -135,6 +140,7 @@ def restore(trainer: Trainer) -> None:
     if trainer.run.train_info.exists():
         info = trainer.run.read_json(trainer.run.train_info)
         trainer.monitor_warnings = list(info.get("monitor_warnings", []))
+        trainer.curve_points = [p for p in info.get("curve", []) if p[0] <= trainer.epoch]
 
 
 def checkpoint(trainer: Trainer) -> None:
@@ -162,6 +168,7 @@ def fit(trainer: Trainer, writer: SummaryWriter, *, progress: bool = True) -> di
         trainer.elapsed += time.perf_counter() - started
         trainer.epoch = epoch + 1
         log_pictures(trainer, writer)
+        log_curve(trainer, writer)
         checkpoint(trainer)
         write_train_info(trainer, status="running" if trainer.epoch < epochs else "trained")
     return write_train_info(trainer, status="trained")
@@ -226,6 +233,18 @@ def log_pictures(trainer: Trainer, writer: SummaryWriter) -> None:
     trainer.method.train()
 
 
+def log_curve(trainer: Trainer, writer: SummaryWriter) -> None:
+    """A learning-curve point after the epochs the config asks for (not timed as
+    training: it is evaluation)."""
+    if not due(trainer.curve, trainer.epoch, trainer.config.train.epochs):
+        return
+    trainer.method.eval()
+    accuracy = curve_point(trainer.curve, trainer.method.features, trainer.device)
+    trainer.curve_points.append([trainer.epoch, round(accuracy, 5)])
+    log_curve_point(writer, trainer.epoch, accuracy)
+    trainer.method.train()
+
+
 def _stop_if_non_finite(trainer: Trainer, non_finite: torch.Tensor) -> None:
     if bool(non_finite):
         write_train_info(trainer, status="diverged")
@@ -275,6 +294,7 @@ def write_train_info(trainer: Trainer, *, status: str) -> dict[str, Any]:
         "device": device_name(trainer.device),
         "peak_memory_mb": _peak_memory_mb(trainer.device),
         "monitor_warnings": trainer.monitor_warnings,
+        "curve": trainer.curve_points,
     }
     write_json(trainer.run.train_info, info)
     return info
