@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -142,18 +143,54 @@ def bench(suite: str, out: str, quiet: bool, table_file: str | None) -> None:
 @click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False),
               help="The runs folder the suite ran in.")
 @click.option("--format", "fmt", default="md", show_default=True,
-              help="md, csv, latex or html.")
-def leaderboard(suite: str, out: str, fmt: str) -> None:
+              help="md, csv, latex or html (a page with the figures inside).")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False),
+              help="Also write the PNG figures to this folder (linked from Markdown).")
+@click.option("--output", "output", type=click.Path(dir_okay=False),
+              help="Write the leaderboard to this file instead of printing it.")
+def leaderboard(suite: str, out: str, fmt: str, plot_dir: str | None,
+                output: str | None) -> None:
     """Render SUITE's leaderboard from the run index: mean ± std over seeds per method,
-    cost columns, and the floors."""
-    from sslreg.bench.leaderboard import FORMATS, leaderboard_frame, render
+    cost columns, the ceiling and the floors, and published numbers where the suite
+    quotes them."""
+    from sslreg.bench.leaderboard import FORMATS, document, leaderboard_frame
 
     if fmt not in FORMATS:
         raise SslregError(f"unknown format '{fmt}'; choose from: {', '.join(FORMATS)}")
     if not Path(out).is_dir():
         raise SslregError(f"runs folder {out} does not exist; pass --out to the folder "
                           "`sslreg bench` wrote to")
-    click.echo(render(leaderboard_frame(out, suite), fmt))
+    name, reference = _suite_reference(suite)
+    frame = leaderboard_frame(out, name)
+    folder = Path(output).parent if output else None
+    with tempfile.TemporaryDirectory(prefix="sslreg-figures-") as scratch:
+        # The HTML page embeds the figures, so it draws them even without --plot.
+        figures = _figures(frame, out, plot_dir or (scratch if fmt == "html" else None))
+        text = document(frame, fmt, f"{name}: leaderboard", reference, figures, folder)
+    if output:
+        write_text(Path(output), text + "\n")
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text)
+
+
+def _suite_reference(suite: str) -> tuple[str, Any]:
+    """The suite's name in the index and its reference table, when SUITE is a built-in
+    suite or a TOML file; any other name is looked up in the index as it is."""
+    from sslreg.bench.suite import builtin_suites, load_suite
+
+    if suite in builtin_suites() or suite.endswith(".toml"):
+        loaded = load_suite(suite)
+        return loaded.name, loaded.reference
+    return suite, None
+
+
+def _figures(frame: Any, out: str, folder: str | None) -> list[Path]:
+    if folder is None:
+        return []
+    from sslreg.bench.plots import write_figures
+
+    return write_figures(frame, out, folder)
 
 
 @cli.command()

@@ -101,12 +101,93 @@ def test_failures_are_isolated_recorded_and_finished_runs_skipped(tmp_path):
         table = run_suite(suite, load_registry(), tmp_path, progress=False)
         assert "crashed: RuntimeError: deliberately broken" in table
         rows = {r["method"]: r for r in open_index(tmp_path).rows()}
-        assert rows["simclr"]["status"] == "evaluated" and rows["simclr"]["suites"] == ["tiny"]
+        assert rows["simclr"]["status"] == "evaluated" and rows["simclr"]["suites"] == {"tiny": ""}
         assert rows["broken"]["status"].startswith("crashed: RuntimeError")
         checkpoint = next(tmp_path.glob("simclr-*/checkpoint.pt"))
         before = checkpoint.stat().st_mtime_ns
         run_suite(suite, load_registry(), tmp_path, progress=False)
         assert checkpoint.stat().st_mtime_ns == before, "a finished run was trained again"
+
+
+SWEEP = """
+[[sweep]]
+key = "method.temperature"
+values = [0.1, 0.5]
+methods = ["sim*"]
+"""
+
+
+def test_a_sweep_runs_each_value_as_its_own_row_with_one_tensorboard_logdir(tmp_path):
+    from sslreg.runs import RunDir
+
+    suite = parse_suite(SUITE.replace('["simclr", "vit-simclr"]', '["simclr"]') + SWEEP)
+    table = run_suite(suite, load_registry(), tmp_path, progress=False)
+    assert "| simclr [method.temperature=0.1]" in table
+    assert "| simclr [method.temperature=0.5]" in table
+    runs = sorted(tmp_path.glob("simclr-*/config.json"))
+    temperatures = sorted(RunDir(p.parent).read_json(p)["method_config"]["temperature"]
+                          for p in runs)
+    assert temperatures == [0.1, 0.5]
+    # One logdir for the suite, one folder per run in it, holding the run's events.
+    logdir = tmp_path / "tensorboard" / "tiny"
+    assert sorted(p.name for p in logdir.iterdir()) == sorted(p.parent.name for p in runs)
+    for run in logdir.iterdir():
+        assert list(run.glob("events.out.tfevents.*")), run
+
+
+def test_leaderboard_page_and_figures_from_a_real_suite_run(tmp_path):
+    from click.testing import CliRunner
+
+    from sslreg.cli import cli
+
+    text = SUITE.replace('["simclr", "vit-simclr"]', '["simclr", "supervised"]').replace(
+        '"train.epochs=1"', '"train.epochs=2", "eval.curve_every=1", "eval.curve_images=100"')
+    text += '[reference]\nsource = "a paper"\n[reference.results]\nsimclr = { linear = 50 }\n'
+    (tmp_path / "tiny.toml").write_text(text)
+    out, plots, page = tmp_path / "runs", tmp_path / "results" / "plots", tmp_path / "results"
+    runner = CliRunner()
+    ran = runner.invoke(cli, ["bench", str(tmp_path / "tiny.toml"), "--out", str(out),
+                              "--quiet"])
+    assert ran.exit_code == 0, ran.output
+    shown = runner.invoke(cli, ["leaderboard", str(tmp_path / "tiny.toml"), "--out", str(out),
+                                "--plot", str(plots), "--output", str(page / "tiny.md")])
+    assert shown.exit_code == 0, shown.output
+    markdown = (page / "tiny.md").read_text()
+    assert "| supervised (ceiling)" in markdown and "Reference: a paper" in markdown
+    assert "Δ linear" in markdown
+    for name in ("accuracy", "accuracy_vs_time", "learning_curves"):
+        png = (plots / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000, name
+        assert f"![{name}](plots/{name}.png)" in markdown  # relative to the page
+    html = runner.invoke(cli, ["leaderboard", str(tmp_path / "tiny.toml"), "--out", str(out),
+                               "--format", "html"])
+    assert html.exit_code == 0 and html.output.count("data:image/png;base64,") == 3
+
+
+def test_sweeps_and_references_parse_and_bad_ones_are_refused():
+    from sslreg.errors import ConfigError
+
+    reference = """
+[reference]
+source = "solo-learn"
+[reference.results.simclr]
+linear = 90.74
+"""
+    suite = parse_suite(SUITE + SWEEP + reference)
+    assert suite.sweep[0].values == (0.1, 0.5) and suite.sweep[0].matches("simclr")
+    assert not suite.sweep[0].matches("byol")
+    assert suite.reference.results == {"simclr": {"linear": 90.74}}
+    for bad, reason in [
+        (SWEEP.replace("values = [0.1, 0.5]", "values = []"), "non-empty list"),
+        (SWEEP.replace('"method.temperature"', '"temperature"'), "a config key such as"),
+        (SWEEP + "step = 2\n", "unknown key step in a [[sweep]] table; valid keys: key"),
+        (reference.replace("linear = 90.74", "top1 = 90.74"), "unknown reference column top1"),
+        (reference.replace("linear = 90.74", "linear = 0.9074e3"), "must be a percentage"),
+        ('[reference]\nsource = "x"\n', "lacks a key"),
+    ]:
+        with pytest.raises(ConfigError, match="suite") as error:
+            parse_suite(SUITE + bad, default_name="bad")
+        assert reason in str(error.value) and "\n" not in str(error.value), str(error.value)
 
 
 def test_fmnist_suite_is_the_gpu_leaderboard():

@@ -7,6 +7,7 @@ import sys
 
 from click.testing import CliRunner
 
+from sslreg.bench.leaderboard import leaderboard_frame
 from sslreg.cli import cli
 from sslreg.runs import RunDir, RunIndex, add_suite, open_index, write_json
 
@@ -32,7 +33,7 @@ def test_record_keeps_provenance_and_final_metrics(tmp_path):
     assert (row["run"], row["method"], row["seed"], row["status"]) == ("a", "simclr", 0,
                                                                          "evaluated")
     assert row["metrics"] == {"knn20_acc": 0.7, "linear_acc": 0.7 + 0.1}
-    assert row["suites"] == ["quick"]
+    assert row["suites"] == {"quick": ""}
     assert len(row["config_sha256"]) == 64 and json.loads(row["config"])["method"] == "simclr"
     assert row["versions"]["sslreg"] and "sslreg-simclr" in row["versions"]
     assert row["device"] == "cpu (1 threads)" and row["images_per_s"] == 100.0
@@ -109,7 +110,7 @@ def _suite_fixture(out):
 
 
 def test_leaderboard_in_every_format_from_a_fixture_index(tmp_path):
-    from sslreg.bench.leaderboard import FORMATS, leaderboard_frame, render, summary
+    from sslreg.bench.leaderboard import FORMATS, render, summary
 
     _suite_fixture(tmp_path)
     frame = leaderboard_frame(tmp_path, "tiny")
@@ -124,6 +125,31 @@ def test_leaderboard_in_every_format_from_a_fixture_index(tmp_path):
     assert outputs["csv"].splitlines()[0].startswith("method,backbone,seeds,linear")
     assert "\\begin{tabular}" in outputs["latex"] and "(random init)" in outputs["latex"]
     assert outputs["html"].startswith("<table") and "<td>simclr</td>" in outputs["html"]
+
+
+def test_leaderboard_orders_methods_then_ceiling_then_floors_with_variants_and_reference(
+        tmp_path):
+    from sslreg.bench.leaderboard import summary
+    from sslreg.bench.suite import Reference
+
+    _suite_fixture(tmp_path)
+    for name, method, knn, variant in [("sup", "supervised", 0.9, ""),
+                                       ("t1", "simclr", 0.75, "method.temperature=0.1")]:
+        run = fake_run(tmp_path, name, method=method, knn=knn)
+        add_suite(run, "tiny", variant)
+    reference = Reference(source="a paper", results={"simclr": {"linear": 70.0},
+                                                     "dino": {"knn20": 60.0}})
+    table = summary(leaderboard_frame(tmp_path, "tiny"), reference)
+    # Best linear first among methods; the labelled baseline after them; floors last.
+    assert list(table["method"]) == ["simclr [method.temperature=0.1]", "simclr", "byol",
+                                     "supervised (ceiling)", "(raw pixels)",
+                                     "(random init)"]
+    rows = table.set_index("method")
+    assert rows.loc["simclr", "ref linear"] == "70.0"
+    assert rows.loc["simclr", "Δ linear"] == "+5.0"  # linear 75.0 (65 + 10) against 70.0
+    assert rows.loc["simclr [method.temperature=0.1]", "Δ linear"] == "+15.0"
+    assert rows.loc["byol", "ref linear"] == "-" and rows.loc["byol", "Δ linear"] == "-"
+    assert "ref knn20" not in table  # no method of this suite has a published kNN number
 
 
 def test_leaderboard_command_and_its_errors(tmp_path):

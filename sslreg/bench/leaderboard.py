@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+from html import escape
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from sslreg.bench.suite import REFERENCE_METRICS, Reference
 from sslreg.engine.evaluate import floors_path
 from sslreg.errors import SslregError
 from sslreg.runs import RunDir, open_index
 
 FORMATS = ("md", "csv", "latex", "html")
+# Methods that are baselines trained with labels: listed as the ceiling, after the
+# self-supervised methods and before the floors.
+CEILINGS = ("supervised",)
 ACCURACIES = {"linear_acc": "linear", "knn20_acc": "kNN k=20", "knn200_acc": "kNN k=200"}
 COSTS = {"wall_time_s": "train s", "images_per_s": "img/s", "peak_memory_mb": "peak MB"}
 
@@ -23,31 +30,102 @@ def leaderboard_frame(out: Path | str, suite: str) -> pd.DataFrame:
     if not rows:
         raise SslregError(f"no runs of suite '{suite}' are recorded under {out}; run "
                           f"`sslreg bench {suite} --out {out}` first")
-    records = [_run_record(row) for row in rows]
+    records = [_run_record(row, suite) for row in rows]
     return pd.DataFrame(records + _floor_records(Path(out), rows))
 
 
-def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean (± std over seeds) per (method, backbone), runs then floors, with the seeds
-    counted and the status of any run that did not finish."""
-    grouped = frame.groupby(["method", "backbone"], sort=False)
+def summary(frame: pd.DataFrame, reference: Reference | None = None) -> pd.DataFrame:
+    """Mean (± std over seeds) per method, variant and backbone: the self-supervised
+    methods best first (by linear accuracy), then the ceiling, then the floors; with the
+    seeds counted, the published numbers beside ours where ``reference`` has them, and
+    the status of any run that did not finish."""
+    frame = frame.assign(variant=frame.get("variant", pd.Series("", index=frame.index))
+                         .fillna(""))
+    grouped = frame.groupby(["method", "variant", "backbone"], sort=False)
     table = pd.DataFrame(index=grouped.size().index)
     table["seeds"] = grouped["seed"].nunique()
-    for column, title in {**ACCURACIES, **COSTS}.items():
+    for column, title in ACCURACIES.items():
+        if column in frame and frame[column].notna().any():
+            table[title] = grouped[column].agg(mean_std(column))
+    if reference is not None:
+        _add_reference(table, grouped, reference)
+    for column, title in COSTS.items():
         if column in frame and frame[column].notna().any():
             table[title] = grouped[column].agg(mean_std(column))
     table["status"] = grouped["status"].agg(
         lambda s: "ok" if s.isin(["evaluated", "floor"]).all()
         else "; ".join(sorted(set(s) - {"evaluated"})))
-    return table.reset_index()
+    order = _order(grouped)
+    table = table.reset_index().iloc[order]
+    table["method"] = [row_label(m, v) for m, v in zip(table["method"], table["variant"],
+                                                     strict=True)]
+    return table.drop(columns="variant").reset_index(drop=True)
 
 
-def render(frame: pd.DataFrame, fmt: str) -> str:
+def _order(grouped: Any) -> list[int]:
+    """Row positions: methods by mean linear accuracy (best first), ceiling, floors."""
+    keys = list(grouped.size().index)
+    linear = grouped["linear_acc"].mean() if "linear_acc" in grouped.obj else None
+
+    def rank(position: int) -> tuple[int, float]:
+        method = keys[position][0]
+        kind = 2 if method.startswith("(") else 1 if method in CEILINGS else 0
+        score = linear.iloc[position] if linear is not None else float("nan")
+        return kind, -score if pd.notna(score) else float("inf")
+
+    return sorted(range(len(keys)), key=rank)
+
+
+def row_label(method: str, variant: str) -> str:
+    label = f"{method} (ceiling)" if method in CEILINGS else method
+    return f"{label} [{variant}]" if variant else label
+
+
+def document(frame: pd.DataFrame, fmt: str, title: str, reference: Reference | None,
+             figures: list[Path], folder: Path | None = None) -> str:
+    """The leaderboard as a page: a heading, the table, where the reference numbers come
+    from, and the figures (Markdown links relative to ``folder``, the page's own folder;
+    the HTML page carries the PNGs inside it). CSV and LaTeX are the bare table."""
+    table = render(frame, fmt, reference)
+    if fmt in ("csv", "latex"):
+        return table
+    source = f"Reference: {reference.source}" if reference else ""
+    if fmt == "md":
+        links = [f"![{p.stem}]({os.path.relpath(p, folder or Path.cwd())})" for p in figures]
+        return "\n\n".join(part for part in [f"## {title}", table, source, *links] if part)
+    images = "\n".join(embedded(p) for p in figures)
+    return (f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{escape(title)}'
+            f"</title></head>\n<body>\n<h1>{escape(title)}</h1>\n{table}\n"
+            f"<p>{escape(source)}</p>\n{images}\n</body></html>")
+
+
+def embedded(path: Path) -> str:
+    """An <img> carrying the PNG itself, so the HTML page is one self-contained file."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<p><img alt="{path.stem}" src="data:image/png;base64,{data}"></p>'
+
+
+def _add_reference(table: pd.DataFrame, grouped: Any, reference: Reference) -> None:
+    """``ref X`` (the published number) and ``Δ X`` (ours minus it), in points."""
+    methods = table.index.get_level_values("method")
+    for name, metric in REFERENCE_METRICS.items():
+        published = [reference.results.get(m, {}).get(name) for m in methods]
+        if all(p is None for p in published):
+            continue
+        ours = grouped[metric].mean() * 100 if metric in grouped.obj else None
+        table[f"ref {name}"] = [f"{p:.1f}" if p is not None else "-" for p in published]
+        table[f"Δ {name}"] = [
+            f"{o - p:+.1f}" if p is not None and ours is not None and pd.notna(o) else "-"
+            for o, p in zip(ours if ours is not None else [None] * len(published),
+                            published, strict=True)]
+
+
+def render(frame: pd.DataFrame, fmt: str, reference: Reference | None = None) -> str:
     if fmt not in FORMATS:
         raise SslregError(f"unknown format '{fmt}'; choose from: {', '.join(FORMATS)}")
-    table = summary(frame)
+    table = summary(frame, reference)
     if fmt == "md":
-        return table.to_markdown(index=False)
+        return table.to_markdown(index=False, disable_numparse=True)
     if fmt == "csv":
         return table.to_csv(index=False)
     if fmt == "latex":
@@ -55,8 +133,9 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
     return table.to_html(index=False, border=0)
 
 
-def _run_record(row: dict[str, Any]) -> dict[str, Any]:
-    return {"method": row["method"], "backbone": row["backbone"], "seed": row["seed"],
+def _run_record(row: dict[str, Any], suite: str) -> dict[str, Any]:
+    return {"method": row["method"], "variant": row["suites"][suite], "run": row["run"],
+            "backbone": row["backbone"], "seed": row["seed"],
             "status": row["status"], **row["metrics"],
             **{column: row[column] for column in COSTS}}
 

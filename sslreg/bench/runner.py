@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -14,7 +15,7 @@ import pandas as pd
 import torch
 
 from sslreg.bench.leaderboard import summary
-from sslreg.bench.suite import Budget, Suite, suite_sets
+from sslreg.bench.suite import Budget, Suite, suite_sets, variants
 from sslreg.config import RunConfig
 from sslreg.engine import floors, pretrain
 from sslreg.engine.device import device_name
@@ -30,16 +31,19 @@ def run_suite(suite: Suite, registry: Any, out: Path, *, progress: bool = True) 
         raise SslregError(f"suite {suite.name} matches no registered method "
                           f"(patterns {', '.join(suite.methods)}); see `sslreg methods`")
     backbones = {m: backbone_for(registry, m, budget) for m in methods}
-    jobs = [(m, s) for m in methods for s in suite.seeds]
+    jobs = [(m, v, s) for m in methods for v in variants(suite, m) for s in suite.seeds]
+    configs = [RunConfig.build(registry, m, suite_sets(suite, budget, m, s, v),
+                               dataset=suite.dataset, backbone=backbones[m])
+               for m, v, s in jobs]  # every config is checked before the first run
     rows = []
     started = time.perf_counter()
-    for number, (method, seed) in enumerate(jobs, 1):
-        config = RunConfig.build(registry, method, suite_sets(suite, budget, method, seed),
-                                 dataset=suite.dataset, backbone=backbones[method])
-        _say(f"[{number}/{len(jobs)}] {method} seed {seed} on {backbones[method]} "
-             f"({time.perf_counter() - started:.0f} s elapsed)")
-        row = _run_one(config, registry, out, progress, suite.name)
-        rows.append({"backbone": backbones[method], **row})
+    for number, (job, config) in enumerate(zip(jobs, configs, strict=True), 1):
+        method, variant, seed = job
+        label = ", ".join(variant)
+        _say(f"[{number}/{len(jobs)}] {method} {label + ' ' if label else ''}seed {seed} "
+             f"on {backbones[method]} ({time.perf_counter() - started:.0f} s elapsed)")
+        row = _run_one(config, registry, out, progress, (suite.name, label))
+        rows.append({"backbone": backbones[method], "variant": label, **row})
     for backbone in dict.fromkeys(backbones.values()):
         method = next(m for m in methods if backbones[m] == backbone)
         for seed in suite.seeds:
@@ -66,7 +70,9 @@ def backbone_for(registry: Any, method: str, budget: Budget) -> str:
 
 
 def _run_one(config: RunConfig, registry: Any, out: Path, progress: bool,
-             suite: str) -> dict[str, Any]:
+             suite: tuple[str, str]) -> dict[str, Any]:
+    """Pretrain and evaluate one run (unless finished before); ``suite`` is the suite's
+    name and the run's variant in it."""
     run = RunDir.for_config(out, config)
     row: dict[str, Any] = {"method": config.method, "seed": config.train.seed}
     try:
@@ -82,27 +88,47 @@ def _run_one(config: RunConfig, registry: Any, out: Path, progress: bool,
         _say(traceback.format_exc(limit=3))
         status = f"crashed: {type(error).__name__}: {error}"
         return {**row, "status": _record_failure(run, config, suite, status)}
-    add_suite(run, suite)
+    add_suite(run, *suite)
     open_index(out).record(run)
+    link_tensorboard(out, suite[0], run)
     return {**row, "status": "evaluated", **result["metrics"],
             **{key: info.get(key) for key in ("wall_time_s", "images_per_s", "peak_memory_mb")}}
 
 
-def _record_failure(run: RunDir, config: RunConfig, suite: str, status: str) -> str:
+def _record_failure(run: RunDir, config: RunConfig, suite: tuple[str, str],
+                    status: str) -> str:
     """Keep a failed run in the index with its reason (its config is written if the run
     failed before its directory was made)."""
     if not run.config.exists():
         write_json(run.config, config.to_dict())
-    add_suite(run, suite)
+    add_suite(run, *suite)
     open_index(run.path.parent).record(run, status=status)
     return status
+
+
+def link_tensorboard(out: Path, suite: str, run: RunDir) -> None:
+    """Give ``out/tensorboard/SUITE/RUN`` the run's TensorBoard files, so one logdir per
+    suite compares its runs (scalars, HParams, projector). Hard links cost no space;
+    where the file system refuses them the files are copied."""
+    target = out / "tensorboard" / suite / run.path.name
+    for source in run.tensorboard.rglob("*"):
+        if source.is_dir():
+            continue
+        destination = target / source.relative_to(run.tensorboard)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.unlink(missing_ok=True)
+        try:
+            os.link(source, destination)
+        except OSError:
+            shutil.copy2(source, destination)
 
 
 def render_table(frame: pd.DataFrame, suite: Suite) -> str:
     """The leaderboard of this session's rows, as Markdown under a heading."""
     header = (f"## {suite.name}: {suite.dataset}, seeds "
               f"{', '.join(map(str, suite.seeds))}\n\n")
-    return header + summary(frame).to_markdown(index=False)
+    table = summary(frame, suite.reference)
+    return header + table.to_markdown(index=False, disable_numparse=True)
 
 
 def _say(message: str) -> None:

@@ -43,6 +43,63 @@ def _method_sets(tables: dict) -> dict[str, tuple[str, ...]]:
     return {name: _string_list(table.get("set", [])) for name, table in tables.items()}
 
 
+def _values(value: Any) -> tuple[Any, ...]:
+    if not (isinstance(value, (list, tuple)) and value
+            and all(isinstance(v, (int, float, str, bool)) for v in value)):
+        raise ValueError(f"a sweep's 'values' must be a non-empty list of numbers or "
+                         f"strings, got {value!r}")
+    return tuple(value)
+
+
+def _dotted(_: Any, __: Any, key: str) -> None:
+    if not isinstance(key, str) or "." not in key or "=" in key:
+        raise ValueError(f"a sweep's 'key' must be a config key such as "
+                         f"\"method.temperature\", got {key!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Sweep:
+    """One hyperparameter swept over ``values`` for the methods matching ``methods``;
+    each value is a run of its own (``--set key=value``), per seed."""
+
+    key: str = field(validator=_dotted)
+    values: tuple[Any, ...] = field(converter=_values)
+    methods: tuple[str, ...] = field(default=("*",), converter=_string_list,
+                                     validator=_strings)
+
+    def matches(self, method: str) -> bool:
+        return any(fnmatch.fnmatch(method, p) for p in self.methods)
+
+
+# Reference columns a suite may quote, in percent, and the metric each is compared with.
+REFERENCE_METRICS = {"linear": "linear_acc", "knn20": "knn20_acc", "knn200": "knn200_acc"}
+
+
+def _reference_results(tables: Any) -> dict[str, dict[str, float]]:
+    """``{method: {"linear": 90.7, ...}}`` with known columns and numbers in percent."""
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise ValueError("reference results must look like [reference.results.NAME] "
+                         "with linear = 90.7")
+    for method, table in tables.items():
+        for column, value in table.items():
+            if column not in REFERENCE_METRICS:
+                raise ValueError(f"unknown reference column {column} for {method}; valid: "
+                                 f"{', '.join(REFERENCE_METRICS)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 <= value <= 100:
+                raise ValueError(f"reference {method}.{column} must be a percentage, "
+                                 f"got {value!r}")
+    return {m: {c: float(v) for c, v in t.items()} for m, t in tables.items()}
+
+
+@attrs.frozen(kw_only=True)
+class Reference:
+    """Published numbers to compare with (percent), and where they come from."""
+
+    source: str = field(validator=instance_of(str))
+    results: dict[str, dict[str, float]] = field(converter=_reference_results)
+
+
 @attrs.frozen(kw_only=True)
 class Budget:
     """What one device kind runs: the backbone and ``--set`` overrides for every run.
@@ -67,6 +124,8 @@ class Suite:
     cpu: Budget = field(validator=instance_of(Budget))
     gpu: Budget = field(validator=instance_of(Budget))
     method_set: dict[str, tuple[str, ...]] = field(factory=dict)
+    sweep: tuple[Sweep, ...] = field(default=(), converter=tuple)
+    reference: Reference | None = None
 
     def budget(self, cuda: bool) -> Budget:
         return self.gpu if cuda else self.cpu
@@ -104,13 +163,38 @@ def parse_suite(text: str, default_name: str = "suite") -> Suite:
     try:
         budgets = data.pop("budget")
         method_set = _method_sets(data.pop("method", {}))
+        sweeps = _sweeps(data.pop("sweep", []))
+        reference = data.pop("reference", None)
         return Suite(name=data.pop("name", default_name), cpu=Budget(**budgets["cpu"]),
-                     gpu=Budget(**budgets["gpu"]), method_set=method_set, **data)
+                     gpu=Budget(**budgets["gpu"]), method_set=method_set, sweep=sweeps,
+                     reference=None if reference is None else _reference(reference), **data)
     except KeyError as error:
         raise ConfigError(f"suite {default_name} lacks {error}; it needs [budget.cpu] and "
                           "[budget.gpu] tables") from None
     except (TypeError, ValueError) as error:
         raise ConfigError(f"suite {default_name} is invalid: {_reason(error)}") from None
+
+
+def _sweeps(tables: Any) -> tuple[Sweep, ...]:
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ValueError("sweeps must be [[sweep]] tables with key, values and methods")
+    return tuple(_table(Sweep, "[[sweep]]", t) for t in tables)
+
+
+def _reference(table: Any) -> Reference:
+    if not isinstance(table, dict):
+        raise ValueError("reference must be a [reference] table with source and results")
+    return _table(Reference, "[reference]", table)
+
+
+def _table(kind: type, title: str, table: dict) -> Any:
+    """``kind(**table)``, naming the table and its valid keys when a key is unknown."""
+    fields = [a.name for a in attrs.fields(kind)]
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]} in a {title} table; valid keys: "
+                         f"{', '.join(fields)}")
+    return kind(**table)
 
 
 def _reason(error: Exception) -> str:
@@ -122,12 +206,23 @@ def _reason(error: Exception) -> str:
         if message.startswith("Budget"):
             fields = [a.name for a in attrs.fields(Budget)]
             return f"unknown key {key} in a [budget] table; valid keys: {', '.join(fields)}"
-        fields = sorted(a.name for a in attrs.fields(Suite) if a.name not in ("cpu", "gpu",
-                                                                                "method_set"))
+        fields = sorted(a.name for a in attrs.fields(Suite)
+                        if a.name not in ("cpu", "gpu", "method_set"))
         return f"unknown key {key}; valid keys: {', '.join(fields)}, budget, method"
+    if "missing" in message and "required" in message:
+        return f"a table lacks a key: {message.split(': ', 1)[-1]}"
     return (message.splitlines() or ["invalid"])[0]
 
 
-def suite_sets(suite: Suite, budget: Budget, method: str, seed: int) -> list[str]:
+def suite_sets(suite: Suite, budget: Budget, method: str, seed: int,
+               variant: tuple[str, ...] = ()) -> list[str]:
     return [*budget.set, *suite.method_set.get(method, ()), *budget.method.get(method, ()),
-            f"train.seed={seed}"]
+            *variant, f"train.seed={seed}"]
+
+
+def variants(suite: Suite, method: str) -> list[tuple[str, ...]]:
+    """The ``--set`` additions of each run a method gets: one per swept value, or one
+    plain run when no sweep names the method."""
+    swept = [(f"{s.key}={value}",) for s in suite.sweep if s.matches(method)
+             for value in s.values]
+    return swept or [()]

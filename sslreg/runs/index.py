@@ -25,8 +25,10 @@ from sslreg.runs.layout import RunDir, write_json
 
 INDEX_NAME = "index.sqlite"
 # Bump when the table changes: an index of another version is rebuilt.
-SCHEMA_VERSION = 1
-SUITES_FILE = "suites.json"  # in a run directory: the suites that ran it
+SCHEMA_VERSION = 2
+# In a run directory: the suites that ran it, each with the run's variant there (the
+# swept setting, e.g. "method.temperature=0.1"; "" for a plain run).
+SUITES_FILE = "suites.json"
 COLUMNS = ("run", "method", "dataset", "backbone", "seed", "status", "suites",
            "config_sha256", "config", "git_commit", "versions", "device", "wall_time_s",
            "images_per_s", "peak_memory_mb", "metrics", "recorded_at")
@@ -97,10 +99,10 @@ def open_index(out: Path | str) -> RunIndex:
     return index
 
 
-def add_suite(run: RunDir, suite: str) -> None:
-    """Note in the run directory that ``suite`` ran it (so a rebuild knows)."""
-    suites = sorted(set(_suites_of(run)) | {suite})
-    write_json(run.path / SUITES_FILE, {"suites": suites})
+def add_suite(run: RunDir, suite: str, variant: str = "") -> None:
+    """Note in the run directory that ``suite`` ran it, as which variant (so a rebuild
+    knows)."""
+    write_json(run.path / SUITES_FILE, {"suites": {**_suites_of(run), suite: variant}})
 
 
 def row_for(run: RunDir, status: str | None = None) -> dict[str, Any]:
@@ -155,8 +157,11 @@ def _version(distribution: str) -> str:
         return "unknown"
 
 
-def _suites_of(run: RunDir) -> list[str]:
-    return list(_optional_json(run, run.path / SUITES_FILE).get("suites", []))
+def _suites_of(run: RunDir) -> dict[str, str]:
+    suites = _optional_json(run, run.path / SUITES_FILE).get("suites", {})
+    if isinstance(suites, list):  # the first layout: names only
+        return dict.fromkeys(suites, "")
+    return dict(sorted(suites.items()))
 
 
 def _optional_json(run: RunDir, path: Path) -> dict[str, Any]:
