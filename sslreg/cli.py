@@ -65,6 +65,23 @@ def methods() -> None:
         click.echo("no methods registered; install a method plugin (see README)")
 
 
+@cli.command(name="new-plugin")
+@click.argument("name")
+@click.option("--dir", "parent", default=".", show_default=True,
+              type=click.Path(file_okay=False), help="Where to create sslreg-NAME/.")
+def new_plugin(name: str, parent: str) -> None:
+    """Write a complete, installable method plugin NAME (a working example method,
+    pyproject with the sslreg entry point, README, tests) into DIR/sslreg-NAME."""
+    from sslreg.scaffold import new_plugin as scaffold
+
+    written = scaffold(name, Path(parent))
+    folder = written[0].parent
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo(f"next: pip install --no-deps -e {folder} && sslreg methods && "
+               f"(cd {folder} && pytest)")
+
+
 @cli.command()
 @click.option("--method", required=True, help="A registered method (see `sslreg methods`).")
 @click.option("--dataset", default="fashion-mnist", show_default=True)

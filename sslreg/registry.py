@@ -7,8 +7,9 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
+from sslreg.config import OptimConfig
 from sslreg.errors import DuplicateNameError, PluginError, UnknownNameError
-from sslreg.specs import SPEC_TYPES
+from sslreg.specs import SPEC_TYPES, MethodSpec
 
 S = TypeVar("S")
 
@@ -38,6 +39,8 @@ class Catalog(Generic[S]):
                 f"plugin '{plugin}' passed {type(spec).__name__} to register_{self.kind}; "
                 f"it takes sslreg.{self.spec_type.__name__}"
             )
+        if isinstance(spec, MethodSpec):
+            check_method_defaults(spec, plugin)
         existing = self._specs.get(spec.name)
         if existing is not None:
             raise DuplicateNameError(
@@ -71,6 +74,22 @@ class Catalog(Generic[S]):
 
     def __len__(self) -> int:
         return len(self._specs)
+
+
+def check_method_defaults(spec: MethodSpec, plugin: str) -> None:
+    """Build the method's config and optimizer settings from their defaults now, so a
+    default that fails its own validator is this plugin's failure at load time (shown by
+    ``sslreg plugins``) rather than a surprise when someone runs the method."""
+    builders = {"config": spec.config_class, "optim": lambda: OptimConfig(**spec.optim)}
+    for part, build in builders.items():
+        try:
+            build()
+        except Exception as error:  # whatever it raises, the plugin is at fault
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise PluginError(
+                f"plugin '{plugin}' registered method '{spec.name}' whose {part} defaults "
+                f"fail their own validation: {type(error).__name__}: {first}"
+            ) from None
 
 
 @attrs.frozen

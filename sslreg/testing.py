@@ -1,27 +1,33 @@
 """Conformance checks every method plugin should pass, for sslreg's tests and yours.
 
-In a plugin's tests::
+Each check is a function ``check_*(name, backbone=None)`` that raises ``AssertionError``
+saying what is wrong; :data:`CHECKS` lists them in order, :func:`check_method` runs them
+all, and :func:`conformance_cases` turns them into ``pytest.mark.parametrize`` cases, one
+test line per check. In a plugin's tests::
 
     import pytest
     from sslreg import testing
 
-    @pytest.mark.parametrize("method", ["mymethod"])
-    def test_conformance(method):
-        testing.check_method(method)
+    @pytest.mark.parametrize("case", testing.conformance_cases("mymethod"))
+    def test_conformance(case):
+        case()   # mymethod-build, mymethod-step, ..., mymethod-learns
 
-or run them over every registered method with ``testing.method_names()``.
+or in one test: ``testing.check_method("mymethod")``. ``testing.conformance_cases()``
+without names covers every registered method. These names are a stable API.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
+import attrs
 import torch
 
-from sslreg.config import RunConfig
+from sslreg.config import OptimConfig, RunConfig
 from sslreg.interfaces import Method, RunContext, StepOutput
 from sslreg.plugins import load_registry, pm
 
@@ -90,6 +96,17 @@ def step(method: Method, policy: Any, images: torch.Tensor, seed: int = 0) -> St
     return output
 
 
+def check_build(name: str, backbone: str | None = None) -> None:
+    """Builds from its default config on a tiny backbone, and its default view policy
+    gives ``num_views`` float views of the whole batch."""
+    _, policy = build(name, backbone=backbone)
+    views = policy(tiny_images(), torch.Generator().manual_seed(0))
+    assert len(views) == policy.num_views, f"{name}: the policy returned the wrong views"
+    for view in views:
+        assert view.is_floating_point() and view.ndim == 4 and len(view) == 8, \
+            f"{name}: each view must be a float (B, C, H, W) batch, got {view.shape}"
+
+
 def check_step(name: str, **kwargs: Any) -> StepOutput:
     """Builds, steps on a tiny batch: a finite scalar loss whose gradient reaches the
     backbone, and ``on_step_end`` runs."""
@@ -130,12 +147,120 @@ def check_deterministic(name: str, backbone: str | None = None) -> None:
     torch.testing.assert_close(losses[0], losses[1])
 
 
+def _loss(method: Method, views: list[torch.Tensor], seed: int = 0) -> torch.Tensor:
+    # Reseed so methods that draw inside training_step (masks, dropout) draw the same.
+    torch.manual_seed(seed)
+    method.train()
+    if method.uses_labels:
+        return method.training_step(views, labels=tiny_labels(len(views[0]))).loss
+    return method.training_step(views).loss
+
+
+def _optimize(method: Method, optimizer: torch.optim.Optimizer, views: list[torch.Tensor],
+              progress: float | None) -> torch.Tensor:
+    loss = _loss(method, views)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    if progress is not None:
+        method.on_step_end(progress)
+    return loss.detach()
+
+
+def check_finite_loss(name: str, backbone: str | None = None, steps: int = 3) -> None:
+    """The loss and every parameter stay finite over a few steps of the method's own
+    optimizer settings (lr scaled to the batch as the engine does), fresh views each step."""
+    from sslreg.engine.optim import build_optimizer
+
+    method, policy = build(name, backbone=backbone)
+    spec = load_registry().methods.get(name)
+    batch = 16
+    optim = OptimConfig(**spec.optim)
+    optim = attrs.evolve(optim, lr=optim.lr * batch / 256)  # the peak rate, no warm-up
+    optimizer = build_optimizer(method, optim, torch.device("cpu"))
+    images = tiny_images(batch)
+    for index in range(steps):
+        views = policy(images, torch.Generator().manual_seed(index))
+        loss = _optimize(method, optimizer, views, (index + 1) / steps)
+        assert torch.isfinite(loss), f"{name}: loss {loss.item()} at step {index}"
+    bad = [key for key, value in method.state_dict().items()
+           if value.is_floating_point() and not torch.isfinite(value).all()]
+    assert not bad, f"{name}: non-finite values after {steps} steps in {bad[:5]}"
+
+
+def check_learns_on_tiny_data(name: str, backbone: str | None = None,
+                              steps: int = 10) -> None:
+    """A few Adam steps on 32 synthetic images (fixed views) lower the loss.
+
+    The objective is held fixed: ``on_step_end`` is not called and both losses are
+    scored from the same starting state (buffers, EMA targets, queues, centers), so only
+    the trainable parameters differ. Methods whose targets move while they train (DINO's
+    centering, MoCo's queue) would otherwise raise their loss while learning. A backward
+    pass with the wrong sign, or an objective the parameters cannot lower, fails here.
+    Whether the representation improves (a loss with its sign flipped still lowers
+    itself) is :func:`learning_run`'s job, on real data.
+    """
+    from sslreg.data import synthetic
+
+    method, policy = build(name, backbone=backbone)
+    views = policy(synthetic.generate(32, seed=0).images, torch.Generator().manual_seed(0))
+    start = copy.deepcopy(method)
+    before = _loss(copy.deepcopy(start), views).item()
+    optimizer = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(steps):
+        _optimize(method, optimizer, views, progress=None)
+    learned = {key for key, p in method.named_parameters() if p.requires_grad}
+    start.load_state_dict({key: value for key, value in method.state_dict().items()
+                           if key in learned}, strict=False)
+    after = _loss(start, views).item()
+    assert after < before, (
+        f"{name}: {steps} Adam steps on a fixed tiny batch did not lower the loss "
+        f"({before:.4f} -> {after:.4f}); check custom backward passes and what the loss "
+        "depends on")
+
+
+# The conformance checks in order: name -> check(method_name, backbone=None). Stable API.
+CHECKS: dict[str, Callable[..., Any]] = {
+    "build": check_build,
+    "step": check_step,
+    "finite_loss": check_finite_loss,
+    "state_dict": check_state_dict_roundtrip,
+    "deterministic": check_deterministic,
+    "learns": check_learns_on_tiny_data,
+}
+
+
 def check_method(name: str, backbone: str | None = None) -> None:
     """Every conformance check on one registered method, on ``backbone`` (default: the
     CPU-sized one that fits, see :func:`tiny_backbone`)."""
-    check_step(name, backbone=backbone)
-    check_state_dict_roundtrip(name, backbone)
-    check_deterministic(name, backbone)
+    for check in CHECKS.values():
+        check(name, backbone=backbone)
+
+
+@attrs.frozen
+class ConformanceCase:
+    """One check on one method; calling it runs the check."""
+
+    method: str
+    check: str
+    backbone: str | None = None
+
+    def __call__(self) -> None:
+        CHECKS[self.check](self.method, backbone=self.backbone)
+
+
+def conformance_cases(*methods: str, backbone: str | None = None) -> list[Any]:
+    """``pytest.param`` cases, one per (method, check), with ids like ``simclr-learns``.
+
+    No names: every registered method. Use with
+    ``@pytest.mark.parametrize("case", testing.conformance_cases("mymethod"))``.
+    """
+    import pytest  # only test code calls this; sslreg itself does not need pytest
+
+    names = methods or tuple(method_names())
+    suffix = f"-{backbone}" if backbone else ""
+    return [pytest.param(ConformanceCase(name, check, backbone), id=f"{name}-{check}{suffix}")
+            for name in names for check in CHECKS]
 
 
 # A short CPU budget on real data for "does it learn" tests (tests/test_learning.py

@@ -96,6 +96,38 @@ def test_non_spec_is_refused_naming_the_plugin():
                for f in registry.failures)
 
 
+@attrs.frozen(kw_only=True)
+class BadDefaultConfig:
+    temperature: float = attrs.field(default=-1.0, validator=attrs.validators.gt(0))
+
+
+class BadDefaultPlugin:
+    """A method whose config default fails its own validator, beside a good one."""
+
+    def __init__(self, good_spec):
+        self.good_spec = good_spec
+
+    @hookimpl
+    def register_methods(self, register):
+        register(attrs.evolve(self.good_spec, name="bad-default", config_class=BadDefaultConfig,
+                              plugin=None))
+        register(attrs.evolve(self.good_spec, name="bad-optim", optim={"lr": -1}, plugin=None))
+        register(attrs.evolve(self.good_spec, name="good-copy", plugin=None))
+
+
+def test_config_default_failing_its_validator_is_recorded(registry):
+    with testing.registered(BadDefaultPlugin(registry.methods.get("simclr")), "baddefault"):
+        broken = load_registry()
+    errors = [f.error for f in broken.failures if f.name == "baddefault"]
+    assert len(errors) == 2, broken.failures
+    assert errors[0].startswith("plugin 'baddefault' registered method 'bad-default' whose "
+                                "config defaults fail their own validation: ValueError:")
+    assert "'temperature' must be > 0" in errors[0]
+    assert "method 'bad-optim' whose optim defaults" in errors[1] and "'lr'" in errors[1]
+    assert "bad-default" not in broken.methods and "bad-optim" not in broken.methods
+    assert set(broken.methods.names()) == {*registry.methods.names(), "good-copy"}
+
+
 def test_import_failure_is_recorded(monkeypatch):
     from sslreg import plugins
 
