@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from sslreg import distributed
 from sslreg.config import RunConfig
 from sslreg.data import ImageDataset
 from sslreg.engine.evaluate import evaluate_run
@@ -31,22 +32,30 @@ def prepare_run_dir(run: RunDir, config: RunConfig, resume: bool) -> None:
 def pretrain(config: RunConfig, registry: Any, out: Path | str, *, resume: bool = False,
              evaluate: bool = True, progress: bool = True,
              train_data: ImageDataset | None = None) -> RunDir:
-    """Train (or continue) the run for ``config`` under ``out`` and evaluate it."""
+    """Train (or continue) the run for ``config`` under ``out`` and evaluate it.
+
+    Under ``torchrun`` every rank trains; rank 0 alone writes the run directory,
+    TensorBoard, checkpoints and the index, and evaluates, while the other ranks return
+    once training is done.
+    """
     run = RunDir.for_config(out, config)
     trainer = build_trainer(config, registry, run, train_data)  # fails before writing
-    prepare_run_dir(run, config, resume)
+    distributed.on_main(prepare_run_dir, run, config, resume)  # a refusal stops every rank
+    main = distributed.is_main()
     try:
         if resume and run.checkpoint.exists():
             restore(trainer)
-        with SummaryWriter(str(run.tensorboard)) as writer:
+        with SummaryWriter(str(run.tensorboard)) if main else distributed.NullWriter() as writer:
             if trainer.epoch < config.train.epochs:
-                fit(trainer, writer, progress=progress)
-            if evaluate:
+                fit(trainer, writer, progress=progress and main)
+            distributed.barrier()  # every rank is past its last step
+            if evaluate and main:
                 result = evaluate_run(run, registry, method=trainer.method)
                 log_hparams(writer, config, result["metrics"])
                 log_embeddings(writer, trainer, config, registry)
     finally:  # finished, diverged or interrupted: the index says which
-        open_index(out).record(run)
+        if main:
+            open_index(out).record(run)
     return run
 
 

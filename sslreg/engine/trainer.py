@@ -12,6 +12,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from sslreg import distributed
 from sslreg.config import RunConfig
 from sslreg.data import ImageDataset, load_dataset
 from sslreg.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -49,6 +50,8 @@ class Trainer:
     monitor_warnings: list[str] = attrs.Factory(list)
     curve: CurveProbe | None = None  # the fixed images of the learning curve, if drawn
     curve_points: list[list[float]] = attrs.Factory(list)  # [epoch, kNN accuracy]
+    # Under torchrun: training_step through DistributedDataParallel (sslreg.distributed).
+    parallel: Any = None
 
 
 # How many fixed test images Method.visualize receives each epoch.
@@ -88,7 +91,8 @@ def load_split(config: RunConfig, registry: Any, split: str) -> ImageDataset:
 def build_trainer(config: RunConfig, registry: Any, run: RunDir,
                   train_data: ImageDataset | None = None) -> Trainer:
     """Load the data, build the method, views, monitors, optimizer and schedule."""
-    device = resolve_device(config.train.device)
+    device = distributed.init(resolve_device(config.train.device))  # joins torchrun's group
+    distributed.check_batch_size(config.train.batch_size)  # the global batch
     torch.manual_seed(config.train.seed)
     full = train_data if train_data is not None else load_split(config, registry, "train")
     data = full.subset(config.train.train_subset, seed=config.train.seed)
@@ -97,7 +101,8 @@ def build_trainer(config: RunConfig, registry: Any, run: RunDir,
     if steps_per_epoch == 0:
         raise SslregError(f"train.batch_size={config.train.batch_size} is larger than the "
                           f"{len(data)} training images; lower it")
-    method = build_method(config, registry, full).to(device)
+    method = distributed.sync_batchnorm(build_method(config, registry, full).to(device), device)
+    distributed.seed_rank(config.train.seed)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
     policy = build_policy(config, registry, data, (mean, std))
@@ -112,6 +117,7 @@ def build_trainer(config: RunConfig, registry: Any, run: RunDir,
         bf16=use_bf16(config.train.precision, device), steps_per_epoch=steps_per_epoch,
         curve=curve_probe(config, full, load_split(config, registry, "test")
                           if config.eval.curve_every else None, (mean, std)),
+        parallel=distributed.data_parallel(method, device),
     )
 
 
@@ -144,6 +150,8 @@ def restore(trainer: Trainer) -> None:
 
 
 def checkpoint(trainer: Trainer) -> None:
+    if not distributed.is_main():  # the ranks hold the same weights; rank 0 writes them
+        return
     save_checkpoint(trainer.run.checkpoint, {
         "config_digest": trainer.config.digest(),
         "method": trainer.config.method,
@@ -179,13 +187,14 @@ def run_epoch(trainer: Trainer, epoch: int, writer: SummaryWriter, bar: tqdm) ->
     order_seed, view_seed = _epoch_seeds(config.seed, epoch)
     order = torch.randperm(len(trainer.images), device=trainer.device,
                            generator=_generator(trainer.device, order_seed))
-    views_rng = _generator(trainer.device, view_seed)
+    views_rng = _generator(trainer.device, distributed.rank_seed(view_seed))
     non_finite = torch.zeros((), dtype=torch.bool, device=trainer.device)
     window_start, window_images = time.perf_counter(), 0
     trainer.method.train()
     for index in range(trainer.steps_per_epoch):
         rows = order[index * config.batch_size:(index + 1) * config.batch_size]
-        output = train_step(trainer, trainer.images[rows], trainer.labels[rows], views_rng)
+        mine = distributed.shard(rows)  # this rank's slice of the global batch
+        output = train_step(trainer, trainer.images[mine], trainer.labels[mine], views_rng)
         non_finite |= ~torch.isfinite(output.loss.detach())
         window_images += len(rows)
         trainer.step += 1
@@ -210,11 +219,12 @@ def train_step(trainer: Trainer, batch: torch.Tensor, labels: torch.Tensor,
         group["lr"] = lr
     autocast = (torch.autocast(trainer.device.type, dtype=torch.bfloat16) if trainer.bf16
                 else contextlib.nullcontext())
+    step = trainer.parallel or trainer.method.training_step
     with autocast:
         if trainer.method.uses_labels:
-            output = trainer.method.training_step(views, labels=labels)
+            output = step(views, labels=labels)
         else:
-            output = trainer.method.training_step(views)
+            output = step(views)
     trainer.optimizer.zero_grad(set_to_none=True)
     output.loss.backward()
     trainer.optimizer.step()
@@ -236,8 +246,9 @@ def log_pictures(trainer: Trainer, writer: SummaryWriter) -> None:
 def log_curve(trainer: Trainer, writer: SummaryWriter) -> None:
     """A learning-curve point after the epochs the config asks for (not timed as
     training: it is evaluation)."""
-    if not due(trainer.curve, trainer.epoch, trainer.config.train.epochs):
-        return
+    if not (distributed.is_main() and due(trainer.curve, trainer.epoch,
+                                          trainer.config.train.epochs)):
+        return  # rank 0 alone draws the curve; every rank holds the same weights
     trainer.method.eval()
     accuracy = curve_point(trainer.curve, trainer.method.features, trainer.device)
     trainer.curve_points.append([trainer.epoch, round(accuracy, 5)])
@@ -246,7 +257,7 @@ def log_curve(trainer: Trainer, writer: SummaryWriter) -> None:
 
 
 def _stop_if_non_finite(trainer: Trainer, non_finite: torch.Tensor) -> None:
-    if bool(non_finite):
+    if bool(distributed.any_rank(non_finite)):  # every rank stops, or none
         write_train_info(trainer, status="diverged")
         kept = (f"the last good checkpoint (epoch {trainer.epoch}) is kept at "
                 f"{trainer.run.checkpoint}" if trainer.epoch else "no checkpoint was written")
@@ -256,6 +267,8 @@ def _stop_if_non_finite(trainer: Trainer, non_finite: torch.Tensor) -> None:
 
 def log_step(trainer: Trainer, writer: SummaryWriter, output: Any, rate: float,
              bar: tqdm) -> None:
+    if not distributed.is_main():  # rank 0 logs and watches for collapse
+        return
     step = trainer.step
     loss = output.loss.item()
     writer.add_scalar("train/loss", loss, step)
@@ -291,12 +304,13 @@ def write_train_info(trainer: Trainer, *, status: str) -> dict[str, Any]:
         "images_per_s": (
             round(trainer.images_seen / trainer.elapsed, 1) if trainer.elapsed else None
         ),
-        "device": device_name(trainer.device),
+        "device": distributed.describe(device_name(trainer.device)),  # "8 x ..." under torchrun
         "peak_memory_mb": _peak_memory_mb(trainer.device),
         "monitor_warnings": trainer.monitor_warnings,
         "curve": trainer.curve_points,
     }
-    write_json(trainer.run.train_info, info)
+    if distributed.is_main():
+        write_json(trainer.run.train_info, info)
     return info
 
 

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from sslreg.distributed import gather_pair
+
 # BatchNorm1d's default eps, as in the reference code; it also keeps a constant
 # feature (std 0) finite instead of dividing by zero.
 _STANDARDIZE_EPS = 1e-5
@@ -20,6 +22,9 @@ class BarlowTwinsLoss(nn.Module):
     standard deviation (divide by N), as the reference code's ``BatchNorm1d(affine=False)``
     does: ``zn = (z - mean) / sqrt(var_biased + 1e-5)``. Then ``C = z1n.T @ z2n / N`` and
     ``loss = sum_i (1 - C_ii)^2 + lambda_offdiag * sum_{i != j} C_ij^2``.
+
+    Under ``torchrun`` N is the global batch: both views are gathered from every rank
+    (with gradients) before standardising.
 
     Args:
         lambda_offdiag: Weight of the redundancy-reduction term, >= 0. The paper's
@@ -49,6 +54,11 @@ class BarlowTwinsLoss(nn.Module):
         n = z1.shape[0]
         if n < 2:
             raise ValueError(f"barlow_twins needs a batch of at least 2 to standardize, got {n}")
+        # Under torchrun: the global batch, so the statistics and C are one process's.
+        # Every rank then computes the whole loss, O(B D^2), cheaper to write than
+        # all-reducing partial sums and small beside the backbone.
+        z1, z2 = gather_pair(z1, z2)
+        n = z1.shape[0]
         # float32 even under autocast: the D x D sums lose precision in bf16.
         c = _standardize(z1.float()).T @ _standardize(z2.float()) / n  # (D, D)
         diagonal = torch.diagonal(c)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sslreg.distributed import gather_with_grad, global_mean, rank
+
 
 class InfoNCELoss(nn.Module):
     """MoCo's InfoNCE loss.
@@ -18,6 +20,10 @@ class InfoNCELoss(nn.Module):
     ``[q_i . k_i, q_i . n_1, ..., q_i . n_K] / T`` and the target is index 0. Without
     it, the other keys of the batch are the negatives: cross-entropy over
     ``q @ k.T / T`` with the diagonal as target. The mean is over the N queries.
+
+    Under ``torchrun`` the in-batch keys are gathered from every rank (with gradients,
+    when they have any), each rank scores its own queries, and the value is the mean
+    over all ranks' queries; a queue of ``negatives`` is used as given.
 
     The loss stops no gradient itself: a method whose keys come from a momentum encoder
     computes them under ``torch.no_grad()``, as MoCo does.
@@ -45,14 +51,16 @@ class InfoNCELoss(nn.Module):
         q = F.normalize(query.float(), dim=1)  # (N, D)
         k = F.normalize(key.float(), dim=1)  # (N, D)
         if negatives is None:
-            logits = q @ k.T  # (N, N), positives on the diagonal
-            targets = torch.arange(q.shape[0], device=q.device)
+            # Under torchrun the keys are every rank's (MoCo v3 gathers them too), and
+            # this rank's positives sit at its offset. With one process: k itself.
+            logits = q @ gather_with_grad(k).T  # (N, N x ranks)
+            targets = torch.arange(q.shape[0], device=q.device) + rank() * q.shape[0]
         else:
             positive = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
             negative = q @ F.normalize(negatives.float(), dim=1).T  # (N, K)
             logits = torch.cat([positive, negative], dim=1)  # (N, 1 + K)
             targets = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-        return F.cross_entropy(logits / self.temperature, targets)
+        return global_mean(F.cross_entropy(logits / self.temperature, targets))
 
 
 def _check_shapes(query: Tensor, key: Tensor, negatives: Tensor | None) -> None:

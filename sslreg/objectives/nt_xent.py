@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sslreg.distributed import gather_with_grad, global_mean, rank
+
 
 class NTXentLoss(nn.Module):
     """SimCLR's contrastive loss over two views of the same batch.
@@ -17,6 +19,10 @@ class NTXentLoss(nn.Module):
     2N anchors has its pair as the positive and the other 2N - 2 projections as
     negatives; the loss is the cross-entropy over cosine similarity / temperature,
     averaged over the 2N anchors. The loss is symmetric in ``z1`` and ``z2``.
+
+    Under ``torchrun`` each rank's anchors are its own 2N rows and the negatives come
+    from every rank's projections (gathered with gradients), so the loss is that of the
+    global batch; see :mod:`sslreg.distributed` for the gradient convention.
 
     Args:
         temperature: Softmax temperature, > 0. The paper's default is 0.5.
@@ -46,11 +52,16 @@ class NTXentLoss(nn.Module):
                 f"nt_xent needs a batch of at least 2 pairs to have negatives, got {n}"
             )
         # float32 even under autocast: logits / T are too coarse in bf16, overflow in fp16.
-        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D)
-        logits = z @ z.T / self.temperature  # (2N, 2N)
+        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D), this rank's anchors
+        # Under torchrun the candidates are every rank's 2N projections, rank by rank;
+        # this rank's own sit at ``offset``. With one process: z itself, offset 0.
+        candidates = gather_with_grad(z)
+        offset = rank() * 2 * n
+        logits = z @ candidates.T / self.temperature  # (2N, 2N x ranks)
         # An anchor is never its own negative.
-        self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+        columns = torch.arange(2 * n, device=z.device) + offset
+        self_mask = columns[:, None] == torch.arange(len(candidates), device=z.device)
         logits = logits.masked_fill(self_mask, float("-inf"))
-        index = torch.arange(n, device=z.device)
+        index = torch.arange(n, device=z.device) + offset
         targets = torch.cat([index + n, index])  # row i's positive is its pair
-        return F.cross_entropy(logits, targets)
+        return global_mean(F.cross_entropy(logits, targets))

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sslreg.distributed import gather_pair
+
 # The paper's epsilon inside the square root: it keeps the gradient of sqrt finite when
 # a feature's variance reaches 0, which is exactly the collapse the term fights.
 _VARIANCE_EPS = 1e-4
@@ -26,6 +28,9 @@ class VICRegLoss(nn.Module):
       covariance matrix, divided by D, summed over the two branches.
 
     ``loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance``.
+
+    Under ``torchrun`` N is the global batch: both branches are gathered from every rank
+    (with gradients) first, so all three terms are those of the whole batch.
 
     Args:
         sim_coeff: Weight of the invariance term (lambda in the paper), >= 0.
@@ -65,6 +70,9 @@ class VICRegLoss(nn.Module):
             raise ValueError(
                 f"vicreg needs a batch of at least 2 for an unbiased variance, got {z1.shape[0]}"
             )
+        # Under torchrun: the global batch, so every term is one process's (each rank
+        # computes the whole loss; see barlow_twins for why).
+        z1, z2 = gather_pair(z1, z2)
         # float32 even under autocast: the D x D covariance loses precision in bf16.
         z1, z2 = z1.float(), z2.float()
         return {

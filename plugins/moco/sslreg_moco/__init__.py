@@ -21,7 +21,7 @@ from attrs import field
 from attrs.validators import ge, gt, in_, instance_of, le, optional
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, StepOutput, hookimpl
+from sslreg import Method, MethodSpec, StepOutput, distributed, hookimpl
 from sslreg.nn import cosine_momentum, ema_update, make_target, mlp
 from sslreg.objectives import InfoNCELoss, infonce_bound
 
@@ -163,7 +163,9 @@ class MoCo(Method):
         k = self.keys(key_view)  # (N, D)
         negatives = self.queue.negatives()  # None on the first step: in-batch negatives
         loss = self.criterion(q, k, negatives)
-        self.queue.push(k)
+        # Under torchrun every rank queues the keys of the whole global batch, as MoCo's
+        # code does, so the ranks' queues stay identical.
+        self.queue.push(distributed.gather_with_grad(k))
         candidates = len(q) if negatives is None else 1 + len(negatives)
         bound = infonce_bound(loss, num_candidates=candidates)
         return StepOutput(loss=loss, embeddings=q.detach(), metrics={"infonce_bound": bound})

@@ -1,0 +1,253 @@
+"""Several processes under ``torchrun``: one rank per GPU (NCCL) or per CPU process (gloo).
+
+``sslreg pretrain`` runs unchanged under torchrun. Everything here is a no-op with one
+process, so single-process runs take exactly the code path and speed they had before.
+
+Conventions (every rank holds ``B / W`` of the global batch ``B``, ``W`` ranks):
+
+* ``train.batch_size`` is the global batch; each rank takes a disjoint slice of it.
+* Objectives that need the whole batch (contrastive negatives, batch statistics) gather
+  across ranks with :func:`gather_with_grad`. Each rank's loss *value* is the loss of the
+  whole global batch, the value one process would compute on all ``B`` images.
+* Gradients: summed over the ranks' losses, the backward gives each rank's inputs
+  ``W`` times their rows of the single-process gradient; DDP then *averages* parameter
+  gradients over the ``W`` ranks, so the parameters get exactly the single-process
+  gradient, and 2 ranks x B/2 train like 1 rank x B.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from sslreg.errors import SslregError
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """Only the main rank writes files, logs and evaluates."""
+    return rank() == 0
+
+
+def init(device: torch.device) -> torch.device:
+    """Join torchrun's process group when WORLD_SIZE > 1; return this rank's device.
+
+    NCCL on CUDA, with the device chosen by LOCAL_RANK; gloo on the CPU. A group that is
+    already initialised (by a caller or an earlier run in this process) is kept.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and world_size() == 1:
+        return device
+    if not dist.is_available():
+        raise SslregError("WORLD_SIZE > 1 but this torch build has no torch.distributed; "
+                          "run one process, or install a torch with distributed support")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        atexit.register(_shutdown)  # NCCL warns at exit otherwise
+    return device
+
+
+def _shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def check_batch_size(batch_size: int) -> None:
+    """``train.batch_size`` is the global batch: it must split evenly among the ranks."""
+    if batch_size % world_size():
+        raise SslregError(f"train.batch_size={batch_size} does not split among "
+                          f"{world_size()} processes; make it a multiple of {world_size()}")
+
+
+def shard(rows: Tensor) -> Tensor:
+    """This rank's disjoint slice of a global batch (a view, no copy)."""
+    size = world_size()
+    if size == 1:
+        return rows
+    per_rank = len(rows) // size
+    return rows[rank() * per_rank:(rank() + 1) * per_rank]
+
+
+def rank_seed(seed: int) -> int:
+    """A seed of this rank's own, so ranks draw different augmentations; rank 0 keeps
+    the single-process seed."""
+    return seed + rank() * 2**40
+
+
+def seed_rank(seed: int) -> None:
+    """Each rank its own global random stream (MAE's masks, dropout), set once the model
+    is built: DDP gives every rank rank 0's weights. One process keeps its stream."""
+    if world_size() > 1:
+        torch.manual_seed(rank_seed(seed) % 2**63)
+
+
+def describe(device: str) -> str:
+    """The device a run used, with the number of processes when there are several."""
+    return device if world_size() == 1 else f"{world_size()} x {device}"
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather along dim 0; the backward sums the gradient of the gathered tensor over
+    all ranks (every rank's loss used every rank's rows) and hands each rank its slice.
+
+    torch.distributed.nn.functional.all_gather computes the same gradient, also with gloo
+    (checked: 2 gloo ranks give W x the single-process rows), but it is deprecated in
+    this torch and returns a list; this is the same thing with the public collectives.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor) -> Tensor:
+        tensor = tensor.contiguous()
+        gathered = tensor.new_empty((world_size() * tensor.shape[0], *tensor.shape[1:]))
+        dist.all_gather_single(gathered, tensor)
+        return gathered
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        mine = grad.new_empty((grad.shape[0] // world_size(), *grad.shape[1:]))
+        dist.reduce_scatter_single(mine, grad)  # sum over ranks, then this rank's rows
+        return mine
+
+
+def gather_with_grad(tensor: Tensor) -> Tensor:
+    """Every rank's ``tensor`` concatenated along dim 0 in rank order, with gradients
+    flowing back to each rank's own rows. The tensor itself with one process."""
+    if world_size() == 1:
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
+def gather_pair(z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor]:
+    """Both views of the global batch, gathered in one collective instead of two."""
+    if world_size() == 1:
+        return z1, z2
+    both = gather_with_grad(torch.cat([z1, z2], dim=1))
+    return both[:, :z1.shape[1]], both[:, z1.shape[1]:]
+
+
+def global_mean(loss: Tensor) -> Tensor:
+    """A loss averaged over this rank's rows, given the value of the mean over all ranks.
+
+    The gradient stays the local one: summed over ranks, the local means are W times the
+    global loss, which DDP's averaging turns into the single-process gradient. The value
+    is the global loss, so every rank logs it and stops on a non-finite one together.
+    """
+    if world_size() == 1:
+        return loss
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    return loss + (total / world_size() - loss).detach()
+
+
+def any_rank(flag: Tensor) -> Tensor:
+    """``flag`` (a bool tensor) true on any rank, so every rank takes the same branch."""
+    if world_size() == 1:
+        return flag
+    count = flag.to(torch.int32)
+    dist.all_reduce(count)
+    return count > 0
+
+
+def sync_batchnorm(method: nn.Module, device: torch.device) -> nn.Module:
+    """BatchNorm over the global batch, as one process on all B images would compute it.
+
+    Only on CUDA: torch's SyncBatchNorm refuses CPU tensors, so CPU (gloo) runs keep
+    per-rank batch statistics. The parameter and buffer names are unchanged, so
+    checkpoints load into a one-process model.
+    """
+    if world_size() == 1 or device.type != "cuda":
+        return method
+    return nn.SyncBatchNorm.convert_sync_batchnorm(method)
+
+
+class _Step(nn.Module):
+    """DDP syncs gradients only for work done inside its forward, and the engine calls
+    ``training_step``, not ``forward``: this thin module's forward is the step."""
+
+    def __init__(self, method: nn.Module) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, views: list[Tensor], **kwargs: Any) -> tuple[Tensor, Any]:
+        output = self.method.training_step(views, **kwargs)
+        # The loss first: DDP looks for tensors in the output to find unused parameters,
+        # and cannot see inside a StepOutput.
+        return output.loss, output
+
+
+def data_parallel(method: nn.Module, device: torch.device) -> Callable[..., Any] | None:
+    """``training_step`` through DistributedDataParallel, or ``None`` with one process.
+
+    find_unused_parameters: methods leave parameters out of some steps (SwAV and DINO
+    freeze their prototypes early on); DDP then keeps those gradients ``None``, as one
+    process would, at the cost of one walk over the autograd graph per step (DDP warns
+    once when a method uses every parameter). forward_sync_buffers=False: buffers are
+    synced once, at construction; SyncBatchNorm then keeps running statistics equal
+    across ranks, and rank 0's queue of keys (MoCo) should not overwrite the others'
+    every step.
+    """
+    if world_size() == 1:
+        return None
+    ddp = nn.parallel.DistributedDataParallel(
+        _Step(method), device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True, forward_sync_buffers=False)
+
+    def step(views: list[Tensor], **kwargs: Any) -> Any:
+        loss, output = ddp(views, **kwargs)
+        return attrs.evolve(output, loss=loss)  # the loss as DDP returned it
+
+    return step
+
+
+def on_main(function: Callable[..., Any], *args: Any) -> None:
+    """Run ``function`` on the main rank only; if it fails there with an SslregError,
+    every rank raises it, so no rank waits for a run that will not start."""
+    error = None
+    if is_main():
+        try:
+            function(*args)
+        except SslregError as caught:
+            error = caught
+    if world_size() > 1:
+        message = [str(error) if error is not None else None]
+        dist.broadcast_object_list(message, src=0)
+        if error is None and message[0] is not None:
+            raise SslregError(message[0])
+    if error is not None:
+        raise error
+
+
+class NullWriter:
+    """Stands in for TensorBoard's SummaryWriter on ranks other than the main one."""
+
+    def __enter__(self) -> NullWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
