@@ -143,6 +143,23 @@ def test_learning_curve_is_logged_each_epoch_and_survives_resume(registry, tmp_p
     assert resumed.read_json(resumed.train_info)["curve"] == curve
 
 
+def test_model_flops_per_image_count_the_backbone_over_every_view(registry, tmp_path):
+    from sslreg.backbones.flops import forward_flops
+    from sslreg.engine.mfu import mfu
+
+    config = tiny_config(registry, extra=["train.epochs=1"])
+    run = pretrain(config, registry, tmp_path, evaluate=False, progress=False)
+    info = run.read_json(run.train_info)
+    data = load_split(config, registry, "train")
+    backbone = registry.backbones.create("resnet18-narrow", in_channels=data.channels,
+                                         image_size=data.images.shape[-1])
+    forward = forward_flops(backbone, data.channels, data.images.shape[-1])
+    # SimCLR: two full-size views, forward + backward taken as 3 x forward.
+    assert info["model_flops_per_image"] == round(3 * 2 * forward)
+    assert info["mfu"] is None  # a CPU has no bf16 peak in the table: no guessed MFU
+    assert mfu(1000.0, 3 * 2 * forward, peak=1e12) == 1000.0 * 6 * forward / 1e12
+
+
 def test_existing_run_is_not_overwritten(registry, tmp_path):
     config = tiny_config(registry, extra=["train.epochs=1"])
     run = pretrain(config, registry, tmp_path, evaluate=False, progress=False)

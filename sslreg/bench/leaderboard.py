@@ -21,7 +21,8 @@ FORMATS = ("md", "csv", "latex", "html")
 # self-supervised methods and before the floors.
 CEILINGS = ("supervised",)
 ACCURACIES = {"linear_acc": "linear", "knn20_acc": "kNN k=20", "knn200_acc": "kNN k=200"}
-COSTS = {"wall_time_s": "train s", "images_per_s": "img/s", "peak_memory_mb": "peak MB"}
+COSTS = {"wall_time_s": "train s", "images_per_s": "img/s", "peak_memory_mb": "peak MB",
+         "mfu": "MFU %"}
 
 
 def leaderboard_frame(out: Path | str, suite: str) -> pd.DataFrame:
@@ -165,7 +166,8 @@ def mean_std(column: str):
         values = values.dropna()
         if values.empty:
             return "-"
-        scale, digits = (100.0, 1) if column.endswith("_acc") else (1.0, 0)
+        percent = column.endswith("_acc") or column == "mfu"
+        scale, digits = (100.0, 1) if percent else (1.0, 0)
         mean = values.mean() * scale
         if len(values) == 1:
             return f"{mean:.{digits}f}"

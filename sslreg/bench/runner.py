@@ -14,7 +14,7 @@ import click
 import pandas as pd
 import torch
 
-from sslreg.bench.leaderboard import summary
+from sslreg.bench.leaderboard import COSTS, summary
 from sslreg.bench.suite import Budget, Suite, suite_sets, variants
 from sslreg.config import RunConfig
 from sslreg.engine import floors, pretrain
@@ -92,7 +92,7 @@ def _run_one(config: RunConfig, registry: Any, out: Path, progress: bool,
     open_index(out).record(run)
     link_tensorboard(out, suite[0], run)
     return {**row, "status": "evaluated", **result["metrics"],
-            **{key: info.get(key) for key in ("wall_time_s", "images_per_s", "peak_memory_mb")}}
+            **{key: info.get(key) for key in COSTS}}
 
 
 def _record_failure(run: RunDir, config: RunConfig, suite: tuple[str, str],

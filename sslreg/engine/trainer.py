@@ -18,6 +18,7 @@ from sslreg.data import ImageDataset, load_dataset
 from sslreg.engine.checkpoint import load_checkpoint, save_checkpoint
 from sslreg.engine.curve import CurveProbe, curve_point, curve_probe, due, log_curve_point
 from sslreg.engine.device import device_name, resolve_device, use_bf16
+from sslreg.engine.mfu import backbone_flops_per_image, mfu, peak_flops
 from sslreg.engine.optim import build_optimizer, lr_schedule
 from sslreg.errors import DivergedError, SslregError
 from sslreg.interfaces import Method, RunContext
@@ -52,6 +53,10 @@ class Trainer:
     curve_points: list[list[float]] = attrs.Factory(list)  # [epoch, kNN accuracy]
     # Under torchrun: training_step through DistributedDataParallel (sslreg.distributed).
     parallel: Any = None
+    # Model FLOPs of one training step per source image (the backbone over every view)
+    # and the devices' summed bf16 peak, for MFU; the peak is None on CPUs and unknown GPUs.
+    flops_per_image: float = 0.0
+    peak_flops: float | None = None
 
 
 # How many fixed test images Method.visualize receives each epoch.
@@ -118,7 +123,15 @@ def build_trainer(config: RunConfig, registry: Any, run: RunDir,
         curve=curve_probe(config, full, load_split(config, registry, "test")
                           if config.eval.curve_every else None, (mean, std)),
         parallel=distributed.data_parallel(method, device),
+        flops_per_image=backbone_flops_per_image(method.backbone, policy, data.images[:2]
+                                                 .to(device)),
+        peak_flops=_peak(device),
     )
+
+
+def _peak(device: torch.device) -> float | None:
+    peak = peak_flops(device)
+    return None if peak is None else peak * distributed.world_size()
 
 
 def preview_images(config: RunConfig, registry: Any, method: Method, stats: tuple,
@@ -274,6 +287,9 @@ def log_step(trainer: Trainer, writer: SummaryWriter, output: Any, rate: float,
     writer.add_scalar("train/loss", loss, step)
     writer.add_scalar("train/lr", trainer.schedule[step - 1], step)
     writer.add_scalar("train/images_per_s", rate, step)
+    utilisation = mfu(rate, trainer.flops_per_image, trainer.peak_flops)
+    if utilisation is not None:
+        writer.add_scalar("train/mfu", utilisation, step)
     for name, value in output.metrics.items():
         writer.add_scalar(f"train/{name}", float(value), step)
     if output.embeddings is not None:
@@ -295,15 +311,18 @@ def check_monitors(trainer: Trainer, writer: SummaryWriter, embeddings: torch.Te
 
 
 def write_train_info(trainer: Trainer, *, status: str) -> dict[str, Any]:
+    images_per_s = trainer.images_seen / trainer.elapsed if trainer.elapsed else None
+    utilisation = images_per_s and mfu(images_per_s, trainer.flops_per_image,
+                                       trainer.peak_flops)
     info = {
         "status": status,
         "epochs_done": trainer.epoch,
         "epochs": trainer.config.train.epochs,
         "steps": trainer.step,
         "wall_time_s": round(trainer.elapsed, 2),
-        "images_per_s": (
-            round(trainer.images_seen / trainer.elapsed, 1) if trainer.elapsed else None
-        ),
+        "images_per_s": round(images_per_s, 1) if images_per_s else None,
+        "model_flops_per_image": round(trainer.flops_per_image),
+        "mfu": round(utilisation, 4) if utilisation else None,
         "device": distributed.describe(device_name(trainer.device)),  # "8 x ..." under torchrun
         "peak_memory_mb": _peak_memory_mb(trainer.device),
         "monitor_warnings": trainer.monitor_warnings,

@@ -25,13 +25,13 @@ from sslreg.runs.layout import RunDir, write_json
 
 INDEX_NAME = "index.sqlite"
 # Bump when the table changes: an index of another version is rebuilt.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # In a run directory: the suites that ran it, each with the run's variant there (the
 # swept setting, e.g. "method.temperature=0.1"; "" for a plain run).
 SUITES_FILE = "suites.json"
 COLUMNS = ("run", "method", "dataset", "backbone", "seed", "status", "suites",
            "config_sha256", "config", "git_commit", "versions", "device", "wall_time_s",
-           "images_per_s", "peak_memory_mb", "metrics", "recorded_at")
+           "images_per_s", "peak_memory_mb", "mfu", "metrics", "recorded_at")
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
     {COLUMNS[0]} TEXT PRIMARY KEY, {", ".join(f"{c}" for c in COLUMNS[1:])}
@@ -122,6 +122,7 @@ def row_for(run: RunDir, status: str | None = None) -> dict[str, Any]:
         "config": config_text, "git_commit": git_commit(), "versions": json.dumps(versions()),
         "device": info.get("device"), "wall_time_s": info.get("wall_time_s"),
         "images_per_s": info.get("images_per_s"), "peak_memory_mb": info.get("peak_memory_mb"),
+        "mfu": info.get("mfu"),
         "metrics": json.dumps(result.get("metrics", {})), "recorded_at": time.time(),
     }
 
