@@ -183,7 +183,9 @@ def leaderboard(suite: str, out: str, fmt: str, plot_dir: str | None,
     with tempfile.TemporaryDirectory(prefix="sslreg-figures-") as scratch:
         # The HTML page embeds the figures, so it draws them even without --plot.
         figures = _figures(frame, out, plot_dir or (scratch if fmt == "html" else None))
-        text = document(frame, fmt, f"{name}: leaderboard", reference, figures, folder)
+        command = " ".join(["sslreg", *sys.argv[1:]])
+        text = document(frame, fmt, f"{name}: leaderboard", reference, figures, folder,
+                        command)
     if output:
         write_text(Path(output), text + "\n")
         click.echo(f"wrote {output}", err=True)

@@ -65,6 +65,8 @@ class TrainConfig:
     log_every: int = field(default=50, validator=[instance_of(int), ge(1)])
     # 0 uses the whole training split; a CPU budget trains on a fixed random subset.
     train_subset: int = field(default=0, validator=[instance_of(int), ge(0)])
+    # torch.compile the backbone (train.compile=true); off by default: unmeasured on a
+    # GPU so far, and compiling costs a minute on the CPU for runs of a few minutes.
     compile: bool = field(default=False, validator=instance_of(bool))
 
 

@@ -160,6 +160,18 @@ def test_model_flops_per_image_count_the_backbone_over_every_view(registry, tmp_
     assert mfu(1000.0, 3 * 2 * forward, peak=1e12) == 1000.0 * 6 * forward / 1e12
 
 
+def test_compile_switch_compiles_the_backbone_in_place(registry, tmp_path):
+    from sslreg.engine.trainer import build_trainer
+
+    eager = build_trainer(tiny_config(registry), registry, RunDir(tmp_path / "a"))
+    compiled = build_trainer(tiny_config(registry, extra=["train.compile=true"]), registry,
+                             RunDir(tmp_path / "b"))
+    assert getattr(eager.method.backbone, "_compiled_call_impl", None) is None
+    assert compiled.method.backbone._compiled_call_impl is not None
+    # Checkpoints of compiled and eager runs stay interchangeable.
+    assert list(compiled.method.state_dict()) == list(eager.method.state_dict())
+
+
 def test_existing_run_is_not_overwritten(registry, tmp_path):
     config = tiny_config(registry, extra=["train.epochs=1"])
     run = pretrain(config, registry, tmp_path, evaluate=False, progress=False)

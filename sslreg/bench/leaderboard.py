@@ -25,6 +25,24 @@ COSTS = {"wall_time_s": "train s", "images_per_s": "img/s", "peak_memory_mb": "p
          "mfu": "MFU %"}
 
 
+# Index columns a page names under its table, so a reader knows where the numbers ran.
+PROVENANCE = ("device", "git_commit", "recorded_at")
+
+
+def provenance(frame: pd.DataFrame, command: str | None = None) -> str:
+    """One line: how many runs, on which devices, from which commits, recorded when,
+    and the command that rendered the page."""
+    runs = frame[frame["status"] != "floor"] if "status" in frame else frame
+    if "recorded_at" not in runs or runs.empty:
+        return ""
+    days = pd.to_datetime(runs["recorded_at"], unit="s").dt.strftime("%Y-%m-%d")
+    commits = sorted({(c or "unknown")[:12] for c in runs["git_commit"]})
+    line = (f"{len(runs)} runs on {', '.join(sorted(set(runs['device'].dropna())))}; "
+            f"sslreg commit {', '.join(commits)}; recorded {min(days)}"
+            f"{'' if min(days) == max(days) else ' to ' + max(days)}.")
+    return line + (f" Rendered by `{command}`." if command else "")
+
+
 def leaderboard_frame(out: Path | str, suite: str) -> pd.DataFrame:
     """One row per recorded run of ``suite`` (and one per floor it was scored beside)."""
     rows = [r for r in open_index(out).rows() if suite in r["suites"]]
@@ -40,8 +58,8 @@ def summary(frame: pd.DataFrame, reference: Reference | None = None) -> pd.DataF
     methods best first (by linear accuracy), then the ceiling, then the floors; with the
     seeds counted, the published numbers beside ours where ``reference`` has them, and
     the status of any run that did not finish."""
-    frame = frame.assign(variant=frame.get("variant", pd.Series("", index=frame.index))
-                         .fillna(""))
+    frame = one_raw_pixels_row(frame.assign(
+        variant=frame.get("variant", pd.Series("", index=frame.index)).fillna("")))
     grouped = frame.groupby(["method", "variant", "backbone"], sort=False)
     table = pd.DataFrame(index=grouped.size().index)
     table["seeds"] = grouped["seed"].nunique()
@@ -61,6 +79,15 @@ def summary(frame: pd.DataFrame, reference: Reference | None = None) -> pd.DataF
     table["method"] = [row_label(m, v) for m, v in zip(table["method"], table["variant"],
                                                      strict=True)]
     return table.drop(columns="variant").reset_index(drop=True)
+
+
+def one_raw_pixels_row(frame: pd.DataFrame) -> pd.DataFrame:
+    """Raw pixels need no backbone: scored beside each backbone, they are one row."""
+    pixels = frame["method"] == "(raw pixels)"
+    if not pixels.any():
+        return frame
+    frame = frame.assign(backbone=frame["backbone"].where(~pixels, "-"))
+    return frame[~(pixels & frame.duplicated(["method", "seed"]))]
 
 
 def _order(grouped: Any) -> list[int]:
@@ -83,7 +110,8 @@ def row_label(method: str, variant: str) -> str:
 
 
 def document(frame: pd.DataFrame, fmt: str, title: str, reference: Reference | None,
-             figures: list[Path], folder: Path | None = None) -> str:
+             figures: list[Path], folder: Path | None = None,
+             command: str | None = None) -> str:
     """The leaderboard as a page: a heading, the table, where the reference numbers come
     from, and the figures (Markdown links relative to ``folder``, the page's own folder;
     the HTML page carries the PNGs inside it). CSV and LaTeX are the bare table."""
@@ -91,13 +119,15 @@ def document(frame: pd.DataFrame, fmt: str, title: str, reference: Reference | N
     if fmt in ("csv", "latex"):
         return table
     source = f"Reference: {reference.source}" if reference else ""
+    made = provenance(frame, command)
     if fmt == "md":
         links = [f"![{p.stem}]({os.path.relpath(p, folder or Path.cwd())})" for p in figures]
-        return "\n\n".join(part for part in [f"## {title}", table, source, *links] if part)
+        parts = [f"## {title}", table, source, made, *links]
+        return "\n\n".join(part for part in parts if part)
     images = "\n".join(embedded(p) for p in figures)
     return (f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{escape(title)}'
             f"</title></head>\n<body>\n<h1>{escape(title)}</h1>\n{table}\n"
-            f"<p>{escape(source)}</p>\n{images}\n</body></html>")
+            f"<p>{escape(source)}</p>\n<p>{escape(made)}</p>\n{images}\n</body></html>")
 
 
 def embedded(path: Path) -> str:
@@ -138,7 +168,8 @@ def _run_record(row: dict[str, Any], suite: str) -> dict[str, Any]:
     return {"method": row["method"], "variant": row["suites"][suite], "run": row["run"],
             "backbone": row["backbone"], "seed": row["seed"],
             "status": row["status"], **row["metrics"],
-            **{column: row[column] for column in COSTS}}
+            **{column: row[column] for column in COSTS},
+            **{column: row[column] for column in PROVENANCE}}
 
 
 def _floor_records(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

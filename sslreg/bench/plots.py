@@ -13,7 +13,12 @@ matplotlib.use("Agg")  # files only: no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from sslreg.bench.leaderboard import CEILINGS, row_label, summary  # noqa: E402
+from sslreg.bench.leaderboard import (  # noqa: E402
+    CEILINGS,
+    one_raw_pixels_row,
+    row_label,
+    summary,
+)
 from sslreg.engine.curve import CURVE_TAG  # noqa: E402
 
 FIGURES = ("accuracy", "accuracy_vs_time", "learning_curves")
@@ -24,7 +29,7 @@ def write_figures(frame: pd.DataFrame, out: Path | str, folder: Path | str) -> l
     draw (no timed runs, no logged curves) is left out."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    frame = _labelled(frame)
+    frame = _labelled(one_raw_pixels_row(frame))
     drawn = {"accuracy": accuracy_figure(frame), "accuracy_vs_time": cost_figure(frame),
              "learning_curves": curves_figure(frame, Path(out))}
     paths = []
@@ -46,7 +51,7 @@ def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
     order = list(dict.fromkeys(summary(frame)["method"]))
     frame = frame.assign(rank=frame["label"].map(order.index))
     if frame["backbone"].nunique() > 1:  # each backbone has its own random-init floor
-        floor = frame["label"].str.startswith("(")
+        floor = frame["label"].str.startswith("(") & (frame["backbone"] != "-")
         frame.loc[floor, "label"] = frame.loc[floor, "label"] + " " + frame["backbone"]
     return frame.sort_values(["rank", "label"], kind="stable")
 
@@ -110,8 +115,7 @@ def _floors(frame: pd.DataFrame) -> dict[str, float]:
     floors = frame[frame["label"].str.startswith("(")]
     if "knn20_acc" not in floors:
         return {}
-    means = floors.groupby(["label", "backbone"])["knn20_acc"].mean() * 100
-    return {f"{label} {backbone}": value for (label, backbone), value in means.items()}
+    return (floors.groupby("label")["knn20_acc"].mean() * 100).to_dict()
 
 
 def curves_figure(frame: pd.DataFrame, out: Path) -> plt.Figure | None:
@@ -120,9 +124,13 @@ def curves_figure(frame: pd.DataFrame, out: Path) -> plt.Figure | None:
     if not curves:
         return None
     figure, axis = plt.subplots(figsize=(7, 5))
-    for label, curve in curves.items():
+    colours = plt.get_cmap("tab20").colors  # 20 distinct colours: methods stay apart
+    for number, (label, curve) in enumerate(curves.items()):
+        ceiling = label.split(" ")[0] in CEILINGS
         axis.plot(curve.index, curve.values * 100, marker="o", markersize=3, label=label,
-                  color="#4c9a5a" if label.split(" ")[0] in CEILINGS else None)
+                  color="black" if ceiling else colours[number % len(colours)],
+                  linestyle="--" if ceiling else ("-", ":")[number // len(colours) % 2])
+    axis.xaxis.get_major_locator().set_params(integer=True)
     axis.set_xlabel("epoch")
     axis.set_ylabel(f"kNN k=20 accuracy (%), {CURVE_TAG}")
     axis.legend(fontsize=7, ncol=2)

@@ -30,6 +30,19 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model with the threads torch uses."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    return f"cpu {_cpu_model()}({torch.get_num_threads()} threads)".replace("  ", " ")
+
+
+def _cpu_model() -> str:
+    """The model name from /proc/cpuinfo (Linux), else nothing."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + " "
+    except OSError:
+        pass
+    return ""

@@ -110,6 +110,10 @@ def build_trainer(config: RunConfig, registry: Any, run: RunDir,
     distributed.seed_rank(config.train.seed)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
+    if config.train.compile:
+        # In place, so checkpoints keep the eager module's state_dict keys; the heads
+        # and the method's own step logic stay eager (queues, EMA, Sinkhorn).
+        method.backbone.compile()
     policy = build_policy(config, registry, data, (mean, std))
     return Trainer(
         config=config, run=run, method=method, policy=policy,
