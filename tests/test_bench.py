@@ -215,3 +215,26 @@ def test_bad_suite_files_get_one_clear_line(text, reason):
     with pytest.raises(ConfigError, match="suite") as error:
         parse_suite(text, default_name="bad")
     assert reason in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+@pytest.mark.slow
+def test_smoke_suite_end_to_end_every_registered_method(tmp_path):
+    from click.testing import CliRunner
+
+    from sslreg.cli import cli
+    from sslreg.runs import open_index
+
+    runner = CliRunner()
+    ran = runner.invoke(cli, ["bench", "smoke", "--out", str(tmp_path), "--quiet"])
+    assert ran.exit_code == 0, ran.output
+    rows = open_index(tmp_path).rows()
+    assert sorted(r["method"] for r in rows) == sorted(load_registry().methods.names())
+    assert all(r["status"] == "evaluated" and "smoke" in r["suites"] for r in rows), rows
+    board = runner.invoke(cli, ["leaderboard", "smoke", "--out", str(tmp_path)])
+    assert board.exit_code == 0, board.output
+    assert "| supervised (ceiling)" in board.output and "| (random init)" in board.output
+    # A second run of the suite finds every run finished and trains nothing.
+    checkpoints = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/checkpoint.pt")}
+    again = runner.invoke(cli, ["bench", "smoke", "--out", str(tmp_path), "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
