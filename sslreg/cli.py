@@ -113,6 +113,10 @@ def pretrain(method: str, dataset: str, backbone: str, epochs: int | None,
                              backbone=backbone, data_root=data_root or "")
     run = run_pretrain(config, registry, Path(out), resume=resume, evaluate=not no_eval,
                        progress=not quiet)
+    from sslreg import distributed
+
+    if not distributed.is_main():
+        return  # under torchrun, rank 0 alone reports the run
     click.echo(f"run directory: {run.path}")
     if run.result.exists():
         _print_metrics(run.read_json(run.result)["metrics"])

@@ -14,7 +14,7 @@ from attrs import field
 from attrs.validators import ge, gt, instance_of
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, StepOutput, hookimpl
+from sslreg import Method, MethodSpec, StepOutput, distributed, hookimpl
 from sslreg.nn import mlp
 from sslreg.objectives import NTXentLoss, infonce_bound
 
@@ -44,7 +44,9 @@ class SimCLR(Method):
         z1, z2 = z.chunk(2)
         loss = self.criterion(z1, z2)
         # Each anchor is scored against its positive and 2N-2 negatives.
-        bound = infonce_bound(loss, num_candidates=2 * len(z1) - 1)
+        # Each anchor is scored against the other 2N - 1 projections of the global batch.
+        candidates = 2 * len(z1) * distributed.world_size() - 1
+        bound = infonce_bound(loss, num_candidates=candidates)
         return StepOutput(loss=loss, embeddings=z1.detach(), metrics={"infonce_bound": bound})
 
 
