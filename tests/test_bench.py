@@ -264,3 +264,16 @@ def test_smoke_suite_end_to_end_every_registered_method(tmp_path):
     again = runner.invoke(cli, ["bench", "smoke", "--out", str(tmp_path), "--quiet"])
     assert again.exit_code == 0, again.output
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
+
+
+def test_every_builtin_suite_parses_and_names_registered_methods():
+    from sslreg.bench.suite import builtin_suites, load_suite
+
+    names = set(load_registry().methods.names())
+    for name in builtin_suites():
+        suite = load_suite(name)
+        assert suite.select(sorted(names)), name
+        for sweep in suite.sweep:
+            assert any(sweep.matches(m) for m in names), (name, sweep)
+        if suite.reference:  # a misspelt method would never meet its published number
+            assert set(suite.reference.results) <= names, name
