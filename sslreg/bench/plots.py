@@ -50,7 +50,8 @@ def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.assign(label=labels)
     order = list(dict.fromkeys(summary(frame)["method"]))
     frame = frame.assign(rank=frame["label"].map(order.index))
-    if frame["backbone"].nunique() > 1:  # each backbone has its own random-init floor
+    if frame.loc[frame["backbone"] != "-", "backbone"].nunique() > 1:
+        # each backbone has its own random-init floor: name it
         floor = frame["label"].str.startswith("(") & (frame["backbone"] != "-")
         frame.loc[floor, "label"] = frame.loc[floor, "label"] + " " + frame["backbone"]
     return frame.sort_values(["rank", "label"], kind="stable")
