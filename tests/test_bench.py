@@ -191,26 +191,16 @@ linear = 90.74
         assert reason in str(error.value) and "\n" not in str(error.value), str(error.value)
 
 
-def test_an_interrupted_suite_resumes_its_unfinished_run(tmp_path, monkeypatch):
-    from sslreg.engine import trainer as trainer_module
+def test_an_interrupted_suite_resumes_its_unfinished_run(tmp_path, interrupt_second_epoch):
     from sslreg.engine.checkpoint import load_checkpoint
     from sslreg.runs import open_index
 
     suite = parse_suite(SUITE.replace('["simclr", "vit-simclr"]', '["simclr"]')
                         .replace('"train.epochs=1"', '"train.epochs=2"'))
-    original = trainer_module.run_epoch
-
-    def interrupted(trainer, epoch, writer, bar):
-        if epoch == 1:
-            raise KeyboardInterrupt  # Ctrl-C during the second epoch
-        original(trainer, epoch, writer, bar)
-
-    monkeypatch.setattr(trainer_module, "run_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_second_epoch():  # Ctrl-C during the run's second epoch
         run_suite(suite, load_registry(), tmp_path, progress=False)
     (checkpoint,) = tmp_path.glob("simclr-*/checkpoint.pt")
     assert load_checkpoint(checkpoint)["epoch"] == 1  # the finished epoch is kept
-    monkeypatch.setattr(trainer_module, "run_epoch", original)
     table = run_suite(suite, load_registry(), tmp_path, progress=False)
     assert load_checkpoint(checkpoint)["epoch"] == 2 and "| simclr" in table
     (row,) = open_index(tmp_path).rows()

@@ -84,20 +84,12 @@ def _weights(run):
     return load_checkpoint(run.checkpoint)["model"]
 
 
-def test_interrupted_run_resumes_to_the_same_weights(registry, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_weights(registry, tmp_path,
+                                                     interrupt_second_epoch):
     config = tiny_config(registry)
     straight = pretrain(config, registry, tmp_path / "a", evaluate=False, progress=False)
-    original = trainer_module.run_epoch
-
-    def interrupt_second_epoch(trainer, epoch, writer, bar):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        original(trainer, epoch, writer, bar)
-
-    monkeypatch.setattr(trainer_module, "run_epoch", interrupt_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_second_epoch():
         pretrain(config, registry, tmp_path / "b", evaluate=False, progress=False)
-    monkeypatch.setattr(trainer_module, "run_epoch", original)
     interrupted = RunDir.for_config(tmp_path / "b", config)
     assert load_checkpoint(interrupted.checkpoint)["epoch"] == 1
     resumed = pretrain(config, registry, tmp_path / "b", resume=True, evaluate=False,
@@ -109,7 +101,7 @@ def test_interrupted_run_resumes_to_the_same_weights(registry, tmp_path, monkeyp
 
 
 def test_learning_curve_is_logged_each_epoch_and_survives_resume(registry, tmp_path,
-                                                                  monkeypatch):
+                                                                  interrupt_second_epoch):
     config = tiny_config(registry, extra=["eval.curve_every=1", "eval.curve_images=100"])
     straight = pretrain(config, registry, tmp_path / "a", evaluate=False, progress=False)
     curve = straight.read_json(straight.train_info)["curve"]
@@ -127,17 +119,8 @@ def test_learning_curve_is_logged_each_epoch_and_survives_resume(registry, tmp_p
     again = trainer_module.curve_point(trainer.curve, trainer.method.features, trainer.device)
     assert round(again, 5) == curve[-1][1]
     # Interrupted after epoch 1 and resumed: the same curve.
-    original = trainer_module.run_epoch
-
-    def interrupt_second_epoch(trainer, epoch, writer, bar):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        original(trainer, epoch, writer, bar)
-
-    monkeypatch.setattr(trainer_module, "run_epoch", interrupt_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_second_epoch():
         pretrain(config, registry, tmp_path / "b", evaluate=False, progress=False)
-    monkeypatch.setattr(trainer_module, "run_epoch", original)
     resumed = pretrain(config, registry, tmp_path / "b", resume=True, evaluate=False,
                        progress=False)
     assert resumed.read_json(resumed.train_info)["curve"] == curve

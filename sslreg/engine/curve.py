@@ -37,11 +37,9 @@ class CurveProbe:
 
 
 def curve_probe(config: RunConfig, train: ImageDataset, test: ImageDataset,
-                stats: tuple) -> CurveProbe | None:
-    """None when the config asks for no curve (``eval.curve_every=0``)."""
+                stats: tuple) -> CurveProbe:
+    """Fixed subsets of both splits, scored with the config's first k."""
     e = config.eval
-    if e.curve_every == 0:
-        return None
     return CurveProbe(train=train.subset(e.curve_images, seed=CURVE_SEED),
                       test=test.subset(e.curve_images, seed=CURVE_SEED), stats=stats,
                       every=e.curve_every, k=e.knn_k[0], temperature=e.knn_temperature[0],

@@ -124,13 +124,20 @@ def build_trainer(config: RunConfig, registry: Any, run: RunDir,
         schedule=lr_schedule(config.optim, config.train.batch_size, steps_per_epoch,
                              config.train.epochs).tolist(),
         bf16=use_bf16(config.train.precision, device), steps_per_epoch=steps_per_epoch,
-        curve=curve_probe(config, full, load_split(config, registry, "test")
-                          if config.eval.curve_every else None, (mean, std)),
+        curve=_curve(config, registry, full, (mean, std)),
         parallel=distributed.data_parallel(method, device),
         flops_per_image=backbone_flops_per_image(method.backbone, policy, data.images[:2]
                                                  .to(device)),
         peak_flops=_peak(device),
     )
+
+
+def _curve(config: RunConfig, registry: Any, full: ImageDataset,
+           stats: tuple) -> CurveProbe | None:
+    """The learning curve's fixed images, when the config draws one."""
+    if config.eval.curve_every == 0:
+        return None
+    return curve_probe(config, full, load_split(config, registry, "test"), stats)
 
 
 def _peak(device: torch.device) -> float | None:
