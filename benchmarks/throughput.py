@@ -51,6 +51,7 @@ from sslreg.data.synthetic import generate
 from sslreg.engine.device import resolve_device, use_bf16
 from sslreg.engine.mfu import mfu, peak_flops, training_flops_per_image
 from sslreg.engine.optim import build_optimizer, param_groups
+from sslreg.engine.splits import RunData
 from sslreg.engine.trainer import Trainer, build_policy, build_trainer, train_step
 from sslreg.errors import SslregError
 from sslreg.plugins import load_registry
@@ -182,7 +183,9 @@ def our_training(registry: Any, backbone: str, device: torch.device, batch: int,
     config = simclr_config(registry, backbone, batch, device, warmup + steps)
     # build_trainer writes nothing: the run directory is only named.
     run = RunDir(Path(tempfile.gettempdir()) / "sslreg-throughput")
-    trainer = build_trainer(config, registry, run, train_data=pool(batch))
+    images = pool(batch)
+    data = RunData(train=images, val=images, test=images, stats=images.channel_stats())
+    trainer = build_trainer(config, registry, run, data=data)
     trainer.method.train()
     rows = batches_like_run_epoch(trainer, torch.Generator(device=device).manual_seed(0))
     views_rng = torch.Generator(device=device).manual_seed(1)

@@ -119,7 +119,7 @@ def pretrain(method: str, dataset: str, backbone: str, epochs: int | None,
         return  # under torchrun, rank 0 alone reports the run
     click.echo(f"run directory: {run.path}")
     if run.result.exists():
-        _print_metrics(run.read_json(run.result)["metrics"])
+        _print_result(run.read_json(run.result))
 
 
 @cli.command(name="eval")
@@ -134,7 +134,7 @@ def eval_command(run_dir: str) -> None:
         raise SslregError(f"{run_dir} is not a directory; pass a run directory made by "
                           "`sslreg pretrain`")
     result = evaluate_run(run, _registry())
-    _print_metrics(result["metrics"])
+    _print_result(result)
     click.echo(f"wrote {run.result}")
 
 
@@ -186,7 +186,7 @@ def leaderboard(suite: str, out: str, fmt: str, plot_dir: str | None,
     folder = Path(output).parent if output else None
     with tempfile.TemporaryDirectory(prefix="sslreg-figures-") as scratch:
         # The HTML page embeds the figures, so it draws them even without --plot.
-        figures = _figures(frame, out, plot_dir or (scratch if fmt == "html" else None))
+        figures = _figures(frame, plot_dir or (scratch if fmt == "html" else None))
         command = " ".join(["sslreg", *sys.argv[1:]])
         text = document(frame, fmt, f"{name}: leaderboard", reference, figures, folder,
                         command)
@@ -208,12 +208,12 @@ def _suite_reference(suite: str) -> tuple[str, Any]:
     return suite, None
 
 
-def _figures(frame: Any, out: str, folder: str | None) -> list[Path]:
+def _figures(frame: Any, folder: str | None) -> list[Path]:
     if folder is None:
         return []
     from sslreg.bench.plots import write_figures
 
-    return write_figures(frame, out, folder)
+    return write_figures(frame, folder)
 
 
 @cli.command()
@@ -257,9 +257,12 @@ def runs_table(rows: list[dict]) -> str:
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
-def _print_metrics(metrics: dict[str, float]) -> None:
-    for key, value in metrics.items():
-        click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+def _print_result(result: dict[str, Any]) -> None:
+    """Test metrics (for tables), then validation metrics (for choosing), one a line."""
+    for split, metrics in (("test", result["metrics"]), ("val", result.get("val_metrics", {}))):
+        for key, value in metrics.items():
+            shown = f"{value:.4f}" if isinstance(value, float) else value
+            click.echo(f"{split} {key}: {shown}")
 
 
 def main() -> None:

@@ -79,8 +79,13 @@ def _same_length_as_k(instance: Any, attribute: attrs.Attribute, value: tuple) -
 class EvalConfig:
     """Frozen-backbone evaluation: linear probe and weighted kNN."""
 
+    # The validation split: this share of every class of the training split, drawn with
+    # one fixed seed and never trained on. Everything that chooses (defaults, sweeps,
+    # tuning, learning tests and curves) reads its scores; the test split is for tables.
+    val_fraction: float = field(default=0.1, converter=float, validator=[gt(0), lt(0.5)])
     # 0 uses the whole split; a CPU budget may extract features of a fixed random subset.
     train_subset: int = field(default=0, validator=[instance_of(int), ge(0)])
+    val_subset: int = field(default=0, validator=[instance_of(int), ge(0)])
     test_subset: int = field(default=0, validator=[instance_of(int), ge(0)])
     holdout_fraction: float = field(default=0.1, converter=float, validator=[gt(0), lt(0.5)])
     batch_size: int = field(default=1024, validator=[instance_of(int), ge(1)])
@@ -89,8 +94,9 @@ class EvalConfig:
     knn_temperature: tuple[float, ...] = field(
         default=(0.07, 0.1), converter=tuple, validator=_same_length_as_k
     )
-    # The learning curve: kNN (the first k) on ``curve_images`` train and test images
-    # after every ``curve_every`` epochs and after the last; 0 draws no curve.
+    # The learning curve: kNN (the first k) of ``curve_images`` validation images against
+    # as many training images, after every ``curve_every`` epochs and after the last;
+    # 0 draws no curve.
     curve_every: int = field(default=0, validator=[instance_of(int), ge(0)])
     curve_images: int = field(default=5000, validator=[instance_of(int), ge(100)])
 

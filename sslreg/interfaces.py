@@ -57,6 +57,10 @@ class Method(nn.Module, abc.ABC):
     """
 
     uses_labels: ClassVar[bool] = False
+    # How :meth:`features` reads the backbone. Methods that read it the same way share
+    # one random-init floor; a method that overrides ``features`` to read something
+    # else (e.g. pooled patch tokens) names its readout, and gets a floor of its own.
+    readout: ClassVar[str] = "backbone"
 
     def __init__(self, config: Any, backbone: nn.Module) -> None:
         super().__init__()

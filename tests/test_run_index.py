@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from sslreg.bench.leaderboard import leaderboard_frame
 from sslreg.cli import cli
 from sslreg.runs import RunDir, RunIndex, add_suite, open_index, write_json
+from sslreg.runs.index import FLOOR_FILE
 
 
 def fake_run(out, name, method="simclr", seed=0, knn=0.5, status="trained"):
@@ -104,9 +105,19 @@ def _suite_fixture(out):
                                                    "holdout_fraction": 0.1}})
         if name != "other":  # a run of another suite stays out of this leaderboard
             add_suite(run, "tiny")
-    write_json(out / "floors" / "synthetic-tiny-seed0-tr100-te50-h0.1.json",
-               {"raw pixels": {"knn20_acc": 0.8, "linear_acc": 0.85},
-                "random init": {"knn20_acc": 0.3, "linear_acc": 0.35}})
+    for name, backbone, knn in [("raw pixels", "-", 0.8), ("random init", "tiny", 0.3)]:
+        floor = fake_run(out, f"floor-{name}", knn=knn - 0.05)
+        write_json(floor.path / FLOOR_FILE, {"floor": name, "backbone": backbone, "seed": 0})
+        add_suite(floor, "tiny")
+
+
+def test_a_floor_is_an_index_row_named_after_the_floor(tmp_path):
+    _suite_fixture(tmp_path)
+    rows = {r["run"]: r for r in open_index(tmp_path).rows()}
+    floor = rows["floor-random init"]
+    assert (floor["method"], floor["backbone"], floor["status"]) == ("(random init)", "tiny",
+                                                                    "floor")
+    assert floor["git_commit"] == rows["s0"]["git_commit"] and floor["suites"] == {"tiny": ""}
 
 
 def test_leaderboard_in_every_format_from_a_fixture_index(tmp_path):

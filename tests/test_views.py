@@ -8,8 +8,17 @@ import torch
 import torch.nn.functional as F
 
 from sslreg import load_registry
+from sslreg.config import RunConfig
 from sslreg.interfaces import ViewPolicy
-from sslreg.views import BYOLViews, CropFlipViews, MultiCropViews, SimCLRViews, normalize, ops
+from sslreg.views import (
+    BYOLViews,
+    CropFlipViews,
+    MultiCropViews,
+    SimCLRViews,
+    SwAVMultiCropViews,
+    normalize,
+    ops,
+)
 
 MNIST_STATS = {"mean": (0.5,), "std": (0.25,)}
 RGB_STATS = {"mean": (0.49, 0.48, 0.45), "std": (0.25, 0.24, 0.26)}
@@ -244,9 +253,95 @@ def test_options_have_paper_defaults_and_overrides():
     assert simclr.options.saturation == 0.4 and simclr.blur_p == (0.0, 0.0)
     assert SimCLRViews(channels=3, image_size=96, **RGB_STATS).blur_p == (0.5, 0.5)
     byol = BYOLViews(channels=3, image_size=32, **RGB_STATS)
-    assert byol.blur_p == (1.0, 0.1) and byol.options.solarize_p == (0.0, 0.2)
+    assert byol.blur_p == (0.0, 0.0) and byol.options.solarize_p == (0.0, 0.2)
     assert byol.options.saturation == 0.2
-    assert BYOLViews(channels=1, image_size=28, blur_p=0.0, **MNIST_STATS).blur_p == (0.0, 0.0)
+    assert BYOLViews(channels=3, image_size=33, **RGB_STATS).blur_p == (1.0, 0.1)
+    assert BYOLViews(channels=1, image_size=28, blur_p=0.3, **MNIST_STATS).blur_p == (0.3, 0.3)
+
+
+def _identity_crop_options() -> dict:
+    """Options that leave only the blur and solarize steps able to change an image."""
+    return {"crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0), "flip_p": 0.0,
+            "jitter_p": 0.0, "grayscale_p": 0.0, "solarize_p": 0.0}
+
+
+def test_byol_blurs_neither_view_at_28_px_by_default():
+    images = uint8_images(4, 1, 28)
+    plain = normalize(images.float() / 255, (0.5,), (0.25,))
+    policy = BYOLViews(channels=1, image_size=28, **_identity_crop_options(), **MNIST_STATS)
+    for view in policy(images, generator()):
+        torch.testing.assert_close(view, plain, atol=1e-5, rtol=0)
+    # BYOL's blur, set explicitly, does change view 1.
+    blurred = BYOLViews(channels=1, image_size=28, blur_p=(1.0, 0.1),
+                        **_identity_crop_options(), **MNIST_STATS)
+    assert not torch.allclose(blurred(images, generator())[0], plain, atol=1e-3)
+
+
+def test_swav_views_are_symmetric_with_swav_scales():
+    small = SwAVMultiCropViews(channels=3, image_size=32, **RGB_STATS)
+    o = small.options
+    assert (o.crop_scale, o.local_scale, o.num_local) == ((0.14, 1.0), (0.05, 0.14), 6)
+    assert (o.brightness, o.contrast, o.saturation, o.hue) == (0.8, 0.8, 0.8, 0.2)
+    assert (o.jitter_p, o.grayscale_p, o.flip_p) == (0.8, 0.2, 0.5)
+    assert o.solarize_p == (0.0, 0.0)
+    assert small.blur_p == (0.0, 0.0) and small.local_blur_p == 0.0
+    large = SwAVMultiCropViews(channels=3, image_size=96, **RGB_STATS)
+    assert large.blur_p == (0.5, 0.5) and large.local_blur_p == 0.5
+    views = small(uint8_images(2, 3, 32), generator())
+    assert [v.shape[-1] for v in views] == [32, 32] + [12] * 6
+    # DINO's multicrop keeps BYOL's asymmetric global views above 32 px.
+    dino = MultiCropViews(channels=3, image_size=96, **RGB_STATS)
+    assert dino.blur_p == (1.0, 0.1) and dino.options.solarize_p == (0.0, 0.2)
+    assert MultiCropViews(channels=3, image_size=32, **RGB_STATS).blur_p == (0.0, 0.0)
+
+
+def method_policy(method: str, overrides: tuple[str, ...] = ()) -> ViewPolicy:
+    """The method's default policy for 28 px images, built as the trainer builds it."""
+    registry = load_registry()
+    config = RunConfig.build(registry, method, overrides)
+    spec = registry.methods.get(method)
+    options = spec.view_options(config.method_config) if spec.view_options else {}
+    return registry.views.create(config.views_name(registry), channels=1, image_size=28,
+                                 **MNIST_STATS, **options)
+
+
+@pytest.mark.parametrize("method", ["byol", "barlow_twins", "vicreg"])
+def test_byol_family_methods_get_no_blur_at_28_px(method):
+    policy = method_policy(method)
+    assert isinstance(policy, BYOLViews) and policy.blur_p == (0.0, 0.0)
+    assert policy.options.solarize_p == (0.0, 0.2)
+
+
+@pytest.mark.parametrize(("method", "overrides", "scale"), [
+    ("moco", (), (0.2, 1.0)),
+    ("simsiam", (), (0.2, 1.0)),
+    ("moco", ("method.version=3",), (0.08, 1.0)),
+])
+def test_moco_and_simsiam_crop_scales(method, overrides, scale):
+    policy = method_policy(method, overrides)
+    assert isinstance(policy, SimCLRViews) and policy.options.crop_scale == scale
+
+
+def test_moco_v3_views_are_byol_like_at_28_px():
+    o = method_policy("moco", ("method.version=3",)).options
+    assert (o.saturation, o.solarize_p) == (0.2, (0.0, 0.2))
+    assert method_policy("moco").options.solarize_p == (0.0, 0.0)
+
+
+def test_swav_method_gets_swav_views():
+    policy = method_policy("swav", ("method.num_local=2",))
+    assert type(policy) is SwAVMultiCropViews and policy.num_views == 4
+
+
+def test_dino_crop_scales_default_to_its_resnet_run_and_take_the_vit_ones():
+    policy = method_policy("dino")
+    assert type(policy) is MultiCropViews
+    assert (policy.options.crop_scale, policy.options.local_scale) == ((0.14, 1.0), (0.05, 0.14))
+    vit = method_policy("dino", ("backbone=vit-mini", "method.global_crops_scale=0.4,1",
+                                 "method.local_crops_scale=0.05,0.4"))
+    assert (vit.options.crop_scale, vit.options.local_scale) == ((0.4, 1.0), (0.05, 0.4))
+    with pytest.raises(ValueError, match="global_crops_scale"):
+        method_policy("dino", ("method.global_crops_scale=0.5,0.2",))
 
 
 @pytest.mark.parametrize(
@@ -353,4 +448,6 @@ def test_crop_flip_views_only_crop_and_flip():
 
 
 def test_registry_has_multicrop_and_mae_views():
-    assert {"multicrop", "mae"} <= set(load_registry().views.names())
+    registry = load_registry()
+    assert {"multicrop", "swav-multicrop", "mae"} <= set(registry.views.names())
+    assert registry.views.get("swav-multicrop").factory is SwAVMultiCropViews

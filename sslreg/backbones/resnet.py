@@ -37,9 +37,14 @@ class ResNet18(nn.Module):
         in_channels: 1 (grayscale) or 3 (colour).
         width: channels of the first stage (64 in the paper).
         stem_stride: 1 keeps full resolution; 2 quarters the cost for CPU budgets.
+        zero_init_residual: start each block's last BN scale at 0 (Goyal et al. 2017).
+            Off by default, as in torchvision: with it, every residual branch of a
+            fresh network outputs 0, so its features read only the pixels the stride-2
+            shortcuts sample, and a random-init floor measured on it is degenerate.
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 64, stem_stride: int = 1) -> None:
+    def __init__(self, in_channels: int = 3, width: int = 64, stem_stride: int = 1,
+                 zero_init_residual: bool = False) -> None:
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=False),
@@ -54,14 +59,14 @@ class ResNet18(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.output_dim = channels
-        self._init_weights()
+        self._init_weights(zero_init_residual)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_residual: bool) -> None:
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        # Zero-init the last BN of each block so every block starts as the identity
-        # (Goyal et al. 2017); it stabilises the first epochs of large-batch SSL.
+        if not zero_init_residual:
+            return
         for module in self.modules():
             if isinstance(module, BasicBlock):
                 nn.init.zeros_(module.bn2.weight)

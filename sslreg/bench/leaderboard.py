@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
 from html import escape
 from pathlib import Path
@@ -12,9 +11,8 @@ from typing import Any
 import pandas as pd
 
 from sslreg.bench.suite import REFERENCE_METRICS, Reference
-from sslreg.engine.evaluate import floors_path
 from sslreg.errors import SslregError
-from sslreg.runs import RunDir, open_index
+from sslreg.runs import open_index
 
 FORMATS = ("md", "csv", "latex", "html")
 # Methods that are baselines trained with labels: listed as the ceiling, after the
@@ -44,13 +42,12 @@ def provenance(frame: pd.DataFrame, command: str | None = None) -> str:
 
 
 def leaderboard_frame(out: Path | str, suite: str) -> pd.DataFrame:
-    """One row per recorded run of ``suite`` (and one per floor it was scored beside)."""
+    """One row per recorded run of ``suite``, its floors among them (status ``floor``)."""
     rows = [r for r in open_index(out).rows() if suite in r["suites"]]
     if not rows:
         raise SslregError(f"no runs of suite '{suite}' are recorded under {out}; run "
                           f"`sslreg bench {suite} --out {out}` first")
-    records = [_run_record(row, suite) for row in rows]
-    return pd.DataFrame(records + _floor_records(Path(out), rows))
+    return pd.DataFrame([_run_record(row, suite) for row in rows])
 
 
 def summary(frame: pd.DataFrame, reference: Reference | None = None) -> pd.DataFrame:
@@ -167,28 +164,9 @@ def render(frame: pd.DataFrame, fmt: str, reference: Reference | None = None) ->
 def _run_record(row: dict[str, Any], suite: str) -> dict[str, Any]:
     return {"method": row["method"], "variant": row["suites"][suite], "run": row["run"],
             "backbone": row["backbone"], "seed": row["seed"],
-            "status": row["status"], **row["metrics"],
+            "status": row["status"], **row["metrics"], "curve": row["curve"],
             **{column: row[column] for column in COSTS},
             **{column: row[column] for column in PROVENANCE}}
-
-
-def _floor_records(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The cached floors (``out/floors``) scored with the same dataset, backbone, seed
-    and evaluation protocol as the suite's runs."""
-    records, seen = [], set()
-    for row in rows:
-        config = json.loads(row["config"])
-        e = config.get("eval", {})
-        path = floors_path(out, config["dataset"], config["backbone"], config["train"]["seed"],
-                           (e.get("train_subset"), e.get("test_subset"),
-                            e.get("holdout_fraction")))
-        if path in seen or not path.exists():
-            continue
-        seen.add(path)
-        for name, metrics in RunDir(path.parent).read_json(path).items():
-            records.append({"method": f"({name})", "backbone": config["backbone"],
-                            "seed": config["train"]["seed"], "status": "floor", **metrics})
-    return records
 
 
 def mean_std(column: str):

@@ -1,6 +1,6 @@
 """The leaderboard's figures: accuracy with its seed spread, accuracy against training
-time, and the learning curves (kNN accuracy at each evaluated epoch, read from each
-run's TensorBoard scalars)."""
+time, and the learning curves (validation kNN accuracy at each evaluated epoch, as the
+run index holds them)."""
 
 from __future__ import annotations
 
@@ -19,19 +19,18 @@ from sslreg.bench.leaderboard import (  # noqa: E402
     row_label,
     summary,
 )
-from sslreg.engine.curve import CURVE_TAG  # noqa: E402
 
 FIGURES = ("accuracy", "accuracy_vs_time", "learning_curves")
 
 
-def write_figures(frame: pd.DataFrame, out: Path | str, folder: Path | str) -> list[Path]:
+def write_figures(frame: pd.DataFrame, folder: Path | str) -> list[Path]:
     """The PNG figures of a leaderboard frame in ``folder``; a figure with nothing to
     draw (no timed runs, no logged curves) is left out."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     frame = _labelled(one_raw_pixels_row(frame))
     drawn = {"accuracy": accuracy_figure(frame), "accuracy_vs_time": cost_figure(frame),
-             "learning_curves": curves_figure(frame, Path(out))}
+             "learning_curves": curves_figure(frame)}
     paths = []
     for name, figure in drawn.items():
         if figure is None:
@@ -119,9 +118,10 @@ def _floors(frame: pd.DataFrame) -> dict[str, float]:
     return (floors.groupby("label")["knn20_acc"].mean() * 100).to_dict()
 
 
-def curves_figure(frame: pd.DataFrame, out: Path) -> plt.Figure | None:
-    """kNN accuracy after each evaluated epoch, mean over seeds, one line per method."""
-    curves = {label: curve for label, curve in _curves(frame, out).items() if len(curve)}
+def curves_figure(frame: pd.DataFrame) -> plt.Figure | None:
+    """Validation kNN accuracy after each evaluated epoch, mean over seeds, one line per
+    method."""
+    curves = {label: curve for label, curve in _curves(frame).items() if len(curve)}
     if not curves:
         return None
     figure, axis = plt.subplots(figsize=(7, 5))
@@ -133,35 +133,22 @@ def curves_figure(frame: pd.DataFrame, out: Path) -> plt.Figure | None:
                   linestyle="--" if ceiling else ("-", ":")[number // len(colours) % 2])
     axis.xaxis.get_major_locator().set_params(integer=True)
     axis.set_xlabel("epoch")
-    axis.set_ylabel(f"kNN k=20 accuracy (%), {CURVE_TAG}")
+    axis.set_ylabel("validation kNN k=20 accuracy (%)")
     axis.legend(fontsize=7, ncol=2)
     axis.grid(alpha=0.3)
     return figure
 
 
-def _curves(frame: pd.DataFrame, out: Path) -> dict[str, pd.Series]:
-    """Per label, the mean over seeds of each run's logged curve (epoch -> accuracy)."""
-    if "run" not in frame:
+def _curves(frame: pd.DataFrame) -> dict[str, pd.Series]:
+    """Per label, the mean over seeds of each run's curve in the index (epoch ->
+    validation kNN accuracy)."""
+    if "curve" not in frame:
         return {}
-    points = []
-    for label, run in frame.dropna(subset=["run"])[["label", "run"]].itertuples(index=False):
-        for epoch, accuracy in read_curve(out / run / "tb").items():
-            points.append({"label": label, "epoch": epoch, "accuracy": accuracy})
+    points = [{"label": label, "epoch": epoch, "accuracy": accuracy}
+              for label, curve in frame[["label", "curve"]].itertuples(index=False)
+              if isinstance(curve, list) for epoch, accuracy in curve]
     if not points:
         return {}
     table = pd.DataFrame(points).groupby(["label", "epoch"])["accuracy"].mean()
     return {label: table[label] for label in dict.fromkeys(frame["label"])
             if label in table.index.get_level_values(0)}
-
-
-def read_curve(logdir: Path) -> dict[int, float]:
-    """``{epoch: accuracy}`` from a run's TensorBoard events (the last value logged for
-    an epoch wins, as after a resume)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    if not logdir.is_dir():
-        return {}
-    events = EventAccumulator(str(logdir), size_guidance={"scalars": 0}).Reload()
-    if CURVE_TAG not in events.Tags()["scalars"]:
-        return {}
-    return {event.step: event.value for event in events.Scalars(CURVE_TAG)}

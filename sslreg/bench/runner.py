@@ -14,11 +14,12 @@ import click
 import pandas as pd
 import torch
 
-from sslreg.bench.leaderboard import COSTS, summary
+from sslreg.bench.leaderboard import leaderboard_frame, summary
 from sslreg.bench.suite import Budget, Suite, suite_sets, variants
 from sslreg.config import RunConfig
 from sslreg.engine import floors, pretrain
 from sslreg.engine.device import device_name
+from sslreg.engine.evaluate import readout_of
 from sslreg.errors import SslregError
 from sslreg.runs import RunDir, add_suite, open_index, write_json
 
@@ -35,26 +36,29 @@ def run_suite(suite: Suite, registry: Any, out: Path, *, progress: bool = True) 
     configs = [RunConfig.build(registry, m, suite_sets(suite, budget, m, s, v),
                                dataset=suite.dataset, backbone=backbones[m])
                for m, v, s in jobs]  # every config is checked before the first run
-    rows = []
     started = time.perf_counter()
     for number, (job, config) in enumerate(zip(jobs, configs, strict=True), 1):
         method, variant, seed = job
         label = ", ".join(variant)
         _say(f"[{number}/{len(jobs)}] {method} {label + ' ' if label else ''}seed {seed} "
              f"on {backbones[method]} ({time.perf_counter() - started:.0f} s elapsed)")
-        row = _run_one(config, registry, out, progress, (suite.name, label))
-        rows.append({"backbone": backbones[method], "variant": label, **row})
-    for backbone in dict.fromkeys(backbones.values()):
-        method = next(m for m in methods if backbones[m] == backbone)
-        for seed in suite.seeds:
-            _say(f"floors: raw pixels and random init ({backbone}), seed {seed}")
-            config = RunConfig.build(registry, method, suite_sets(suite, budget, method, seed),
-                                     dataset=suite.dataset, backbone=backbone)
-            for name, metrics in floors(config, registry, out).items():
-                rows.append({"method": f"({name})", "backbone": backbone, "seed": seed,
-                             "status": "floor", **metrics})
+        _run_one(config, registry, out, progress, (suite.name, label))
+    for config in floor_configs(configs, registry):
+        _say(f"floors: raw pixels and random init ({config.backbone}, "
+             f"{config.method}'s readout), seed {config.train.seed}")
+        floors(config, registry, out, suite=suite.name)
     _say(f"suite {suite.name} done in {time.perf_counter() - started:.0f} s")
-    return render_table(pd.DataFrame(rows), suite)
+    return render_table(leaderboard_frame(out, suite.name), suite)
+
+
+def floor_configs(configs: list[RunConfig], registry: Any) -> list[RunConfig]:
+    """One config per (backbone, readout, seed): the first run's that reads features
+    that way (so its floors are scored exactly as those runs are)."""
+    chosen: dict[tuple[str, str, int], RunConfig] = {}
+    for config in configs:
+        readout = readout_of(config, registry)
+        chosen.setdefault((config.backbone, readout, config.train.seed), config)
+    return list(chosen.values())
 
 
 def backbone_for(registry: Any, method: str, budget: Budget) -> str:
@@ -70,29 +74,26 @@ def backbone_for(registry: Any, method: str, budget: Budget) -> str:
 
 
 def _run_one(config: RunConfig, registry: Any, out: Path, progress: bool,
-             suite: tuple[str, str]) -> dict[str, Any]:
-    """Pretrain and evaluate one run (unless finished before); ``suite`` is the suite's
-    name and the run's variant in it."""
+             suite: tuple[str, str]) -> None:
+    """Pretrain and evaluate one run (unless finished before) and record it in the
+    index; ``suite`` is the suite's name and the run's variant in it."""
     run = RunDir.for_config(out, config)
-    row: dict[str, Any] = {"method": config.method, "seed": config.train.seed}
     try:
         if not run.result.exists():  # finished runs are skipped on a re-run
             pretrain(config, registry, out, resume=True, progress=progress)
-        result = run.read_json(run.result)
-        info = run.read_json(run.train_info)
+        run.read_json(run.result)
     except SslregError as error:
         _say(f"  {config.method} failed: {error}")
-        return {**row, "status": _record_failure(run, config, suite, f"failed: {error}")}
+        _record_failure(run, config, suite, f"failed: {error}")
+        return
     except Exception as error:  # one broken method must not stop the suite
         _say(f"  {config.method} crashed: {type(error).__name__}: {error}")
         _say(traceback.format_exc(limit=3))
-        status = f"crashed: {type(error).__name__}: {error}"
-        return {**row, "status": _record_failure(run, config, suite, status)}
+        _record_failure(run, config, suite, f"crashed: {type(error).__name__}: {error}")
+        return
     add_suite(run, *suite)
     open_index(out).record(run)
     link_tensorboard(out, suite[0], run)
-    return {**row, "status": "evaluated", **result["metrics"],
-            **{key: info.get(key) for key in COSTS}}
 
 
 def _record_failure(run: RunDir, config: RunConfig, suite: tuple[str, str],
@@ -124,7 +125,8 @@ def link_tensorboard(out: Path, suite: str, run: RunDir) -> None:
 
 
 def render_table(frame: pd.DataFrame, suite: Suite) -> str:
-    """The leaderboard of this session's rows, as Markdown under a heading."""
+    """The suite's leaderboard from the run index (what ``sslreg leaderboard`` renders),
+    as Markdown under a heading."""
     header = (f"## {suite.name}: {suite.dataset}, seeds "
               f"{', '.join(map(str, suite.seeds))}\n\n")
     table = summary(frame, suite.reference)

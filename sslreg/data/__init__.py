@@ -17,7 +17,8 @@ from sslreg.errors import PluginError
 from sslreg.hookspecs import hookimpl
 from sslreg.specs import DatasetSpec
 
-__all__ = ["SPLITS", "ImageDataset", "built_in_specs", "load_dataset", "register_datasets"]
+__all__ = ["SPLITS", "ImageDataset", "built_in_specs", "checked_load", "load_dataset",
+           "register_datasets"]
 
 
 def _spec(
@@ -78,10 +79,16 @@ def load_dataset(
         PluginError: the loader returned something other than an ``ImageDataset``.
     """
     spec = registry.datasets.get(name)
-    dataset = spec.loader(split, root)
+    return checked_load(spec.loader, name, split, root)
+
+
+def checked_load(loader: Callable[..., Any], name: str, split: str,
+                 root: str | Path | None) -> ImageDataset:
+    """``loader(split, root)``, refused unless it returns an ``ImageDataset``."""
+    dataset = loader(split, root)
     if not isinstance(dataset, ImageDataset):
         raise PluginError(
-            f"dataset '{name}' from plugin '{spec.plugin}' returned "
-            f"{type(dataset).__name__}; loaders must return sslreg.data.ImageDataset"
+            f"dataset '{name}' returned {type(dataset).__name__}; loaders must return "
+            "sslreg.data.ImageDataset"
         )
     return dataset

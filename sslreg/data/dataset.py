@@ -98,6 +98,23 @@ class ImageDataset:
         index = index.to(self.images.device)
         return attrs.evolve(self, images=self.images[index], labels=self.labels[index])
 
+    def split(self, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
+        """A seeded, stratified split: ``(rest, held)``, ``held`` taking ``fraction`` of
+        every class (rounded), both in their original order.
+
+        The validation split of a run is ``held`` of the training split; ``rest`` is all
+        that pretraining and the probes may fit on.
+        """
+        rest, held = stratified_split(self.labels, fraction, seed)
+        if not len(held) or not len(rest):
+            raise DataError(f"{self.name}: a {fraction} split of {len(self)} images leaves "
+                            "one side empty")
+        return self._take(rest), self._take(held)
+
+    def _take(self, index: torch.Tensor) -> ImageDataset:
+        index = index.sort().values.to(self.images.device)
+        return attrs.evolve(self, images=self.images[index], labels=self.labels[index])
+
     def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and (population) standard deviation of ``images / 255``.
 
@@ -121,6 +138,31 @@ class ImageDataset:
     def to(self, device: torch.device | str) -> ImageDataset:
         """The same dataset with its tensors on ``device``."""
         return attrs.evolve(self, images=self.images.to(device), labels=self.labels.to(device))
+
+
+def stratified_split(labels: torch.Tensor, fraction: float,
+                     seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded split of row indices, stratified so each class keeps its share.
+
+    Args:
+        labels: (N,) integer labels.
+        fraction: share of each class that goes to the second part, rounded.
+        seed: seeds the shuffle.
+
+    Returns:
+        ``(rest, held)``: int64 index tensors that partition ``range(N)``.
+    """
+    labels = labels.cpu().long()
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(labels.shape[0], generator=generator)
+    # A stable sort by label groups each class while keeping its shuffled order.
+    order = order[torch.sort(labels[order], stable=True).indices]
+    sorted_labels = labels[order]
+    counts = torch.bincount(labels)
+    class_start = torch.cumsum(counts, 0) - counts
+    rank_in_class = torch.arange(labels.shape[0]) - class_start[sorted_labels]
+    held = rank_in_class < torch.round(counts * fraction).long()[sorted_labels]
+    return order[~held], order[held]
 
 
 def _kind(value: Any) -> str:

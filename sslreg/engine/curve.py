@@ -2,7 +2,7 @@
 
 Cheaper than the final evaluation (a fixed subset, one k), so a leaderboard can draw
 how each method's features improve; the points go to TensorBoard as ``curve/knn_acc``
-(one per evaluated epoch) and to ``train.json``.
+(one per evaluated epoch) and to ``train.json``. It is scored on the validation split.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from sslreg.config import RunConfig
 from sslreg.data import ImageDataset
+from sslreg.engine.splits import RunData
 from sslreg.evaluation import extract_features, knn_accuracy
 
 CURVE_TAG = "curve/knn_acc"
@@ -28,7 +29,7 @@ class CurveProbe:
     """The fixed images the curve is scored on, and how."""
 
     train: ImageDataset
-    test: ImageDataset
+    test: ImageDataset  # validation images: a curve chooses, so it never reads the test split
     stats: tuple
     every: int
     k: int
@@ -36,12 +37,11 @@ class CurveProbe:
     batch_size: int
 
 
-def curve_probe(config: RunConfig, train: ImageDataset, test: ImageDataset,
-                stats: tuple) -> CurveProbe:
-    """Fixed subsets of both splits, scored with the config's first k."""
+def curve_probe(config: RunConfig, data: RunData) -> CurveProbe:
+    """Fixed subsets of the train and validation splits, scored with the config's first k."""
     e = config.eval
-    return CurveProbe(train=train.subset(e.curve_images, seed=CURVE_SEED),
-                      test=test.subset(e.curve_images, seed=CURVE_SEED), stats=stats,
+    return CurveProbe(train=data.train.subset(e.curve_images, seed=CURVE_SEED),
+                      test=data.val.subset(e.curve_images, seed=CURVE_SEED), stats=data.stats,
                       every=e.curve_every, k=e.knn_k[0], temperature=e.knn_temperature[0],
                       batch_size=e.batch_size)
 
@@ -53,7 +53,7 @@ def due(probe: CurveProbe | None, epoch: int, epochs: int) -> bool:
 
 @torch.no_grad()
 def curve_point(probe: CurveProbe, encode: Any, device: torch.device) -> float:
-    """kNN accuracy of ``encode``'s features on the probe's test images."""
+    """kNN accuracy of ``encode``'s features on the probe's validation images."""
     mean, std = probe.stats
     features = [extract_features(encode, split.images, mean=mean, std=std,
                                  batch_size=probe.batch_size, device=device)

@@ -1,7 +1,13 @@
-"""Evaluation of a run's final checkpoint, and the floors every table carries."""
+"""Evaluation of a run's final checkpoint, and the floors every table carries.
+
+Every evaluation scores the validation split (for choices) and the test split (for
+tables) with one probe fit on the training split; ``result.json`` keeps both.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,110 +19,146 @@ from sslreg.config import RunConfig
 from sslreg.data import ImageDataset
 from sslreg.engine.checkpoint import load_checkpoint
 from sslreg.engine.device import resolve_device
-from sslreg.engine.trainer import build_method, load_split
-from sslreg.evaluation import evaluate_features, extract_features, pixel_features
+from sslreg.engine.splits import EVAL_SUBSET_SEED, RunData, load_run_data
+from sslreg.engine.trainer import build_method
+from sslreg.evaluation import evaluate_splits, extract_features, pixel_features
 from sslreg.interfaces import Method
 from sslreg.runs import RunDir, write_json
+from sslreg.runs.index import FLOOR_FILE, add_suite, open_index
 from sslreg.views import normalize
 
-# Evaluation subsets are drawn with one fixed seed so every method and seed of a
-# comparison is scored on the very same images.
-EVAL_SUBSET_SEED = 0
-
-
-def eval_splits(config: RunConfig, registry: Any) -> tuple[ImageDataset, ImageDataset]:
-    full_train = load_split(config, registry, "train")
-    train = full_train.subset(config.eval.train_subset, seed=EVAL_SUBSET_SEED)
-    test = load_split(config, registry, "test").subset(config.eval.test_subset,
-                                                       seed=EVAL_SUBSET_SEED)
-    return train, test
+RAW_PIXELS, RANDOM_INIT = "raw pixels", "random init"
 
 
 def score(encode: Callable[[torch.Tensor], torch.Tensor], config: RunConfig,
-          train: ImageDataset, test: ImageDataset, stats: tuple) -> dict[str, float]:
-    """Extract features of both splits with ``encode`` and run the probe and kNN."""
+          data: RunData) -> dict[str, dict[str, float]]:
+    """``{"val": metrics, "test": metrics}`` of ``encode``'s features."""
     device = resolve_device(config.train.device)
-    mean, std = stats
-    features = [extract_features(encode, split.images, mean=mean, std=std,
-                                 batch_size=config.eval.batch_size, device=device)
-                for split in (train, test)]
-    return _evaluate(config, features[0], train.labels, features[1], test.labels, device)
+    mean, std = data.stats
+    splits = data.evaluation(config)
+    features = {name: extract_features(encode, split.images, mean=mean, std=std,
+                                       batch_size=config.eval.batch_size, device=device)
+                for name, split in splits.items()}
+    return _evaluate(config, features, splits, device)
 
 
-def _evaluate(config: RunConfig, train_x: torch.Tensor, train_y: torch.Tensor,
-              test_x: torch.Tensor, test_y: torch.Tensor, device: torch.device) -> dict:
-    return evaluate_features(
-        train_x, train_y, test_x, test_y, num_classes=int(train_y.max()) + 1,
-        knn_k=config.eval.knn_k, knn_temperature=config.eval.knn_temperature,
+def _evaluate(config: RunConfig, features: dict[str, torch.Tensor],
+              splits: dict[str, ImageDataset], device: torch.device) -> dict:
+    scored = {name: (features[name], splits[name].labels) for name in ("val", "test")}
+    return evaluate_splits(
+        features["train"], splits["train"].labels, scored,
+        num_classes=splits["train"].num_classes, knn_k=config.eval.knn_k,
+        knn_temperature=config.eval.knn_temperature,
         holdout_fraction=config.eval.holdout_fraction, seed=EVAL_SUBSET_SEED, device=device)
 
 
 def evaluate_run(run: RunDir, registry: Any, method: Method | None = None) -> dict[str, Any]:
-    """Score the final checkpoint of ``run`` and write ``result.json``."""
+    """Score the final checkpoint of ``run`` and write ``result.json``: ``metrics`` are
+    the test split's (tables), ``val_metrics`` the validation split's (choices)."""
     config = run.load_config(registry)
     started = time.perf_counter()
-    train, test = eval_splits(config, registry)
-    full_train = load_split(config, registry, "train")
-    stats = full_train.channel_stats()
+    data = load_run_data(config, registry)
     state = load_checkpoint(run.checkpoint, expected_digest=config.digest())
     if method is None:
-        method = build_method(config, registry, full_train)
+        method = build_method(config, registry, data)
         method.load_state_dict(state["model"])
     device = resolve_device(config.train.device)
     method = method.to(device).eval()
-    metrics = score(method.features, config, train, test, stats)
-    metrics.update(extra_metrics(method, config, test, stats, device))
+    scored = score(method.features, config, data)
+    splits = data.evaluation(config)
     result = {
-        "metrics": metrics,
+        "metrics": {**scored["test"], **extra_metrics(method, splits["test"], data, device)},
+        "val_metrics": {**scored["val"], **extra_metrics(method, splits["val"], data, device)},
         "checkpoint_epoch": state["epoch"],
-        "eval_train_images": len(train),
-        "eval_test_images": len(test),
+        **{f"eval_{name}_images": len(split) for name, split in splits.items()},
         "eval_seconds": round(time.perf_counter() - started, 2),
     }
     write_json(run.result, result)
     return result
 
 
-def extra_metrics(method: Method, config: RunConfig, test: ImageDataset, stats: tuple,
+def extra_metrics(method: Method, split: ImageDataset, data: RunData,
                   device: torch.device) -> dict[str, float]:
-    """The method's own test metrics (e.g. zero-shot accuracy) on the test split."""
+    """The method's own metrics (e.g. zero-shot accuracy) on one scored split."""
     if type(method).extra_evaluation is Method.extra_evaluation:
         return {}
-    mean, std = stats
-    images = normalize(test.images.to(device).float().div_(255), mean, std)
+    images = normalize(split.images.to(device).float().div_(255), *data.stats)
     return {name: float(value)
-            for name, value in method.extra_evaluation(images, test.labels.to(device)).items()}
+            for name, value in method.extra_evaluation(images, split.labels.to(device)).items()}
 
 
-def floors(config: RunConfig, registry: Any, out: Path) -> dict[str, dict[str, float]]:
-    """Raw pixels and a randomly initialised backbone, scored exactly like a method.
+# Floors scored in this process, by directory name: a floor is a pure function of its
+# key, so learning tests in many temporary folders compute each one once.
+_SCORED_FLOORS: dict[str, dict[str, Any]] = {}
 
-    Cached per dataset, backbone, evaluation protocol and seed in ``out/floors``.
+
+def floors(config: RunConfig, registry: Any, out: Path | str,
+           suite: str | None = None) -> dict[str, dict[str, Any]]:
+    """Raw pixels and a randomly initialised backbone, scored exactly like ``config``'s
+    method: the same splits, probe and kNN, and, for the random init, the method's own
+    ``features`` on a fresh, untrained build with the run's seed.
+
+    Each floor is a run directory under ``out`` (``floor.json`` says which) recorded in
+    the run index with provenance, and noted as part of ``suite`` when given (a random
+    init read other than through the backbone's output names its readout as its variant,
+    e.g. ``mean of patch tokens``). Returns ``{floor: result}``, each result with ``metrics`` (test) and
+    ``val_metrics``.
     """
-    e = config.eval
-    path = floors_path(out, config.dataset, config.backbone, config.train.seed,
-                       (e.train_subset, e.test_subset, e.holdout_fraction))
-    if path.exists():
-        return RunDir(path.parent).read_json(path)
-    train, test = eval_splits(config, registry)
-    stats = load_split(config, registry, "train").channel_stats()
+    results = {}
+    for kind in (RAW_PIXELS, RANDOM_INIT):
+        run, description = floor_dir(out, config, registry, kind)
+        if not run.result.exists():
+            write_json(run.config, config.to_dict())
+            write_json(run.path / FLOOR_FILE, description)
+            write_json(run.result, _floor_result(config, registry, kind, run.path.name))
+        if suite is not None:
+            readout = description["readout"]
+            add_suite(run, suite, "" if readout in ("pixels", "backbone") else readout)
+        open_index(out).record(run)
+        results[kind] = run.read_json(run.result)
+    return results
+
+
+def floor_dir(out: Path | str, config: RunConfig, registry: Any,
+              kind: str) -> tuple[RunDir, dict[str, Any]]:
+    """The directory of one floor, named from everything that changes its scores."""
+    random_init = kind == RANDOM_INIT
+    e = config.to_dict()["eval"]
+    for key in ("curve_every", "curve_images", "batch_size"):  # do not change scores
+        e.pop(key)
+    description = {
+        "floor": kind, "dataset": config.dataset, "data_root": config.data_root, "eval": e,
+        "backbone": config.backbone if random_init else "-",
+        "readout": readout_of(config, registry) if random_init else "pixels",
+        "seed": config.train.seed if random_init else 0,
+    }
+    digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
+    name = f"floor-{kind.replace(' ', '-')}-{config.dataset}-{description['backbone']}-" \
+           f"seed{description['seed']}-{digest[:8]}"
+    return RunDir(Path(out) / name), description
+
+
+def readout_of(config: RunConfig, registry: Any) -> str:
+    """How ``config``'s method reads features (:attr:`Method.readout`)."""
+    return build_method(config, registry, load_run_data(config, registry)).readout
+
+
+def _floor_result(config: RunConfig, registry: Any, kind: str, key: str) -> dict[str, Any]:
+    if key not in _SCORED_FLOORS:
+        started = time.perf_counter()
+        scored = _score_floor(config, registry, kind)
+        _SCORED_FLOORS[key] = {"metrics": scored["test"], "val_metrics": scored["val"],
+                               "eval_seconds": round(time.perf_counter() - started, 2)}
+    return _SCORED_FLOORS[key]
+
+
+def _score_floor(config: RunConfig, registry: Any, kind: str) -> dict[str, dict[str, float]]:
+    data = load_run_data(config, registry)
     device = resolve_device(config.train.device)
-    pixels = _evaluate(config, pixel_features(train.images), train.labels,
-                       pixel_features(test.images), test.labels, device)
-    torch.manual_seed(config.train.seed)
-    backbone = registry.backbones.create(config.backbone, in_channels=train.channels,
-                                         image_size=train.images.shape[-1]).to(device)
-    random_init = score(backbone, config, train, test, stats)
-    result = {"raw pixels": pixels, "random init": random_init}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, result)
-    return result
-
-
-def floors_path(out: Path | str, dataset: str, backbone: str, seed: int,
-                protocol: tuple[int, int, float]) -> Path:
-    """Where the floors of one dataset, backbone, seed and evaluation protocol (train
-    subset, test subset, hold-out fraction) are cached; leaderboards read them here."""
-    train_subset, test_subset, holdout = protocol
-    key = f"{dataset}-{backbone}-seed{seed}-tr{train_subset}-te{test_subset}-h{holdout}"
-    return Path(out) / "floors" / f"{key}.json"
+    if kind == RAW_PIXELS:
+        splits = data.evaluation(config)
+        features = {name: pixel_features(split.images) for name, split in splits.items()}
+        return _evaluate(config, features, splits, device)
+    torch.manual_seed(config.train.seed)  # the very initialisation the run starts from
+    method = build_method(config, registry, data).to(device).eval()
+    return score(method.features, config, data)

@@ -10,9 +10,9 @@ from torch.utils.tensorboard import SummaryWriter
 
 from sslreg import distributed
 from sslreg.config import RunConfig
-from sslreg.data import ImageDataset
 from sslreg.engine.evaluate import evaluate_run
-from sslreg.engine.trainer import build_trainer, fit, load_split, restore
+from sslreg.engine.splits import RunData, load_run_data
+from sslreg.engine.trainer import build_trainer, fit, restore
 from sslreg.errors import SslregError
 from sslreg.runs import RunDir, write_json
 from sslreg.runs.index import open_index
@@ -31,7 +31,7 @@ def prepare_run_dir(run: RunDir, config: RunConfig, resume: bool) -> None:
 
 def pretrain(config: RunConfig, registry: Any, out: Path | str, *, resume: bool = False,
              evaluate: bool = True, progress: bool = True,
-             train_data: ImageDataset | None = None) -> RunDir:
+             data: RunData | None = None) -> RunDir:
     """Train (or continue) the run for ``config`` under ``out`` and evaluate it.
 
     Under ``torchrun`` every rank trains; rank 0 alone writes the run directory,
@@ -39,7 +39,7 @@ def pretrain(config: RunConfig, registry: Any, out: Path | str, *, resume: bool 
     once training is done.
     """
     run = RunDir.for_config(out, config)
-    trainer = build_trainer(config, registry, run, train_data)  # fails before writing
+    trainer = build_trainer(config, registry, run, data)  # fails before writing
     distributed.on_main(prepare_run_dir, run, config, resume)  # a refusal stops every rank
     main = distributed.is_main()
     try:
@@ -51,7 +51,7 @@ def pretrain(config: RunConfig, registry: Any, out: Path | str, *, resume: bool 
             distributed.barrier()  # every rank is past its last step
             if evaluate and main:
                 result = evaluate_run(run, registry, method=trainer.method)
-                log_hparams(writer, config, result["metrics"])
+                log_hparams(writer, config, result)
                 log_embeddings(writer, trainer, config, registry)
     finally:  # finished, diverged or interrupted: the index says which
         if main:
@@ -68,24 +68,25 @@ def log_embeddings(writer: SummaryWriter, trainer: Any, config: RunConfig,
                    registry: Any) -> None:
     """The frozen features of the first test images, for TensorBoard's projector, with
     class names as labels and the images as sprites."""
-    test = load_split(config, registry, "test")
-    images = test.images[:PROJECTOR_IMAGES]
-    mean, std = load_split(config, registry, "train").channel_stats()
+    data = load_run_data(config, registry)
+    images = data.test.images[:PROJECTOR_IMAGES]
     pictures = images.float().div_(255)
     method = trainer.method.eval()
     features = torch.cat([
-        method.features(normalize(batch.to(trainer.device), mean, std)).float().cpu()
+        method.features(normalize(batch.to(trainer.device), *data.stats)).float().cpu()
         for batch in pictures.split(config.eval.batch_size)])
-    labels = test.labels[:PROJECTOR_IMAGES].tolist()
-    names = [test.classes[y] if y < len(test.classes) else str(y) for y in labels]
+    labels = data.test.labels[:PROJECTOR_IMAGES].tolist()
+    names = [data.test.classes[y] if y < len(data.test.classes) else str(y) for y in labels]
     writer.add_embedding(features, metadata=names, label_img=pictures,
                          global_step=trainer.epoch, tag="test_features")
 
 
-def log_hparams(writer: SummaryWriter, config: RunConfig, metrics: dict[str, float]) -> None:
-    """The resolved config beside the final metrics, for TensorBoard's HParams view."""
-    writer.add_hparams(flat_hparams(config), {f"hparam/{k}": v for k, v in metrics.items()},
-                       run_name=".")
+def log_hparams(writer: SummaryWriter, config: RunConfig, result: dict[str, Any]) -> None:
+    """The resolved config beside the final metrics, for TensorBoard's HParams view:
+    ``hparam/val_*`` (compare settings on these) and ``hparam/*`` (test, for tables)."""
+    metrics = {f"hparam/{k}": v for k, v in result["metrics"].items()}
+    metrics.update({f"hparam/val_{k}": v for k, v in result.get("val_metrics", {}).items()})
+    writer.add_hparams(flat_hparams(config), metrics, run_name=".")
 
 
 def flat_hparams(config: RunConfig) -> dict[str, Any]:

@@ -14,12 +14,13 @@ from tqdm import tqdm
 
 from sslreg import distributed
 from sslreg.config import RunConfig
-from sslreg.data import ImageDataset, load_dataset
+from sslreg.data import ImageDataset
 from sslreg.engine.checkpoint import load_checkpoint, save_checkpoint
 from sslreg.engine.curve import CurveProbe, curve_point, curve_probe, due, log_curve_point
 from sslreg.engine.device import device_name, resolve_device, use_bf16
 from sslreg.engine.mfu import backbone_flops_per_image, mfu, peak_flops
 from sslreg.engine.optim import build_optimizer, lr_schedule
+from sslreg.engine.splits import RunData, load_run_data
 from sslreg.errors import DivergedError, SslregError
 from sslreg.interfaces import Method, RunContext
 from sslreg.runs import RunDir, write_json
@@ -46,7 +47,7 @@ class Trainer:
     step: int = 0
     elapsed: float = 0.0  # training seconds over all sessions of this run
     images_seen: int = 0
-    preview: torch.Tensor | None = None  # normalised test images for Method.visualize
+    preview: torch.Tensor | None = None  # normalised validation images for Method.visualize
     # Collapse warnings raised by the monitors in this session, kept in train_info.json.
     monitor_warnings: list[str] = attrs.Factory(list)
     curve: CurveProbe | None = None  # the fixed images of the learning curve, if drawn
@@ -59,20 +60,20 @@ class Trainer:
     peak_flops: float | None = None
 
 
-# How many fixed test images Method.visualize receives each epoch.
+# How many fixed validation images Method.visualize receives each epoch.
 PREVIEW_IMAGES = 8
 
 
-def build_method(config: RunConfig, registry: Any, full_train: ImageDataset) -> Method:
+def build_method(config: RunConfig, registry: Any, data: RunData) -> Method:
     """The method with a fresh backbone, set up with the run's context."""
-    channels, image_size = full_train.channels, full_train.images.shape[-1]
+    channels, image_size = data.train.channels, data.train.images.shape[-1]
     backbone = registry.backbones.create(
         config.backbone, in_channels=channels, image_size=image_size)
     method = registry.methods.get(config.method).factory(config.method_config, backbone)
-    train_size = len(full_train.subset(config.train.train_subset, seed=config.train.seed))
     method.setup(RunContext(
-        epochs=config.train.epochs, steps_per_epoch=train_size // config.train.batch_size,
-        channels=channels, image_size=image_size, class_names=full_train.classes))
+        epochs=config.train.epochs,
+        steps_per_epoch=len(data.pretraining(config)) // config.train.batch_size,
+        channels=channels, image_size=image_size, class_names=data.train.classes))
     return method
 
 
@@ -90,23 +91,23 @@ def build_policy(config: RunConfig, registry: Any, data: ImageDataset,
 
 
 def load_split(config: RunConfig, registry: Any, split: str) -> ImageDataset:
-    return load_dataset(registry, config.dataset, split, root=config.data_root or None)
+    """One split of the run's data: ``train`` (without validation), ``val`` or ``test``."""
+    return getattr(load_run_data(config, registry), split)
 
 
 def build_trainer(config: RunConfig, registry: Any, run: RunDir,
-                  train_data: ImageDataset | None = None) -> Trainer:
+                  data: RunData | None = None) -> Trainer:
     """Load the data, build the method, views, monitors, optimizer and schedule."""
     device = distributed.init(resolve_device(config.train.device))  # joins torchrun's group
     distributed.check_batch_size(config.train.batch_size)  # the global batch
     torch.manual_seed(config.train.seed)
-    full = train_data if train_data is not None else load_split(config, registry, "train")
-    data = full.subset(config.train.train_subset, seed=config.train.seed)
-    mean, std = full.channel_stats()
-    steps_per_epoch = len(data) // config.train.batch_size
+    data = data if data is not None else load_run_data(config, registry)
+    pool = data.pretraining(config)
+    steps_per_epoch = len(pool) // config.train.batch_size
     if steps_per_epoch == 0:
         raise SslregError(f"train.batch_size={config.train.batch_size} is larger than the "
-                          f"{len(data)} training images; lower it")
-    method = distributed.sync_batchnorm(build_method(config, registry, full).to(device), device)
+                          f"{len(pool)} training images; lower it")
+    method = distributed.sync_batchnorm(build_method(config, registry, data).to(device), device)
     distributed.seed_rank(config.train.seed)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
@@ -114,30 +115,22 @@ def build_trainer(config: RunConfig, registry: Any, run: RunDir,
         # In place, so checkpoints keep the eager module's state_dict keys; the heads
         # and the method's own step logic stay eager (queues, EMA, Sinkhorn).
         method.backbone.compile()
-    policy = build_policy(config, registry, data, (mean, std))
+    policy = build_policy(config, registry, pool, data.stats)
     return Trainer(
         config=config, run=run, method=method, policy=policy,
         monitors=[registry.monitors.create(name) for name in registry.monitors.names()],
-        images=data.images.to(device), labels=data.labels.to(device), device=device,
-        preview=preview_images(config, registry, method, (mean, std), device),
+        images=pool.images.to(device), labels=pool.labels.to(device), device=device,
+        preview=preview_images(method, data, device),
         optimizer=build_optimizer(method, config.optim, device),
         schedule=lr_schedule(config.optim, config.train.batch_size, steps_per_epoch,
                              config.train.epochs).tolist(),
         bf16=use_bf16(config.train.precision, device), steps_per_epoch=steps_per_epoch,
-        curve=_curve(config, registry, full, (mean, std)),
+        curve=curve_probe(config, data) if config.eval.curve_every else None,
         parallel=distributed.data_parallel(method, device),
-        flops_per_image=backbone_flops_per_image(method.backbone, policy, data.images[:2]
+        flops_per_image=backbone_flops_per_image(method.backbone, policy, pool.images[:2]
                                                  .to(device)),
         peak_flops=_peak(device),
     )
-
-
-def _curve(config: RunConfig, registry: Any, full: ImageDataset,
-           stats: tuple) -> CurveProbe | None:
-    """The learning curve's fixed images, when the config draws one."""
-    if config.eval.curve_every == 0:
-        return None
-    return curve_probe(config, full, load_split(config, registry, "test"), stats)
 
 
 def _peak(device: torch.device) -> float | None:
@@ -145,14 +138,13 @@ def _peak(device: torch.device) -> float | None:
     return None if peak is None else peak * distributed.world_size()
 
 
-def preview_images(config: RunConfig, registry: Any, method: Method, stats: tuple,
+def preview_images(method: Method, data: RunData,
                    device: torch.device) -> torch.Tensor | None:
-    """The first test images, normalised, when the method draws pictures of them."""
+    """The first validation images, normalised, when the method draws pictures of them."""
     if type(method).visualize is Method.visualize:
         return None
-    test = load_split(config, registry, "test")
-    images = test.images[:PREVIEW_IMAGES].to(device).float().div_(255)
-    return normalize(images, *stats)
+    images = data.val.images[:PREVIEW_IMAGES].to(device).float().div_(255)
+    return normalize(images, *data.stats)
 
 
 def restore(trainer: Trainer) -> None:

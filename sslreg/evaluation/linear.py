@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sslreg.data.dataset import stratified_split
 from sslreg.evaluation.knn import _check_inputs, _check_label_range, _check_test_labels
 
 # L-BFGS stops when the loss changes by less than TOLERANCE_CHANGE in one step (or the
@@ -88,6 +89,47 @@ def linear_probe(
     """
     _check_probe_inputs(train_features, train_labels, test_features, test_labels,
                         num_classes, holdout_fraction, weight_decays, max_iter)
+    fitted = fit_linear_probe(train_features, train_labels, num_classes=num_classes,
+                              holdout_fraction=holdout_fraction, weight_decays=weight_decays,
+                              max_iter=max_iter, seed=seed, device=device)
+    return LinearProbeResult(
+        accuracy=fitted.accuracy(test_features, test_labels),
+        weight_decay=fitted.weight_decay,
+        holdout_accuracy=fitted.holdout_accuracy,
+    )
+
+
+@attrs.frozen
+class FittedProbe:
+    """A probe refit on the whole training set with the chosen L2 strength; score it
+    on as many splits as needed (validation, test) without refitting."""
+
+    probe: _Probe
+    weight_decay: float  # the chosen L2 strength
+    holdout_accuracy: dict[float, float]  # the search: weight decay -> holdout accuracy
+
+    def accuracy(self, features: Tensor, labels: Tensor) -> float:
+        _check_test_labels(features, labels)
+        if labels.numel() == 0:
+            raise ValueError("the scored split is empty")
+        return self.probe.accuracy(features, labels)
+
+
+def fit_linear_probe(
+    train_features: Tensor,
+    train_labels: Tensor,
+    *,
+    num_classes: int,
+    holdout_fraction: float = 0.1,
+    weight_decays: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
+    max_iter: int = 100,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> FittedProbe:
+    """The probe of :func:`linear_probe`, before any split is scored (same arguments,
+    without the test features)."""
+    _check_fit_inputs(train_features, train_labels, num_classes, holdout_fraction,
+                      weight_decays, max_iter)
     device = torch.device(device)
     fit_rows, holdout_rows = holdout_split(train_labels, holdout_fraction, seed)
     holdout_accuracy, probes = _search(
@@ -98,11 +140,9 @@ def linear_probe(
     chosen = max(holdout_accuracy, key=lambda wd: (holdout_accuracy[wd], wd))
     (final,) = _fit(_Basis.of(train_features, device), train_labels, num_classes, [chosen],
                     max_iter, init=[probes[chosen]])
-    return LinearProbeResult(
-        accuracy=final.accuracy(test_features, test_labels),
-        weight_decay=chosen,
-        holdout_accuracy={float(wd): holdout_accuracy[wd] for wd in weight_decays},
-    )
+    return FittedProbe(probe=final, weight_decay=chosen,
+                       holdout_accuracy={float(wd): holdout_accuracy[wd]
+                                         for wd in weight_decays})
 
 
 def holdout_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -116,20 +156,11 @@ def holdout_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, T
     Returns:
         (fit_rows, holdout_rows): int64 index tensors that partition range(N).
     """
-    labels = labels.cpu().long()
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(labels.shape[0], generator=generator)
-    # A stable sort by label groups each class while keeping its shuffled order.
-    order = order[torch.sort(labels[order], stable=True).indices]
-    sorted_labels = labels[order]
-    counts = torch.bincount(labels)
-    class_start = torch.cumsum(counts, 0) - counts
-    rank_in_class = torch.arange(labels.shape[0]) - class_start[sorted_labels]
-    held = rank_in_class < torch.round(counts * fraction).long()[sorted_labels]
-    if held.all() or not held.any():
+    fit_rows, held = stratified_split(labels, fraction, seed)
+    if not len(fit_rows) or not len(held):
         raise ValueError(f"holdout_fraction={fraction} leaves an empty split of "
                          f"{labels.shape[0]} training samples")
-    return order[~held], order[held]
+    return fit_rows, held
 
 
 def _search(
@@ -249,6 +280,15 @@ def _check_probe_inputs(
     if test_labels.numel() == 0:
         raise ValueError("test set is empty")
     _check_label_range(test_labels, num_classes, "test_labels")
+    _check_fit_inputs(train_features, train_labels, num_classes, holdout_fraction,
+                      weight_decays, max_iter)
+
+
+def _check_fit_inputs(
+    train_features: Tensor, train_labels: Tensor, num_classes: int, holdout_fraction: float,
+    weight_decays: Sequence[float], max_iter: int,
+) -> None:
+    _check_inputs(train_features, train_labels, train_features, num_classes, chunk_size=1)
     if not 0 < holdout_fraction < 0.5:
         raise ValueError(f"holdout_fraction must be in (0, 0.5), got {holdout_fraction}")
     if not weight_decays or any(wd < 0 for wd in weight_decays):

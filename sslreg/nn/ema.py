@@ -10,7 +10,8 @@ from torch import nn
 
 
 def make_target(online: nn.Module) -> nn.Module:
-    """A frozen copy of ``online`` to be updated only by :func:`ema_update`."""
+    """A copy of ``online`` (parameters and buffers) whose parameters take no gradient,
+    to be updated by :func:`ema_update`."""
     target = copy.deepcopy(online)
     for parameter in target.parameters():
         parameter.requires_grad_(False)
@@ -18,15 +19,20 @@ def make_target(online: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online, for parameters and buffers.
+def ema_update(target: nn.Module, online: nn.Module, momentum: float, *,
+               copy_buffers: bool = True) -> None:
+    """target <- momentum * target + (1 - momentum) * online, for the parameters.
 
-    Buffers (BatchNorm running statistics) are copied, as in BYOL's reference code,
-    because averaging counters makes no sense.
+    With ``copy_buffers`` (the default) every buffer of ``online`` (BatchNorm running
+    statistics and batch counters) is then copied into ``target``, overwriting whatever
+    the target's own forward passes accumulated. Without it the target's buffers are
+    left alone: a target run in train mode keeps its own BatchNorm running statistics.
     """
     target_params = list(target.parameters())
     online_params = list(online.parameters())
     torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
+    if not copy_buffers:
+        return
     for target_buffer, online_buffer in zip(target.buffers(), online.buffers(), strict=True):
         target_buffer.copy_(online_buffer)
 

@@ -20,9 +20,11 @@ class NTXentLoss(nn.Module):
     negatives; the loss is the cross-entropy over cosine similarity / temperature,
     averaged over the 2N anchors. The loss is symmetric in ``z1`` and ``z2``.
 
-    Under ``torchrun`` each rank's anchors are its own 2N rows and the negatives come
-    from every rank's projections (gathered with gradients), so the loss is that of the
-    global batch; see :mod:`sslreg.distributed` for the gradient convention.
+    Under ``torchrun`` with W ranks each rank's anchors are its own 2N rows, scored
+    against every rank's 2NW projections (gathered with gradients) less the anchor
+    itself: one positive and 2NW - 2 negatives. The value returned is the mean of the
+    ranks' losses, that of the global batch of NW images; see
+    :mod:`sslreg.distributed` for the gradient convention.
 
     Args:
         temperature: Softmax temperature, > 0. The paper's default is 0.5.

@@ -25,13 +25,15 @@ from sslreg.runs.layout import RunDir, write_json
 
 INDEX_NAME = "index.sqlite"
 # Bump when the table changes: an index of another version is rebuilt.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # In a run directory: the suites that ran it, each with the run's variant there (the
 # swept setting, e.g. "method.temperature=0.1"; "" for a plain run).
 SUITES_FILE = "suites.json"
+# In a floor's directory (raw pixels, random init): which floor, and what it is keyed by.
+FLOOR_FILE = "floor.json"
 COLUMNS = ("run", "method", "dataset", "backbone", "seed", "status", "suites",
            "config_sha256", "config", "git_commit", "versions", "device", "wall_time_s",
-           "images_per_s", "peak_memory_mb", "mfu", "metrics", "recorded_at")
+           "images_per_s", "peak_memory_mb", "mfu", "metrics", "val_metrics", "curve", "recorded_at")
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
     {COLUMNS[0]} TEXT PRIMARY KEY, {", ".join(f"{c}" for c in COLUMNS[1:])}
@@ -113,17 +115,23 @@ def row_for(run: RunDir, status: str | None = None) -> dict[str, Any]:
     result = _optional_json(run, run.result)
     train = config.get("train", {})
     state = status or ("evaluated" if result else info.get("status", "created"))
+    floor = _optional_json(run, run.path / FLOOR_FILE)
+    method, backbone = config.get("method"), config.get("backbone")
+    if floor:  # a floor is scored, not trained: its row names the floor
+        method, backbone, state = f"({floor['floor']})", floor["backbone"], "floor"
     return {
-        "run": run.path.name, "method": config.get("method"),
-        "dataset": config.get("dataset"), "backbone": config.get("backbone"),
-        "seed": train.get("seed"), "status": state,
+        "run": run.path.name, "method": method,
+        "dataset": config.get("dataset"), "backbone": backbone,
+        "seed": floor.get("seed", train.get("seed")), "status": state,
         "suites": json.dumps(_suites_of(run)),
         "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
         "config": config_text, "git_commit": git_commit(), "versions": json.dumps(versions()),
         "device": info.get("device"), "wall_time_s": info.get("wall_time_s"),
         "images_per_s": info.get("images_per_s"), "peak_memory_mb": info.get("peak_memory_mb"),
         "mfu": info.get("mfu"),
-        "metrics": json.dumps(result.get("metrics", {})), "recorded_at": time.time(),
+        "metrics": json.dumps(result.get("metrics", {})),
+        "val_metrics": json.dumps(result.get("val_metrics", {})),
+        "curve": json.dumps(info.get("curve", [])), "recorded_at": time.time(),
     }
 
 
@@ -196,6 +204,7 @@ def _has_columns(connection: sqlite3.Connection) -> bool:
 
 
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:
-    for column in ("suites", "versions", "metrics"):
+    for column in ("suites", "versions", "metrics", "val_metrics"):
         row[column] = json.loads(row[column]) if row[column] else {}
+    row["curve"] = json.loads(row["curve"]) if row["curve"] else []
     return row

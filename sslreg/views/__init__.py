@@ -12,13 +12,20 @@ from typing import Any
 from sslreg.hookspecs import hookimpl
 from sslreg.specs import ViewSpec
 from sslreg.views.ops import normalize
-from sslreg.views.policies import BYOLViews, CropFlipViews, MultiCropViews, SimCLRViews
+from sslreg.views.policies import (
+    BYOLViews,
+    CropFlipViews,
+    MultiCropViews,
+    SimCLRViews,
+    SwAVMultiCropViews,
+)
 
 __all__ = [
     "BYOLViews",
     "CropFlipViews",
     "MultiCropViews",
     "SimCLRViews",
+    "SwAVMultiCropViews",
     "normalize",
     "register_views",
 ]
@@ -37,14 +44,24 @@ def register_views(register: Callable[[Any], None]) -> None:
         ViewSpec(
             name="byol",
             factory=BYOLViews,
-            description="BYOL: 2 asymmetric views (view 1 always blurred, view 2 solarized)",
+            description="BYOL: 2 asymmetric views (view 2 solarized with p 0.2; blur p "
+            "1.0 / 0.1 above 32 px, none at <= 32 px)",
         )
     )
     register(
         ViewSpec(
             name="multicrop",
             factory=MultiCropViews,
-            description="multi-crop (SwAV, DINO): 2 global + num_local (default 6) small views",
+            description="multi-crop, DINO's recipe: 2 global views (BYOL's asymmetric "
+            "blur and solarize) + num_local (default 6) small views",
+        )
+    )
+    register(
+        ViewSpec(
+            name="swav-multicrop",
+            factory=SwAVMultiCropViews,
+            description="multi-crop, SwAV's recipe: 2 global + num_local (default 6) small "
+            "views, all with the same transform (colour strength 1, no solarization)",
         )
     )
     register(

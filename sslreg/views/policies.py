@@ -77,9 +77,13 @@ class ViewOptions:
     """Options of a two-view policy. Probabilities named ``*_p`` are per sample; ``blur_p``
     and ``solarize_p`` take one value for both views or a pair (view 1, view 2).
 
-    ``blur_p=None`` means 0.0 for images of at most 32 px (the SimCLR paper drops blur on
-    CIFAR-10) and 0.5 otherwise.
+    ``blur_p=None`` resolves by image size: 0.0 for images of at most 32 px (the SimCLR
+    paper drops blur on CIFAR-10) and the class's ``large_image_blur_p`` (here 0.5 for
+    both views) above.
     """
+
+    # blur_p (view 1, view 2) for images over 32 px when blur_p is None.
+    large_image_blur_p: ClassVar[tuple[float, float]] = (0.5, 0.5)
 
     crop_scale: tuple[float, float] = field(
         default=(0.08, 1.0), converter=_as_tuple, validator=_range(1.0)
@@ -115,13 +119,17 @@ class SimCLROptions(ViewOptions):
 
 @attrs.frozen(kw_only=True)
 class BYOLOptions(ViewOptions):
-    """BYOL's asymmetric augmentation (Grill et al. 2020, table 6): view 1 is always
-    blurred and never solarized, view 2 rarely blurred and sometimes solarized."""
+    """BYOL's asymmetric augmentation (Grill et al. 2020, table 6): view 2 is solarized
+    with p 0.2, view 1 never; above 32 px view 1 is always blurred and view 2 with p 0.1.
 
+    At <= 32 px neither view is blurred (``blur_p=None``), as in solo-learn's CIFAR
+    recipes for BYOL, Barlow Twins and VICReg (``scripts/pretrain/cifar/byol.yaml``,
+    ``barlow.yaml``, ``vicreg.yaml``: blur probability 0 on both views); the SimCLR
+    paper drops blur on CIFAR-10 for the same reason.
+    """
+
+    large_image_blur_p: ClassVar[tuple[float, float]] = (1.0, 0.1)
     saturation: float = field(default=0.2, validator=_strength(None))
-    blur_p: tuple[float, float] = field(
-        default=(1.0, 0.1), converter=_per_view, validator=_per_view_probability
-    )
     solarize_p: tuple[float, float] = field(
         default=(0.0, 0.2), converter=_per_view, validator=_per_view_probability
     )
@@ -140,14 +148,14 @@ def _local_size(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 
 @attrs.frozen(kw_only=True)
 class MultiCropOptions(BYOLOptions):
-    """Multi-crop (Caron et al. 2020, SwAV sec. 3.2), with DINO's defaults (Caron et al.
-    2021): two global views with BYOL's asymmetric blur and solarize, crop scale
-    (0.4, 1), plus ``num_local`` small views, crop scale (0.05, 0.4), resampled to
-    ``local_size`` (default: the image side times 96/224, as 96 px local crops of
-    224 px images, rounded to a multiple of 4: 12 px for 28-32 px images). Local views
-    are blurred with ``local_blur_p`` (default 0 at <= 32 px, 0.5 above; the global
-    views keep BYOL's blur probabilities unless ``blur_p`` is set) and never
-    solarized.
+    """Multi-crop (Caron et al. 2020, SwAV sec. 3.2) with DINO's defaults (Caron et al.
+    2021, main_dino.py's DataAugmentationDINO and its ViT crop scales): two global views
+    with BYOL's asymmetric blur and solarize (no blur at <= 32 px, see
+    :class:`BYOLOptions`), crop scale (0.4, 1), plus ``num_local`` small views, crop
+    scale (0.05, 0.4), resampled to ``local_size`` (default: the image side times
+    96/224, as 96 px local crops of 224 px images, rounded to a multiple of 4: 12 px for
+    28-32 px images). Local views are blurred with ``local_blur_p`` (default 0 at <= 32
+    px, 0.5 above) and never solarized.
     """
 
     crop_scale: tuple[float, float] = field(
@@ -160,6 +168,32 @@ class MultiCropOptions(BYOLOptions):
     local_size: int | None = field(default=None, validator=_local_size)
     local_blur_p: float | None = field(
         default=None, validator=attrs.validators.optional(_probability))
+
+
+@attrs.frozen(kw_only=True)
+class SwAVOptions(MultiCropOptions):
+    """SwAV's multi-crop (Caron et al. 2020; reference code: src/multicropdataset.py and
+    main_swav.py's defaults). Every crop gets the same transform: flip, colour
+    distortion of strength 1 (brightness, contrast, saturation 0.8, hue 0.2, with p 0.8),
+    grayscale with p 0.2, blur with p 0.5 (none at <= 32 px, as in
+    :class:`ViewOptions`), no solarization. Global crops have scale (0.14, 1), local
+    ones (0.05, 0.14).
+    """
+
+    large_image_blur_p: ClassVar[tuple[float, float]] = (0.5, 0.5)
+    crop_scale: tuple[float, float] = field(
+        default=(0.14, 1.0), converter=_as_tuple, validator=_range(1.0)
+    )
+    brightness: float = field(default=0.8, validator=_strength(None))
+    contrast: float = field(default=0.8, validator=_strength(None))
+    saturation: float = field(default=0.8, validator=_strength(None))
+    hue: float = field(default=0.2, validator=_strength(0.5))
+    solarize_p: tuple[float, float] = field(
+        default=(0.0, 0.0), converter=_per_view, validator=_per_view_probability
+    )
+    local_scale: tuple[float, float] = field(
+        default=(0.05, 0.14), converter=_as_tuple, validator=_range(1.0)
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -231,9 +265,7 @@ class TwoViewPolicy:
         self.mean = _check_statistics("mean", mean, channels, positive=False)
         self.std = _check_statistics("std", std, channels, positive=True)
         self.options = _build_options(self.options_class, policy, options)
-        # Crop-and-flip policies have no blur option at all.
-        blur_p = getattr(self.options, "blur_p", None)
-        self.blur_p: tuple[float, float] = blur_p or _default_blur_p(image_size)
+        self.blur_p: tuple[float, float] = _resolve_blur_p(self.options, image_size)
         self._statistics: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def __repr__(self) -> str:
@@ -303,10 +335,20 @@ class TwoViewPolicy:
         return self._statistics[device]
 
 
-def _default_blur_p(image_size: int) -> tuple[float, float]:
+def _no_blur(image_size: int) -> bool:
     # The SimCLR paper drops blur on CIFAR-10: at 32 px it removes the little detail left.
-    p = 0.0 if image_size <= 32 else 0.5
-    return p, p
+    return image_size <= 32
+
+
+def _resolve_blur_p(options: Any, image_size: int) -> tuple[float, float]:
+    """``options.blur_p`` if set; else none at <= 32 px and the options class's
+    ``large_image_blur_p`` above. Crop-and-flip options have no blur: (0, 0)."""
+    blur_p = getattr(options, "blur_p", None)
+    if blur_p is not None:
+        return blur_p
+    if _no_blur(image_size):
+        return 0.0, 0.0
+    return getattr(options, "large_image_blur_p", (0.0, 0.0))
 
 
 def _view_probs(per_view: tuple[float, ...], batch: int, like: Tensor) -> ops.Probability:
@@ -347,9 +389,10 @@ class MultiCropViews(TwoViewPolicy):
         self.num_views = 2 + o.num_local
         self.local_size = o.local_size or default_local_size(self.image_size)
         if self.local_size > self.image_size:
-            raise ConfigError(f"view policy MultiCropViews: local_size={self.local_size} "
-                              f"is larger than the {self.image_size} px images")
-        default_p = 0.0 if self.image_size <= 32 else 0.5
+            raise ConfigError(f"view policy {type(self).__name__}: local_size="
+                              f"{self.local_size} is larger than the {self.image_size} px "
+                              "images")
+        default_p = 0.0 if _no_blur(self.image_size) else 0.5
         self.local_blur_p = default_p if o.local_blur_p is None else o.local_blur_p
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
@@ -375,6 +418,12 @@ class MultiCropViews(TwoViewPolicy):
         )
         x = ops.random_grayscale(x, generator, o.grayscale_p)
         return ops.gaussian_blur(x, generator, self.local_blur_p, o.blur_sigma)
+
+
+class SwAVMultiCropViews(MultiCropViews):
+    """SwAV's multi-crop: every crop gets the same transform; see :class:`SwAVOptions`."""
+
+    options_class = SwAVOptions
 
 
 class CropFlipViews(TwoViewPolicy):

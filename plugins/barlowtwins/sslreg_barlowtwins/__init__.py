@@ -8,6 +8,10 @@ The paper's ImageNet projector is 8192-8192-8192 (three linear layers, BN and Re
 the first two). For small images the defaults follow the CIFAR-10 settings of solo-learn
 (``scripts/pretrain/cifar/barlow.yaml``: ``proj_hidden_dim`` = ``proj_output_dim`` = 2048)
 and lightly (``BarlowTwinsProjectionHead(512, 2048, 2048)`` in its examples).
+
+Views: the ``byol`` policy, as the paper uses BYOL's augmentations, with no blur at
+<= 32 px as in solo-learn's CIFAR ``barlow.yaml``; see
+:class:`sslreg.views.policies.BYOLOptions`.
 """
 
 from __future__ import annotations
@@ -75,7 +79,8 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         factory=BarlowTwins,
         config_class=BarlowTwinsConfig,
         paper=PAPER,
-        # The paper uses BYOL's asymmetric augmentations (sec. 2, implementation details).
+        # The paper uses BYOL's asymmetric augmentations (sec. 2, implementation details);
+        # the policy drops blur at <= 32 px, as solo-learn's CIFAR barlow.yaml.
         views="byol",
         objective="barlow_twins",
         description="cross-correlation of the two views' standardised projections driven "

@@ -3,6 +3,10 @@ target network's projection, without negatives.
 
 Grill et al. "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning."
 NeurIPS 2020. https://arxiv.org/abs/2006.07733
+
+Views: the ``byol`` policy, the paper's asymmetric pair (table 6), with no blur at
+<= 32 px as in solo-learn's CIFAR recipe (``scripts/pretrain/cifar/byol.yaml``); see
+:class:`sslreg.views.policies.BYOLOptions`.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         factory=BYOL,
         config_class=BYOLConfig,
         paper=PAPER,
-        views="byol",
+        views="byol",  # table 6; no blur at <= 32 px (BYOLOptions)
         objective="negative_cosine",
         description="online predictor regresses an EMA target (momentum 0.996 -> 1), no negatives",
         # LARS at 0.2 x batch/256, weight decay 1.5e-6, 10 warm-up epochs (sec. 3.3).

@@ -9,6 +9,11 @@ global ones; the loss (``dino`` objective, :mod:`sslreg_dino.loss`) is the cross
 between the teacher's ``softmax((t - center) / teacher_temp)`` and the student's
 ``softmax(s / 0.1)`` over every pair of different crops. Works on convnets and ViTs; on a
 ViT, :meth:`DINO.visualize` draws the [CLS] token's last-layer attention.
+
+Views: the ``multicrop`` policy, main_dino.py's DataAugmentationDINO (global crops with
+BYOL's asymmetric blur and solarize, local crops blurred with p 0.5; no blur at <= 32 px,
+see :class:`sslreg.views.policies.MultiCropOptions`), with the crop scales of
+:class:`DINOConfig` (:func:`view_options`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from sslreg import Method, MethodSpec, ObjectiveSpec, RunContext, StepOutput, ho
 from sslreg.nn import cosine_momentum, ema_update, make_target
 from sslreg_dino.loss import DINOLoss, teacher_probabilities
 
-__all__ = ["DINO", "DINOConfig", "DINOHead", "DINOLoss", "attention_maps"]
+__all__ = ["DINO", "DINOConfig", "DINOHead", "DINOLoss", "attention_maps", "view_options"]
 
 PAPER = "Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transformers (DINO)"
 
@@ -37,6 +42,12 @@ PAPER = "Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transf
 # and the prototypes stay frozen for 1 of 100 (sec. 4 and appendix; main_dino.py).
 TEACHER_TEMP_WARMUP_SHARE = 0.3
 FREEZE_SHARE = 0.01
+
+
+def _crop_scale(_instance: Any, attribute: attrs.Attribute, value: tuple) -> None:
+    if not (len(value) == 2 and 0 < value[0] <= value[1] <= 1):
+        raise ValueError(f"{attribute.name}={value!r} must be a pair (low, high) with "
+                         "0 < low <= high <= 1")
 
 
 @attrs.frozen(kw_only=True)
@@ -52,9 +63,16 @@ class DINOConfig:
     (30) and ``freeze_last_layer_epochs`` (1) are that run's, cut to 30% and 1% of a
     shorter run (see ``TEACHER_TEMP_WARMUP_SHARE``). ``use_bn_in_head=None`` follows the
     paper's two recipes: BN in the head's hidden layers for a convnet (its ResNet-50
-    run), none for a ViT. ``evaluate_teacher`` gives the EMA teacher's backbone to the
-    linear probe and kNN, as the paper does (eval_knn.py's default); off by default
-    because a short run leaves the teacher far behind the student.
+    run), none for a ViT. ``evaluate_teacher`` gives the EMA teacher's backbone, with its
+    own BatchNorm running statistics, to the linear probe and kNN, as the paper does
+    (eval_knn.py's default); off by default because a short run leaves the teacher far
+    behind the student.
+
+    ``global_crops_scale`` and ``local_crops_scale`` (main_dino.py's names) default to
+    the paper's ResNet-50 run, (0.14, 1) and (0.05, 0.14) (the README's command); its
+    ViTs use main_dino.py's defaults, ``--set method.global_crops_scale=0.4,1
+    method.local_crops_scale=0.05,0.4``. The view options see this config only, not the
+    backbone, so the scales do not change with the backbone.
     """
 
     out_dim: int = field(default=4096, validator=[instance_of(int), ge(1)])
@@ -71,6 +89,10 @@ class DINOConfig:
     use_bn_in_head: bool | None = field(default=None,
                                         validator=optional(instance_of(bool)))
     evaluate_teacher: bool = field(default=False, validator=instance_of(bool))
+    global_crops_scale: tuple[float, float] = field(default=(0.14, 1.0), converter=tuple,
+                                                    validator=_crop_scale)
+    local_crops_scale: tuple[float, float] = field(default=(0.05, 0.14), converter=tuple,
+                                                   validator=_crop_scale)
 
 
 class DINOHead(nn.Module):
@@ -113,6 +135,11 @@ class DINOHead(nn.Module):
 
 class DINO(Method):
     """Student backbone+head against an EMA teacher backbone+head (momentum 0.996 -> 1).
+
+    The teacher's parameters are an EMA of the student's; its buffers (BatchNorm running
+    statistics) are its own, updated by its forward passes on the global crops, which
+    run in train mode whenever the method does (as in main_dino.py, whose EMA update
+    touches parameters only).
 
     State kept for resume: ``center`` (1, out_dim), the EMA of the teacher's batch-mean
     output, and ``steps``, the optimizer steps taken (the teacher-temperature warm-up
@@ -206,8 +233,8 @@ class DINO(Method):
 
     def on_step_end(self, progress: float) -> None:
         self.momentum = cosine_momentum(self.config.base_momentum, progress)
-        ema_update(self.teacher_backbone, self.backbone, self.momentum)
-        ema_update(self.teacher_head, self.head, self.momentum)
+        ema_update(self.teacher_backbone, self.backbone, self.momentum, copy_buffers=False)
+        ema_update(self.teacher_head, self.head, self.momentum, copy_buffers=False)
         if self._pending_teacher is not None:
             self.update_center(self._pending_teacher)
             self._pending_teacher = None
@@ -256,6 +283,12 @@ def _refresh_steps_done(module: DINO, _incompatible_keys: Any) -> None:
     module.steps_done = int(module.steps)
 
 
+def view_options(config: DINOConfig) -> dict[str, Any]:
+    """The ``multicrop`` policy's crop scales and number of local crops."""
+    return {"crop_scale": config.global_crops_scale, "local_scale": config.local_crops_scale,
+            "num_local": config.num_local}
+
+
 @hookimpl
 def register_objectives(register: Callable[[ObjectiveSpec], None]) -> None:
     register(ObjectiveSpec(
@@ -279,7 +312,7 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         objective="dino",
         description="student matches an EMA teacher's centred, sharpened prototype "
         "distribution across 2 global + num_local crops; no negatives",
-        view_options=lambda config: {"num_local": config.num_local},
+        view_options=view_options,
         # The paper's ResNet-50 run (its released args): LARS at 0.3 x batch/256, weight
         # decay 1e-6, 10 warm-up epochs. Its ViT recipe is AdamW at 5e-4 x batch/256 with
         # weight decay 0.04 -> 0.4 on a cosine (sslreg's is constant: use 0.04), i.e.

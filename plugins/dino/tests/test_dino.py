@@ -30,6 +30,7 @@ nothing tried learns in 46 steps: kNN20 0.608 (AdamW 5e-4, weight decay 0.04), 0
 (the same with a 1-epoch warm-up), 0.440 (LARS 4.8) against 0.642 for random init.
 """
 
+import copy
 import math
 
 import attrs
@@ -71,7 +72,8 @@ def test_registered_with_paper_defaults():
         0.1, 0.04, 0.07)
     assert (config.warmup_teacher_temp_epochs, config.freeze_last_layer_epochs) == (30, 1)
     assert (config.center_momentum, config.base_momentum) == (0.9, 0.996)
-    assert spec.view_options(config) == {"num_local": 6}
+    assert spec.view_options(config) == {"crop_scale": (0.14, 1.0),
+                                         "local_scale": (0.05, 0.14), "num_local": 6}
     assert config.use_bn_in_head is None and config.evaluate_teacher is False
     assert spec.optim == {"name": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10}
 
@@ -314,6 +316,44 @@ def test_features_are_the_student_backbone_or_the_teacher_on_request():
     teacher = attrs.evolve(method.config, evaluate_teacher=True)
     method.config = teacher
     torch.testing.assert_close(method.features(images), method.teacher_backbone(images))
+
+
+def _buffers(module: torch.nn.Module, suffix: str) -> list[torch.Tensor]:
+    return [b.clone() for name, b in module.named_buffers() if name.endswith(suffix)]
+
+
+def test_teacher_keeps_its_own_batch_norm_statistics():
+    method, policy = testing.build("dino")  # resnet18-narrow, BN in the head, 6 local crops
+    images = testing.tiny_images()
+    teachers = (method.teacher_backbone, method.teacher_head)
+    for step in range(3):
+        testing.step(method, policy, images, seed=step)
+        before = [_buffers(m, "") for m in teachers]
+        method.on_step_end(0.1)
+        # The EMA update moves the parameters and leaves the teacher's buffers alone.
+        for module, old in zip(teachers, before, strict=True):
+            assert all(torch.equal(a, b) for a, b in zip(_buffers(module, ""), old,
+                                                           strict=True))
+    # The teacher's statistics come from its own passes: one per step over the global
+    # crops, against the student backbone's two (global crops, then local crops).
+    assert {int(n) for n in _buffers(method.teacher_backbone, "num_batches_tracked")} == {3}
+    assert {int(n) for n in _buffers(method.backbone, "num_batches_tracked")} == {6}
+    for teacher, student in ((method.teacher_backbone, method.backbone),
+                             (method.teacher_head, method.head)):
+        for a, b in zip(_buffers(teacher, "running_mean"), _buffers(student, "running_mean"),
+                        strict=True):
+            assert not torch.allclose(a, b)
+    # The evaluated teacher normalises with those statistics, not the student's.
+    method.config = attrs.evolve(method.config, evaluate_teacher=True)
+    method.eval()
+    x = torch.rand(4, 1, 28, 28)
+    with_student_stats = copy.deepcopy(method.teacher_backbone)
+    for target, source in zip(with_student_stats.buffers(), method.backbone.buffers(),
+                              strict=True):
+        target.copy_(source)
+    with torch.no_grad():
+        torch.testing.assert_close(method.features(x), method.teacher_backbone(x))
+        assert not torch.allclose(method.features(x), with_student_stats(x))
 
 
 def test_visualize_draws_cls_attention_on_a_vit_only():

@@ -78,6 +78,10 @@ class MAE(Method):
     Needs the ViT token API: ``embed``, ``encode``, ``grid``, ``patch_size``.
     """
 
+    # Its features pool the patch tokens, not the backbone's [CLS]: the random-init
+    # floor it is compared with reads them the same way.
+    readout = "mean of patch tokens"
+
     def __init__(self, config: MAEConfig, backbone: nn.Module) -> None:
         super().__init__(config, backbone)
         # The token API does not expose the input channels; the patch projection does.

@@ -8,11 +8,19 @@ Chen, Fan, Girshick, He. "Improved Baselines with Momentum Contrastive Learning"
 v2). 2020. https://arxiv.org/abs/2003.04297
 Chen, Xie, He. "An Empirical Study of Training Self-Supervised Vision Transformers"
 (MoCo v3). ICCV 2021. https://arxiv.org/abs/2104.02057
+
+Views (:func:`view_options`, on the ``simclr`` policy): v2's are the reference code's
+``--aug-plus`` (main_moco.py: crop scale (0.2, 1), SimCLR's colour jitter, grayscale and
+blur); v3's follow moco-v3's main_moco.py (crop scale (0.08, 1), saturation 0.2, the
+second view solarized with p 0.2) except the blur, which stays the ``simclr`` policy's:
+none at <= 32 px, p 0.5 on both views above, where v3 blurs view 1 always and view 2 with
+p 0.1 (the view options cannot see the image size).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import torch
@@ -22,7 +30,9 @@ from attrs.validators import ge, gt, in_, instance_of, le, optional
 from torch import Tensor, nn
 
 from sslreg import Method, MethodSpec, StepOutput, distributed, hookimpl
+from sslreg.backbones import ViT
 from sslreg.nn import cosine_momentum, ema_update, make_target, mlp
+from sslreg.nn.split_bn import convert_split_batchnorm
 from sslreg.objectives import InfoNCELoss, infonce_bound
 
 PAPER = "He et al. 2020, Momentum Contrast (MoCo); v2: Chen et al. 2020; v3: Chen, Xie " \
@@ -34,24 +44,38 @@ class MoCoConfig:
     """MoCo hyperparameters; v2's defaults (Chen et al. 2020, sec. 3) unless noted.
 
     * ``version`` 2: 2-layer MLP head (hidden 2048, output 128), asymmetric loss
-      against a queue, constant momentum (paper 0.999; 0.99 here, see below).
-      ``version`` 3: 3-layer projector and 2-layer predictor with BN (hidden 4096,
-      output 256), symmetric loss against the batch's other keys scaled by 2T, momentum
-      0.99 -> 1 on a cosine schedule.
+      against a queue, constant momentum (paper 0.999; 0.99 here, see below), Shuffle
+      BN. ``version`` 3: moco-v3's projector and predictor (hidden 4096, output 256;
+      their depth depends on the backbone, see :func:`v3_heads`), symmetric loss
+      against the batch's other keys scaled by 2T, momentum 0.99 -> 1 on a cosine
+      schedule.
     * ``queue_length``: the paper's 65536 is larger than Fashion-MNIST's training set,
       so a queue that long would hold stale keys of the very image being queried; 4096
       (MoCo's smallest ablated size within 1% of its best, fig. 3) fits small datasets.
     * ``temperature``: 0.2 (v2, and v3 for ViTs; v3 reports 1.0 for its ResNet-50).
-    * ``momentum``: ``None`` takes the version's default: 0.99 for v2 (solo-learn's
-      CIFAR setting; the paper's 0.999 suits ImageNet's 5000 steps per epoch, while on
-      a short small-image run the key encoder would barely leave its initialisation)
-      and 0.99 -> 1 for v3 (its paper).
+    * ``momentum``: ``None`` takes the version's default: a constant 0.99 for v2 (the
+      paper's 0.999 suits ImageNet's 5000 steps per epoch, while on a short small-image
+      run the key encoder would barely leave its initialisation; solo-learn's CIFAR
+      recipe also starts at 0.99, though it then rises to 0.999) and 0.99 -> 1 for v3
+      (its paper).
     * ``head_bn``: v2's head has no BN; sslreg adds one after its hidden layer (as
       SimCLR's and v3's heads have): a randomly initialised small-image ResNet maps
-      every image to nearly one direction, and BN centres them. Measured after 2 epochs
-      of 6000 Fashion-MNIST images (seed 0): kNN20 0.728 with BN, 0.658 without (std x
-      sqrt(D) of the projections 0.39 and 0.28). ``method.head_bn=false`` restores the
-      paper's head.
+      every image to nearly one direction, and BN centres them. With it the head is
+      Linear (no bias)-BN-ReLU-Linear; ``method.head_bn=false`` restores the paper's
+      Linear-ReLU-Linear (to be re-measured on the validation split).
+    * ``shuffle_bn``: MoCo's Shuffle BN (He et al. 2020, sec. 3.3); ``None`` turns it
+      on for v2 and off for v3, whose code normalises over the whole batch (SyncBN).
+      With BN over one batch shared by queries and keys, the paper found the model
+      "cheats" the pretext task through intra-batch communication. With Shuffle BN,
+      every BN in both encoders takes its training statistics from ``bn_splits``
+      sub-batches (:class:`sslreg.nn.split_bn.SplitBatchNorm`), and the key encoder sees
+      the batch in a random order, so the keys' BN sub-batches are a random regrouping
+      of the queries'. Evaluation uses the running statistics as usual.
+    * ``bn_splits``: 8, as MoCo's code runs BN per GPU on 8 GPUs (32 of its 256 images
+      each); a batch that does not split into ``bn_splits`` sub-batches of at least 2
+      images uses the most that do (:func:`sslreg.nn.split_bn.split_count`). Under
+      torchrun each rank splits and shuffles its own rows, where MoCo's code shuffles
+      the global batch across GPUs.
     """
 
     version: int = field(default=2, validator=in_((2, 3)))
@@ -64,10 +88,16 @@ class MoCoConfig:
                                                                           ge(1)]))
     proj_dim: int | None = field(default=None, validator=optional([instance_of(int), ge(1)]))
     head_bn: bool = field(default=True, validator=instance_of(bool))
+    shuffle_bn: bool | None = field(default=None, validator=optional(instance_of(bool)))
+    bn_splits: int = field(default=8, validator=[instance_of(int), ge(1)])
 
     @property
     def base_momentum(self) -> float:
         return self.momentum if self.momentum is not None else 0.99
+
+    @property
+    def uses_shuffle_bn(self) -> bool:
+        return self.shuffle_bn if self.shuffle_bn is not None else self.version == 2
 
     @property
     def head_sizes(self) -> tuple[int, int]:
@@ -82,6 +112,17 @@ def v2_head(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool) -> nn.
         return mlp(in_dim, hidden_dim, out_dim)
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True),
                          nn.Linear(hidden_dim, out_dim))
+
+
+def v3_heads(in_dim: int, hidden_dim: int, out_dim: int, vit: bool
+             ) -> tuple[nn.Sequential, nn.Sequential]:
+    """moco-v3's projector and predictor (its moco/builder.py): for a ResNet a 2-layer
+    projector ending in an affine-free BN and a 2-layer predictor without it; for a ViT
+    a 3-layer projector and a predictor that also ends in the BN. A predictor without
+    the final BN keeps a bias in its last Linear (``mlp``'s), where v3's has none."""
+    projector = mlp(in_dim, hidden_dim, out_dim, num_layers=3 if vit else 2, last_bn=True)
+    predictor = mlp(out_dim, hidden_dim, out_dim, last_bn=vit)
+    return projector, predictor
 
 
 class KeyQueue(nn.Module):
@@ -142,16 +183,26 @@ class MoCo(Method):
             self.predictor = nn.Identity()
             self.queue = KeyQueue(config.queue_length, out)
         else:
-            self.projector = mlp(backbone.output_dim, hidden, out, num_layers=3, last_bn=True)
-            self.predictor = mlp(out, hidden, out, last_bn=True)
-        self.key_backbone = make_target(backbone)
+            self.projector, self.predictor = v3_heads(backbone.output_dim, hidden, out,
+                                                      vit=isinstance(backbone, ViT))
+        if config.uses_shuffle_bn:  # before the key encoder copies them
+            self.backbone = convert_split_batchnorm(self.backbone, config.bn_splits)
+            self.projector = convert_split_batchnorm(self.projector, config.bn_splits)
+            self.predictor = convert_split_batchnorm(self.predictor, config.bn_splits)
+        self.key_backbone = make_target(self.backbone)
         self.key_projector = make_target(self.projector)
         self.criterion = InfoNCELoss(temperature=config.temperature)
         self.momentum = config.base_momentum
 
+    @torch.no_grad()
     def keys(self, view: Tensor) -> Tensor:
-        with torch.no_grad():
+        """The key encoder's output, row i for image i. With Shuffle BN the images go
+        through it in a random order (see MoCoConfig.shuffle_bn)."""
+        if not self.config.uses_shuffle_bn:
             return self.key_projector(self.key_backbone(view))
+        order = torch.randperm(len(view), device=view.device)
+        keys = self.key_projector(self.key_backbone(view[order]))
+        return keys[torch.argsort(order)]
 
     def training_step(self, views: list[Tensor]) -> StepOutput:
         if self.config.version == 2:
@@ -166,18 +217,21 @@ class MoCo(Method):
         # Under torchrun every rank queues the keys of the whole global batch, as MoCo's
         # code does, so the ranks' queues stay identical.
         self.queue.push(distributed.gather_with_grad(k))
-        candidates = len(q) if negatives is None else 1 + len(negatives)
+        # In-batch negatives are gathered from every rank under torchrun.
+        in_batch = len(q) * distributed.world_size()
+        candidates = in_batch if negatives is None else 1 + len(negatives)
         bound = infonce_bound(loss, num_candidates=candidates)
         return StepOutput(loss=loss, embeddings=q.detach(), metrics={"infonce_bound": bound})
 
     def _v3_step(self, view1: Tensor, view2: Tensor) -> StepOutput:
-        # One pass for both views, so batch norm sees all 2N images as in v3's code.
+        # One pass for both views, so BN normalises over all 2N images; v3's code passes
+        # each view separately (BN over one view's images, synchronised across GPUs).
         q1, q2 = self.predictor(self.projector(self.backbone(torch.cat([view1, view2])))
                                 ).chunk(2)
         k1, k2 = self.keys(torch.cat([view1, view2])).chunk(2)
         one_way = self.criterion(q1, k2) + self.criterion(q2, k1)
         loss = 2 * self.config.temperature * one_way  # v3's loss scaling (its algorithm 1)
-        bound = infonce_bound(one_way / 2, num_candidates=len(q1))
+        bound = infonce_bound(one_way / 2, num_candidates=len(q1) * distributed.world_size())
         return StepOutput(loss=loss, embeddings=q1.detach(), metrics={"infonce_bound": bound})
 
     def on_step_end(self, progress: float) -> None:
@@ -187,6 +241,13 @@ class MoCo(Method):
         ema_update(self.key_projector, self.projector, self.momentum)
 
 
+def view_options(config: MoCoConfig) -> dict[str, Any]:
+    """Options for the ``simclr`` policy; see the module docstring."""
+    if config.version == 2:
+        return {"crop_scale": (0.2, 1.0)}
+    return {"crop_scale": (0.08, 1.0), "saturation": 0.2, "solarize_p": (0.0, 0.2)}
+
+
 @hookimpl
 def register_methods(register: Callable[[MethodSpec], None]) -> None:
     register(MethodSpec(
@@ -194,8 +255,10 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         factory=MoCo,
         config_class=MoCoConfig,
         paper=PAPER,
-        # v2's augmentation is SimCLR's with blur (Chen et al. 2020, sec. 3).
+        # v2's augmentation is SimCLR's with blur (Chen et al. 2020, sec. 3); view_options
+        # sets what each version changes (see the module docstring).
         views="simclr",
+        view_options=view_options,
         objective="info_nce",
         description="query vs EMA key encoder; v2 (default): queue of 4096 negatives; "
         "method.version=3: in-batch negatives, predictor, symmetric loss",

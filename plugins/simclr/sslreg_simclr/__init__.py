@@ -43,8 +43,8 @@ class SimCLR(Method):
         z = self.projector(self.backbone(torch.cat(views[:2])))  # (2N, proj_dim)
         z1, z2 = z.chunk(2)
         loss = self.criterion(z1, z2)
-        # Each anchor is scored against its positive and 2N-2 negatives.
-        # Each anchor is scored against the other 2N - 1 projections of the global batch.
+        # Each of the 2N anchors (N images per rank) is scored against the other 2NW - 1
+        # projections of all W ranks: its positive and 2NW - 2 negatives.
         candidates = 2 * len(z1) * distributed.world_size() - 1
         bound = infonce_bound(loss, num_candidates=candidates)
         return StepOutput(loss=loss, embeddings=z1.detach(), metrics={"infonce_bound": bound})
@@ -59,7 +59,8 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         paper=PAPER,
         views="simclr",
         objective="nt_xent",
-        description="two augmented views, MLP projector, NT-Xent over 2N-2 in-batch negatives",
+        description="two augmented views, MLP projector, NT-Xent: each of the 2N projections "
+        "of a batch of N images against its positive and the other 2N-2 as negatives",
         # LARS at 0.3 x batch/256 with weight decay 1e-6 and a 10-epoch warm-up (sec. B.1).
         optim={"name": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10},
     ))

@@ -7,12 +7,15 @@ https://arxiv.org/abs/2011.10566
 Defaults follow the paper's CIFAR-10 setting (appendix D): a 2-layer projection MLP with
 2048-d hidden and output layers and BN on its output, a predictor with a 512-d bottleneck,
 SGD with momentum 0.9, cosine decay, no warm-up, at solo-learn's CIFAR rate (see the
-spec below).
+spec below). Views: the ``simclr`` policy with crop scale (0.2, 1), as the reference
+code's main_simsiam.py (``RandomResizedCrop(scale=(0.2, 1.))``, then SimCLR's colour
+jitter, grayscale and blur; the policy drops blur at <= 32 px).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import torch.nn.functional as F
@@ -79,6 +82,11 @@ class SimSiam(Method):
         return 0.5 * distance(p1, z2) + 0.5 * distance(p2, z1)
 
 
+def view_options(_config: SimSiamConfig) -> dict[str, Any]:
+    """Options for the ``simclr`` policy: main_simsiam.py's crop scale (0.2, 1)."""
+    return {"crop_scale": (0.2, 1.0)}
+
+
 @hookimpl
 def register_methods(register: Callable[[MethodSpec], None]) -> None:
     register(MethodSpec(
@@ -87,6 +95,7 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         config_class=SimSiamConfig,
         paper=PAPER,
         views="simclr",
+        view_options=view_options,
         objective="negative_cosine",
         description="predictor regresses the other view's projection under a stop-gradient; "
         "no negatives, no momentum encoder",

@@ -7,14 +7,16 @@ Features by Contrasting Cluster Assignments." NeurIPS 2020.
 https://arxiv.org/abs/2006.09882
 
 Defaults: the paper's loss settings (temperature 0.1, epsilon 0.05, 3 Sinkhorn rounds,
-sec. 4 and appendix A.1) and its 2 + 6 multi-crop with crop scales (0.14, 1) and
-(0.05, 0.14) (sec. 4.1); the small-image head of solo-learn's and lightly's CIFAR-10
+sec. 4 and appendix A.1) and its 2 + 6 multi-crop (the ``swav-multicrop`` policy,
+:class:`sslreg.views.policies.SwAVOptions`: the reference code's src/multicropdataset.py
+and main_swav.py defaults, crop scales (0.14, 1) and (0.05, 0.14), the same colour
+distortion of strength 1 and blur on every crop, no blur at <= 32 px); the small-image
+head of solo-learn's and lightly's CIFAR-10
 settings (2048-d hidden, 128-d output); 3000 prototypes as both the paper (ImageNet) and
 solo-learn's CIFAR-10 config (``scripts/pretrain/cifar/swav.yaml``) use; prototypes frozen
-for the first epoch (the reference code freezes them for one ImageNet epoch: 313
-iterations at batch 4096, 5005 at batch 256); no queue (the reference code's default
-``queue_length=0``, right for small datasets; its batch-256 script adds a 3840-long queue
-from epoch 15: ``--set method.queue_length=3840``).
+for the first 1/400 of the run's steps (``FREEZE_FRACTION``); no queue (the reference
+code's default ``queue_length=0``, right for small datasets; its batch-256 script adds a
+3840-long queue from epoch 15: ``--set method.queue_length=3840``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ PAPER = "Caron et al. 2020, Unsupervised Learning of Visual Features by Contrast
 # The two global crops get codes (the reference code's crops_for_assign = [0, 1]).
 GLOBAL_CROPS = 2
 
+# The reference code freezes the prototypes for ``freeze_prototypes_niters`` iterations,
+# one epoch in each of its scripts: 5005 of 400 x 5005 in the batch-256 400-epoch script
+# (the recipe of ``optim`` below), 313 of 100-800 x 313 in the batch-4096 ones. As a share
+# of the run that is 1/400 to 1/800; the default is the batch-256 script's 1/400.
+FREEZE_FRACTION = 1 / 400
+
 
 def _count(upper: int | None = None) -> list[Any]:
     """Validators of a count >= 0 (and <= ``upper``)."""
@@ -53,8 +61,9 @@ class SwAVConfig:
 
     ``queue_length`` > 0 keeps that many past global-crop projections per global crop;
     once full they join the batch the codes are computed over (never the predictions),
-    from epoch ``queue_start_epoch`` on. ``freeze_prototypes_epochs`` keeps every
-    gradient off the prototypes for that many epochs.
+    from epoch ``queue_start_epoch`` on. ``freeze_prototypes_fraction`` keeps every
+    gradient off the prototypes for that share of the run's steps (epochs x steps per
+    epoch), rounded to the nearest step: 0 never freezes them, 1 always does.
     """
 
     temperature: float = field(default=0.1, converter=float, validator=gt(0))
@@ -63,17 +72,16 @@ class SwAVConfig:
     proj_hidden_dim: int = field(default=2048, validator=[instance_of(int), ge(1)])
     proj_dim: int = field(default=128, validator=[instance_of(int), ge(1)])
     num_prototypes: int = field(default=3000, validator=[instance_of(int), ge(2)])
-    freeze_prototypes_epochs: int = field(default=1, validator=_count())
+    freeze_prototypes_fraction: float = field(default=FREEZE_FRACTION, converter=float,
+                                              validator=[ge(0), le(1)])
     queue_length: int = field(default=0, validator=_count())
     queue_start_epoch: int = field(default=15, validator=_count())
     num_local: int = field(default=6, validator=_count(32))
 
 
 def view_options(config: SwAVConfig) -> dict[str, Any]:
-    """SwAV's multi-crop (sec. 4.1): global crops of scale (0.14, 1), local crops of
-    scale (0.05, 0.14)."""
-    return {"crop_scale": (0.14, 1.0), "local_scale": (0.05, 0.14),
-            "num_local": config.num_local}
+    """The number of local crops; the ``swav-multicrop`` policy's defaults are SwAV's."""
+    return {"num_local": config.num_local}
 
 
 class SwAV(Method):
@@ -103,8 +111,13 @@ class SwAV(Method):
         self.register_load_state_dict_post_hook(_sync_counters)
 
     @property
+    def freeze_steps(self) -> int:
+        """How many steps from the start the prototypes stay frozen."""
+        return round(self.config.freeze_prototypes_fraction * self.context.total_steps)
+
+    @property
     def prototypes_frozen(self) -> bool:
-        return self._steps < self.config.freeze_prototypes_epochs * self.context.steps_per_epoch
+        return self._steps < self.freeze_steps
 
     @property
     def queue_started(self) -> bool:
@@ -206,7 +219,7 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         factory=SwAV,
         config_class=SwAVConfig,
         paper=PAPER,
-        views="multicrop",
+        views="swav-multicrop",
         objective="swav",
         description="multi-crop; every crop predicts the global crops' Sinkhorn-Knopp codes "
         "over learnable prototypes",

@@ -60,13 +60,13 @@ def test_registered_with_paper_defaults():
     registry = load_registry()
     spec = registry.methods.get("swav")
     assert spec.plugin == "swav"
-    assert (spec.views, spec.objective) == ("multicrop", "swav")
+    assert (spec.views, spec.objective) == ("swav-multicrop", "swav")
     config = spec.config_class()
     assert (config.temperature, config.epsilon, config.sinkhorn_iterations) == (0.1, 0.05, 3)
     assert (config.proj_hidden_dim, config.proj_dim, config.num_prototypes) == (2048, 128, 3000)
-    assert (config.freeze_prototypes_epochs, config.queue_length, config.num_local) == (1, 0, 6)
-    assert spec.view_options(config) == {"crop_scale": (0.14, 1.0), "local_scale": (0.05, 0.14),
-                                         "num_local": 6}
+    assert (config.freeze_prototypes_fraction, config.queue_length, config.num_local) == (
+        1 / 400, 0, 6)
+    assert spec.view_options(config) == {"num_local": 6}
     assert spec.optim == {"name": "lars", "lr": 0.6, "weight_decay": 1e-6, "warmup_epochs": 0}
     objective = registry.objectives.get("swav")
     assert objective.plugin == "swav" and objective.factory is SwAVLoss
@@ -264,8 +264,9 @@ def test_scores_stay_float32_under_bf16_autocast():
     assert torch.isfinite(loss)
 
 
-def test_prototypes_frozen_for_the_first_epoch():
-    method = _method(steps_per_epoch=3)
+def test_prototypes_frozen_for_their_share_of_the_run():
+    method = _method(steps_per_epoch=3, freeze_prototypes_fraction=0.5)  # 3 of 6 steps
+    assert method.freeze_steps == 3
     method.train()
     views = _views(method)
     for step in range(5):
@@ -280,12 +281,30 @@ def test_prototypes_frozen_for_the_first_epoch():
     assert method.step_count == 5
 
 
+def test_freeze_steps_scale_with_the_run():
+    method = _method()
+    # The batch-256 reference script: 400 epochs of 5005 steps, the first 5005 frozen.
+    method.setup(RunContext(epochs=400, steps_per_epoch=5005))
+    assert method.freeze_steps == 5005
+    method.setup(RunContext(epochs=2, steps_per_epoch=23))  # 46 steps: 0.115 rounds to 0
+    assert method.freeze_steps == 0 and not method.prototypes_frozen
+    method = _method(freeze_prototypes_fraction=0.05)
+    method.setup(RunContext(epochs=10, steps_per_epoch=100))
+    assert method.freeze_steps == 50
+    method = _method(freeze_prototypes_fraction=1)
+    assert method.freeze_steps == 8  # _method's run: 2 epochs of 4 steps
+    for _ in range(8):
+        assert method.prototypes_frozen
+        method.on_step_end(0.5)
+    assert not method.prototypes_frozen  # the run is over
+
+
 def test_step_counter_survives_state_dict():
-    first = _method(steps_per_epoch=3)
+    first = _method(steps_per_epoch=3, freeze_prototypes_fraction=0.5)
     for _ in range(3):
         first.on_step_end(0.5)
     assert not first.prototypes_frozen
-    second = _method(steps_per_epoch=3)
+    second = _method(steps_per_epoch=3, freeze_prototypes_fraction=0.5)
     assert second.prototypes_frozen
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
@@ -350,7 +369,8 @@ def test_overrides_are_validated():
                                                 "method.num_prototypes=500"])
     assert (config.method_config.queue_length, config.method_config.num_prototypes) == (3840, 500)
     for bad in ("temperature=0", "epsilon=-1", "num_prototypes=1", "queue_length=-5",
-                "num_local=33", "freeze_prototypes_epochs=soon", "sinkhorn_iterations=0"):
+                "num_local=33", "freeze_prototypes_fraction=soon",
+                "freeze_prototypes_fraction=1.5", "sinkhorn_iterations=0"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             RunConfig.build(registry, "swav", [f"method.{bad}"])
     with pytest.raises(ValueError):

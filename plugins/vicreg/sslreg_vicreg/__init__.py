@@ -9,6 +9,10 @@ The paper's ImageNet expander is 8192-8192-8192 (three linear layers, BN and ReL
 the first two). For small images the defaults follow the CIFAR-10 settings of solo-learn
 (``scripts/pretrain/cifar/vicreg.yaml``: ``proj_hidden_dim`` = ``proj_output_dim`` = 2048)
 and lightly (``BarlowTwinsProjectionHead(512, 2048, 2048)`` in its VICReg example).
+
+Views: the ``byol`` policy, as the paper uses BYOL's augmentations, with no blur at
+<= 32 px as in solo-learn's CIFAR ``vicreg.yaml``; see
+:class:`sslreg.views.policies.BYOLOptions`.
 """
 
 from __future__ import annotations
@@ -82,7 +86,8 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         factory=VICReg,
         config_class=VICRegConfig,
         paper=PAPER,
-        # The paper uses BYOL's asymmetric augmentations (appendix C.1).
+        # The paper uses BYOL's asymmetric augmentations (appendix C.1); the policy drops
+        # blur at <= 32 px, as solo-learn's CIFAR vicreg.yaml.
         views="byol",
         objective="vicreg",
         description="invariance (MSE) + variance hinge + covariance penalty on an "
