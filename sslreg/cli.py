@@ -181,7 +181,7 @@ def leaderboard(suite: str, out: str, fmt: str, plot_dir: str | None,
     if not Path(out).is_dir():
         raise SslregError(f"runs folder {out} does not exist; pass --out to the folder "
                           "`sslreg bench` wrote to")
-    name, reference = _suite_reference(suite)
+    name, reference, trials = _suite_reference(suite)
     frame = leaderboard_frame(out, name)
     folder = Path(output).parent if output else None
     with tempfile.TemporaryDirectory(prefix="sslreg-figures-") as scratch:
@@ -189,7 +189,7 @@ def leaderboard(suite: str, out: str, fmt: str, plot_dir: str | None,
         figures = _figures(frame, plot_dir or (scratch if fmt == "html" else None))
         command = " ".join(["sslreg", *sys.argv[1:]])
         text = document(frame, fmt, f"{name}: leaderboard", reference, figures, folder,
-                        command)
+                        command, trials)
     if output:
         write_text(Path(output), text + "\n")
         click.echo(f"wrote {output}", err=True)
@@ -197,15 +197,53 @@ def leaderboard(suite: str, out: str, fmt: str, plot_dir: str | None,
         click.echo(text)
 
 
-def _suite_reference(suite: str) -> tuple[str, Any]:
-    """The suite's name in the index and its reference table, when SUITE is a built-in
-    suite or a TOML file; any other name is looked up in the index as it is."""
+@cli.command()
+@click.argument("suite", default="quick")
+@click.option("--out", default="runs/tuning", show_default=True,
+              type=click.Path(file_okay=False), help="Where the trial runs go.")
+@click.option("--write", "write_file", type=click.Path(dir_okay=False),
+              help="Write the chosen settings (a tuned-settings TOML a suite's budget names "
+              "with tuned = ...) to this file.")
+@click.option("--table", "table_file", type=click.Path(dir_okay=False),
+              help="Also write the trials table (Markdown) to this file.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def tune(suite: str, out: str, write_file: str | None, table_file: str | None,
+         quiet: bool) -> None:
+    """Give every method of SUITE the same learning-rate trials (1, 4 and 16 times its
+    default, seed 0, the suite's budget), choose on the validation split, print the
+    trials and the chosen settings."""
+    from sslreg.bench import load_suite
+    from sslreg.bench.tune import trials_table, tune as run_tuning, tuned_toml
+
+    loaded = load_suite(suite)
+    frame = run_tuning(loaded, _registry(), Path(out), progress=not quiet)
+    command = " ".join(["sslreg", *sys.argv[1:]])
+    table = trials_table(frame)
+    click.echo(table)
+    settings = tuned_toml(frame, loaded, command)
+    click.echo(settings)
+    if write_file:
+        write_text(Path(write_file), settings)
+        click.echo(f"wrote {write_file}", err=True)
+    if table_file:
+        write_text(Path(table_file), f"## {loaded.name}: tuning trials\n\n{table}\n\n"
+                   f"Made by `{command}`.\n")
+        click.echo(f"wrote {table_file}", err=True)
+
+
+def _suite_reference(suite: str) -> tuple[str, Any, dict[str, int] | None]:
+    """The suite's name in the index, its reference table and the tuning trials of
+    this machine's budget, when SUITE is a built-in suite or a TOML file; any other
+    name is looked up in the index as it is."""
+    import torch
+
     from sslreg.bench.suite import builtin_suites, load_suite
 
     if suite in builtin_suites() or suite.endswith(".toml"):
         loaded = load_suite(suite)
-        return loaded.name, loaded.reference
-    return suite, None
+        budget = loaded.budget(torch.cuda.is_available())
+        return loaded.name, loaded.reference, budget.tuned_settings.trials
+    return suite, None, None
 
 
 def _figures(frame: Any, folder: str | None) -> list[Path]:

@@ -83,3 +83,37 @@ def test_vit_takes_smaller_crops_and_refuses_off_grid_sizes():
     assert net(torch.rand(2, 1, 12, 12)).shape == (2, 32)  # a multi-crop local view
     with pytest.raises(ValueError, match="multiple of the patch size 4"):
         net(torch.rand(2, 1, 30, 30))
+
+
+# Pixels off the rows and columns (0, 1, 15, 16, 17) that a zero-init-residual ResNet's
+# stride-2 shortcuts sample: a fresh backbone that sees the whole image answers them.
+INTERIOR = [(r, c) for r in (3, 6, 9, 12, 20, 23, 26) for c in (3, 6, 9, 12, 20, 23, 26)]
+
+
+def blind_pixels(net: torch.nn.Module, pixels: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The pixels whose change leaves the eval-mode features of a fixed image unchanged."""
+    torch.manual_seed(1)
+    image = torch.rand(1, 1, 28, 28)
+    batch = image.repeat(len(pixels) + 1, 1, 1, 1)
+    for row, (r, c) in enumerate(pixels, 1):
+        batch[row, 0, r, c] += 1.0
+    with torch.no_grad():
+        features = net.eval()(batch)
+    changed = (features[1:] - features[:1]).abs().amax(dim=1) > 1e-6
+    return [p for p, moved in zip(pixels, changed.tolist(), strict=True) if not moved]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet18-narrow", "vit-tiny", "vit-mini"])
+def test_a_fresh_backbone_in_eval_mode_answers_interior_pixels(registry, name):
+    torch.manual_seed(0)
+    net = registry.backbones.create(name, in_channels=1, image_size=28)
+    assert blind_pixels(net, INTERIOR) == []
+
+
+def test_zero_init_residual_reads_only_the_shortcut_pixels():
+    """The degenerate floor the default avoids: every residual branch outputs 0."""
+    torch.manual_seed(0)
+    net = ResNet18(1, width=16, stem_stride=2, zero_init_residual=True)
+    assert blind_pixels(net, INTERIOR) == INTERIOR
+    every = [(r, c) for r in range(28) for c in range(28)]
+    assert len(every) - len(blind_pixels(net, every)) == 25  # rows/cols 0, 1, 15, 16, 17

@@ -6,6 +6,7 @@ from sslreg_simclr import SimCLR, SimCLRConfig
 from sslreg import MethodSpec, SslregError, hookimpl, load_registry, testing
 from sslreg.bench.runner import backbone_for, run_suite
 from sslreg.bench.suite import Budget, parse_suite
+from sslreg.errors import ConfigError
 
 SUITE = """
 name = "tiny"
@@ -273,3 +274,47 @@ def test_every_builtin_suite_parses_and_names_registered_methods():
             assert any(sweep.matches(m) for m in names), (name, sweep)
         if suite.reference:  # a misspelt method would never meet its published number
             assert set(suite.reference.results) <= names, name
+
+
+def test_tune_gives_every_method_the_same_trials_and_chooses_on_validation(tmp_path):
+    from sslreg.bench.suite import parse_tuned
+    from sslreg.bench.tune import tune, tuned_toml
+
+    suite = parse_suite(SUITE.replace('["simclr", "vit-simclr"]', '["simclr", "byol"]'))
+    frame = tune(suite, load_registry(), tmp_path, multipliers=(1.0, 4.0), progress=False)
+    # Two trials each, at 1x and 4x the method's own default rate, seed 0.
+    assert sorted(frame["method"]) == ["byol", "byol", "simclr", "simclr"]
+    assert sorted(frame.loc[frame["method"] == "simclr", "rate"]) == [0.3, 1.2]
+    assert set(frame["seed"]) == {0} and frame["chosen"].sum() == 2
+    # The choice is the best mean of validation linear and kNN20 accuracy.
+    for _, trials in frame.groupby("method"):
+        score = (trials["val_linear_acc"] + trials["val_knn20_acc"]) / 2
+        assert trials.loc[score.idxmax(), "chosen"]
+    import tomllib
+
+    written = parse_tuned(tomllib.loads(tuned_toml(frame, suite, "sslreg tune tiny",
+                                                   (1.0, 4.0))))
+    assert written.trials == {"byol": 2, "simclr": 2}
+    chosen = frame[frame["chosen"]].set_index("method")["rate"]
+    assert written.sets["simclr"] == (f"optim.lr={chosen['simclr']:g}",)
+
+
+def test_a_suite_reads_its_tuned_settings_and_the_leaderboard_counts_trials(tmp_path):
+    from sslreg.bench.leaderboard import leaderboard_frame, summary
+    from sslreg.bench.suite import suite_sets
+
+    tuned = tmp_path / "tuned.toml"
+    tuned.write_text('[method.simclr]\nset = ["optim.lr=1.2"]\ntrials = 3\n')
+    text = SUITE.replace('["simclr", "vit-simclr"]', '["simclr"]').replace(
+        '[budget.cpu]\n', f'[budget.cpu]\ntuned = "{tuned}"\n')
+    suite = parse_suite(text)
+    assert "optim.lr=1.2" in suite_sets(suite, suite.cpu, "simclr", 0)
+    run_suite(suite, load_registry(), tmp_path / "runs", progress=False)
+    table = summary(leaderboard_frame(tmp_path / "runs", "tiny"), None,
+                    suite.cpu.tuned_settings.trials).set_index("method")
+    assert table.loc["simclr", "trials"] == "3" and table.loc["(random init)", "trials"] == "-"
+    with pytest.raises(ConfigError, match="unknown tuned settings 'nope'"):
+        parse_suite(SUITE.replace("[budget.cpu]\n", '[budget.cpu]\ntuned = "nope"\n'))
+    tuned.write_text('[method.simclr]\nset = ["optim.lr=1.2"]\n')
+    with pytest.raises(ConfigError, match="trials >= 1"):
+        parse_suite(text)

@@ -371,3 +371,27 @@ def test_registry_lists_the_seven_datasets(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.delenv("SSLREG_DATA")
     with pytest.raises(DataError, match="pass --data-root PATH or set \\$SSLREG_DATA"):
         load_dataset(registry, "stl10", "test")
+
+
+def test_validation_split_is_stratified_disjoint_and_fixed():
+    from sslreg.data import synthetic
+
+    data = synthetic.generate(1000, seed=0)
+    rest, held = data.split(0.1, seed=0)
+    assert len(rest) + len(held) == len(data)
+    counts = torch.bincount(data.labels, minlength=10)
+    assert torch.equal(torch.bincount(held.labels, minlength=10), torch.round(counts * 0.1).long())
+    # Disjoint: no image of the held part is in the rest (compared as whole images).
+    flat = {bytes(image.numpy()) for image in rest.images}
+    assert not any(bytes(image.numpy()) in flat for image in held.images)
+    again, held_again = data.split(0.1, seed=0)
+    assert torch.equal(held.images, held_again.images) and torch.equal(rest.images, again.images)
+    other = data.split(0.1, seed=1)[1]
+    assert not torch.equal(held.images, other.images)
+
+
+def test_a_split_that_leaves_one_side_empty_is_refused():
+    from sslreg.data import synthetic
+
+    with pytest.raises(DataError, match="leaves one side empty"):
+        synthetic.generate(5, seed=0).split(0.01, seed=0)

@@ -50,16 +50,21 @@ def leaderboard_frame(out: Path | str, suite: str) -> pd.DataFrame:
     return pd.DataFrame([_run_record(row, suite) for row in rows])
 
 
-def summary(frame: pd.DataFrame, reference: Reference | None = None) -> pd.DataFrame:
+def summary(frame: pd.DataFrame, reference: Reference | None = None,
+            trials: dict[str, int] | None = None) -> pd.DataFrame:
     """Mean (± std over seeds) per method, variant and backbone: the self-supervised
     methods best first (by linear accuracy), then the ceiling, then the floors; with the
-    seeds counted, the published numbers beside ours where ``reference`` has them, and
-    the status of any run that did not finish."""
+    seeds counted, the tuning trials each method had (``trials``, from the suite's
+    tuned-settings file), the published numbers beside ours where ``reference`` has
+    them, and the status of any run that did not finish."""
     frame = one_raw_pixels_row(frame.assign(
         variant=frame.get("variant", pd.Series("", index=frame.index)).fillna("")))
     grouped = frame.groupby(["method", "variant", "backbone"], sort=False)
     table = pd.DataFrame(index=grouped.size().index)
     table["seeds"] = grouped["seed"].nunique()
+    if trials:
+        methods = table.index.get_level_values("method")
+        table["trials"] = [str(trials[m]) if m in trials else "-" for m in methods]
     for column, title in ACCURACIES.items():
         if column in frame and frame[column].notna().any():
             table[title] = grouped[column].agg(mean_std(column))
@@ -108,11 +113,11 @@ def row_label(method: str, variant: str) -> str:
 
 def document(frame: pd.DataFrame, fmt: str, title: str, reference: Reference | None,
              figures: list[Path], folder: Path | None = None,
-             command: str | None = None) -> str:
+             command: str | None = None, trials: dict[str, int] | None = None) -> str:
     """The leaderboard as a page: a heading, the table, where the reference numbers come
     from, and the figures (Markdown links relative to ``folder``, the page's own folder;
     the HTML page carries the PNGs inside it). CSV and LaTeX are the bare table."""
-    table = render(frame, fmt, reference)
+    table = render(frame, fmt, reference, trials)
     if fmt in ("csv", "latex"):
         return table
     source = f"Reference: {reference.source}" if reference else ""
@@ -148,10 +153,11 @@ def _add_reference(table: pd.DataFrame, grouped: Any, reference: Reference) -> N
                             published, strict=True)]
 
 
-def render(frame: pd.DataFrame, fmt: str, reference: Reference | None = None) -> str:
+def render(frame: pd.DataFrame, fmt: str, reference: Reference | None = None,
+           trials: dict[str, int] | None = None) -> str:
     if fmt not in FORMATS:
         raise SslregError(f"unknown format '{fmt}'; choose from: {', '.join(FORMATS)}")
-    table = summary(frame, reference)
+    table = summary(frame, reference, trials)
     if fmt == "md":
         return table.to_markdown(index=False, disable_numparse=True)
     if fmt == "csv":
@@ -165,6 +171,7 @@ def _run_record(row: dict[str, Any], suite: str) -> dict[str, Any]:
     return {"method": row["method"], "variant": row["suites"][suite], "run": row["run"],
             "backbone": row["backbone"], "seed": row["seed"],
             "status": row["status"], **row["metrics"], "curve": row["curve"],
+            **{f"val_{key}": value for key, value in row["val_metrics"].items()},
             **{column: row[column] for column in COSTS},
             **{column: row[column] for column in PROVENANCE}}
 

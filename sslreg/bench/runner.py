@@ -129,7 +129,8 @@ def render_table(frame: pd.DataFrame, suite: Suite) -> str:
     as Markdown under a heading."""
     header = (f"## {suite.name}: {suite.dataset}, seeds "
               f"{', '.join(map(str, suite.seeds))}\n\n")
-    table = summary(frame, suite.reference)
+    trials = suite.budget(torch.cuda.is_available()).tuned_settings.trials
+    table = summary(frame, suite.reference, trials)
     return header + table.to_markdown(index=False, disable_numparse=True)
 
 

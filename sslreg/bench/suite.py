@@ -101,17 +101,35 @@ class Reference:
 
 
 @attrs.frozen(kw_only=True)
+class Tuned:
+    """The settings ``sslreg tune`` chose for each method on the validation split, and
+    how many trials each method had (the same number for every method)."""
+
+    sets: dict[str, tuple[str, ...]] = field(factory=dict)
+    trials: dict[str, int] = field(factory=dict)
+
+
+def _tuned_name(_: Any, __: Any, value: str | None) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"'tuned' must name a tuned-settings file, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
 class Budget:
     """What one device kind runs: the backbone and ``--set`` overrides for every run.
 
-    ``vit_backbone`` serves the methods that only take a ViT (e.g. MAE); ``method``
-    holds per-method overrides for this budget only (``[budget.cpu.method.NAME]``)."""
+    ``vit_backbone`` serves the methods that only take a ViT (e.g. MAE); ``tuned``
+    names the file of per-method settings ``sslreg tune`` chose for this budget (a
+    built-in name or a .toml path); ``method`` holds per-method overrides for this
+    budget only (``[budget.cpu.method.NAME]``), applied after the tuned ones."""
 
     backbone: str = field(validator=instance_of(str))
     vit_backbone: str | None = field(default=None,
                                      validator=attrs.validators.optional(instance_of(str)))
     set: tuple[str, ...] = field(default=(), converter=_string_list, validator=_strings)
+    tuned: str | None = field(default=None, validator=_tuned_name)
     method: dict[str, tuple[str, ...]] = field(factory=dict, converter=_method_sets)
+    tuned_settings: Tuned = field(factory=Tuned)
 
 
 @attrs.frozen(kw_only=True)
@@ -165,14 +183,55 @@ def parse_suite(text: str, default_name: str = "suite") -> Suite:
         method_set = _method_sets(data.pop("method", {}))
         sweeps = _sweeps(data.pop("sweep", []))
         reference = data.pop("reference", None)
-        return Suite(name=data.pop("name", default_name), cpu=Budget(**budgets["cpu"]),
-                     gpu=Budget(**budgets["gpu"]), method_set=method_set, sweep=sweeps,
+        return Suite(name=data.pop("name", default_name), cpu=_budget(budgets["cpu"]),
+                     gpu=_budget(budgets["gpu"]), method_set=method_set, sweep=sweeps,
                      reference=None if reference is None else _reference(reference), **data)
     except KeyError as error:
         raise ConfigError(f"suite {default_name} lacks {error}; it needs [budget.cpu] and "
                           "[budget.gpu] tables") from None
     except (TypeError, ValueError) as error:
         raise ConfigError(f"suite {default_name} is invalid: {_reason(error)}") from None
+
+
+def _budget(table: dict[str, Any]) -> Budget:
+    if "tuned_settings" in table:
+        raise TypeError("Budget got an unexpected keyword argument tuned_settings")
+    budget = Budget(**table)
+    if budget.tuned is None:
+        return budget
+    return attrs.evolve(budget, tuned_settings=load_tuned(budget.tuned))
+
+
+def builtin_tuned() -> list[str]:
+    folder = resources.files("sslreg.bench") / "tuned"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_tuned(name_or_path: str) -> Tuned:
+    """The settings file ``sslreg tune`` wrote: a path, or a built-in name."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise ValueError(f"tuned-settings file {path} does not exist")
+        text = path.read_text()
+    elif name_or_path in builtin_tuned():
+        text = (resources.files("sslreg.bench") / "tuned" / f"{name_or_path}.toml").read_text()
+    else:
+        raise ValueError(f"unknown tuned settings '{name_or_path}'; choose from: "
+                         f"{', '.join(builtin_tuned()) or 'none'}, or pass a .toml file")
+    return parse_tuned(tomllib.loads(text))
+
+
+def parse_tuned(data: dict[str, Any]) -> Tuned:
+    """``[method.NAME]`` tables with ``set = [...]`` and ``trials = N``."""
+    tables = data.get("method", {})
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise ValueError("a tuned-settings file needs [method.NAME] tables")
+    trials = {name: table.get("trials") for name, table in tables.items()}
+    if not all(isinstance(t, int) and t >= 1 for t in trials.values()):
+        raise ValueError(f"each [method.NAME] of a tuned-settings file needs trials >= 1, "
+                         f"got {trials}")
+    return Tuned(sets=_method_sets(tables), trials=trials)
 
 
 def _sweeps(tables: Any) -> tuple[Sweep, ...]:
@@ -216,7 +275,8 @@ def _reason(error: Exception) -> str:
 
 def suite_sets(suite: Suite, budget: Budget, method: str, seed: int,
                variant: tuple[str, ...] = ()) -> list[str]:
-    return [*budget.set, *suite.method_set.get(method, ()), *budget.method.get(method, ()),
+    return [*budget.set, *suite.method_set.get(method, ()),
+            *budget.tuned_settings.sets.get(method, ()), *budget.method.get(method, ()),
             *variant, f"train.seed={seed}"]
 
 

@@ -1,19 +1,10 @@
 """Barlow Twins' tests; the loss itself is checked on hand-computable inputs in the
-core's tests/test_objectives.py.
-
-The learning test runs ``sslreg.testing.LEARNING_BUDGET``. Measured on the 2-core CPU
-(``benchmarks/learning_margin.py --method barlow_twins --seeds 0 1 2``): kNN20
-0.745 / 0.629 / 0.721 (linear 0.755 / 0.689 / 0.742), random init 0.482 / 0.480 /
-0.458 (linear 0.513 / 0.518 / 0.513). Seeds spread widely at this budget; the smallest
-kNN20 gap was 0.149, and MARGIN is 0.10.
-"""
+core's tests/test_objectives.py."""
 
 import pytest
 import torch
 
 from sslreg import ConfigError, RunConfig, load_registry, testing
-
-MARGIN = 0.10
 
 
 def test_conformance():
@@ -58,10 +49,3 @@ def test_overrides_are_validated():
         RunConfig.build(registry, "barlow_twins", ["method.lambda_offdiag=-1"])
     with pytest.raises(ConfigError, match="proj_dim"):
         RunConfig.build(registry, "barlow_twins", ["method.proj_dim=0"])
-
-
-def test_barlow_twins_learns_on_fashion_mnist(tmp_path):
-    trained, random_init, warnings = testing.learning_run("barlow_twins", tmp_path)
-    assert trained["knn20_acc"] > random_init["knn20_acc"] + MARGIN, (trained, random_init)
-    assert trained["linear_acc"] > random_init["linear_acc"] + MARGIN, (trained, random_init)
-    assert not warnings, warnings

@@ -273,35 +273,3 @@ def test_overrides_are_validated():
         RunConfig.build(registry, "clip", ["method.learn_temperature=maybe"])
     with pytest.raises(ValueError):
         attrs.evolve(CLIPConfig(), context_length=2)
-
-
-# --- learning ----------------------------------------------------------------------------
-
-MARGIN = 0.15
-ZERO_SHOT_MARGIN = 0.30  # over chance (0.1 on ten classes)
-
-
-def test_clip_learns_on_fashion_mnist(tmp_path):
-    """Measured with benchmarks/learning_margin.py --method clip --seeds 0 1 2
-    --set optim.warmup_epochs=1 (lr 5e-3):
-
-        seed 0: clip kNN20 0.7110 linear 0.7500 | random init kNN20 0.4820 linear 0.5125
-        seed 1: clip kNN20 0.7070 linear 0.7580 | random init kNN20 0.4800 linear 0.5180
-        seed 2: clip kNN20 0.7420 linear 0.7565 | random init kNN20 0.4580 linear 0.5130
-        clip: kNN20 mean 0.7200 std 0.0192; random init: kNN20 mean 0.4733 std 0.0133
-
-    zero_shot_acc 0.5725, 0.6120, 0.6460 (chance 0.1). No monitor warnings. The gaps
-    (kNN20 >= 0.225, linear >= 0.237, zero-shot >= 0.47 over chance) are over ten seed
-    stds above the asserted margins. The run keeps the paper's warm-up (1 epoch here):
-    the learning budget's default of none lets the text tower send every caption to one
-    point in its first steps (kNN20 0.57 at lr 3e-3 without warm-up, 0.69 with). The
-    labels reach the model through the captions, so these margins are not comparable
-    with the self-supervised methods'.
-    """
-    trained, random_init, warnings = testing.learning_run(
-        "clip", tmp_path, ("optim.warmup_epochs=1",))
-    assert trained["knn20_acc"] > random_init["knn20_acc"] + MARGIN, (trained, random_init)
-    assert trained["linear_acc"] > random_init["linear_acc"] + MARGIN, (trained, random_init)
-    # Written to result.json by the engine's evaluation.
-    assert trained["zero_shot_acc"] > 0.1 + ZERO_SHOT_MARGIN, trained
-    assert not warnings, warnings

@@ -1,33 +1,6 @@
 """DINO plugin tests: conformance on a convnet and a ViT, the loss against hand-worked
 numbers and a plain loop, centering, the teacher-temperature schedule, the frozen
-prototypes, attention pictures, config validation, and learning on Fashion-MNIST.
-
-The learning test runs LEARNING_BUDGET (46 steps, resnet18-narrow) with two overrides:
-
-* ``optim.lr=4.8``: the default is the paper's ResNet-50 rate, LARS at 0.3 x batch/256,
-  meant for 100 epochs; with LARS's trust ratio 1e-3 each layer moves by 0.03% of its
-  norm per step (before momentum), too little in 46 steps (kNN20 0.526 vs 0.495 for
-  random init on a quick 3000/1000 evaluation). 4.8 is the peak rate that paper run
-  reached (0.3 x 4080/256).
-* ``method.num_local=2``: two local crops instead of six keep the test near 70 s on one
-  CPU thread; six learn too, a little less at this budget (below).
-
-Measured with ``benchmarks/learning_margin.py --method dino --seeds 0 1 2 --set
-optim.lr=4.8 --set method.num_local=2`` (1 CPU thread, shared 2-core machine)::
-
-    seed 0: dino kNN20 0.7110 linear 0.7570 | random init kNN20 0.4820 linear 0.5125
-    seed 1: dino kNN20 0.6960 linear 0.7810 | random init kNN20 0.4800 linear 0.5180
-    seed 2: dino kNN20 0.7115 linear 0.7590 | random init kNN20 0.4580 linear 0.5130
-    dino: kNN20 mean 0.7062 std 0.0088; random init: kNN20 mean 0.4733 std 0.0133
-
-The smallest gains are 0.216 (kNN20) and 0.244 (linear), so MARGIN 0.15 leaves about four
-standard deviations of seed noise. With six local crops (the default) the same seeds give
-kNN20 0.6875 / 0.6555 / 0.7045 (0.6825 +- 0.0249), linear 0.750 / 0.732 / 0.743.
-AdamW (the paper's ViT recipe), SGD 0.03 and AdamW with a warm-up all stayed within 0.03
-of random init at this budget: the teacher's targets stay nearly uniform, and the
-student's bottleneck collapses within a few steps. On vit-mini (two local crops, seed 0)
-nothing tried learns in 46 steps: kNN20 0.608 (AdamW 5e-4, weight decay 0.04), 0.610
-(the same with a 1-epoch warm-up), 0.440 (LARS 4.8) against 0.642 for random init.
+prototypes, attention pictures, and config validation.
 """
 
 import copy
@@ -41,9 +14,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from sslreg import ConfigError, RunConfig, RunContext, load_registry, testing
 from sslreg.engine import pretrain
-
-MARGIN = 0.15
-LEARNING_OVERRIDES = ("optim.lr=4.8", "method.num_local=2")
 
 
 def _method(backbone: str = "resnet18-narrow", **options) -> DINO:
@@ -397,12 +367,3 @@ def test_overrides_are_validated():
                 "evaluate_teacher=maybe"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             RunConfig.build(registry, "dino", [f"method.{bad}"])
-
-
-# --- learning -------------------------------------------------------------------------
-
-def test_dino_learns_on_fashion_mnist(tmp_path):
-    trained, random_init, warnings = testing.learning_run("dino", tmp_path, LEARNING_OVERRIDES)
-    assert trained["knn20_acc"] > random_init["knn20_acc"] + MARGIN, (trained, random_init)
-    assert trained["linear_acc"] > random_init["linear_acc"] + MARGIN, (trained, random_init)
-    assert not warnings, warnings  # the collapse monitors stay healthy

@@ -1,8 +1,4 @@
-"""MAE plugin tests.
-
-The learning test's margin is set from ``benchmarks/learning_margin.py`` (see
-``test_mae_learns_on_fashion_mnist``).
-"""
+"""MAE plugin tests: conformance, patchify and masking, the loss, the decoder and config."""
 
 import math
 
@@ -206,48 +202,3 @@ def test_overrides_apply():
     assert config.method_config.mask_ratio == 0.5
     assert config.method_config.norm_pix_loss is False
     assert math.isclose(config.optim.betas[1], 0.95)
-
-
-# --- learning ----------------------------------------------------------------------------
-
-KNN_MARGIN = 0.04
-LINEAR_TOLERANCE = 0.02
-# 4 epochs of 64-image batches (372 steps) at a peak lr of 1.5e-3 per step, with 1 warm-up
-# epoch: see the test's docstring for why MAE needs more steps than LEARNING_BUDGET gives.
-LEARNING_OVERRIDES = ("train.epochs=4", "train.batch_size=64", "optim.lr=6e-3",
-                      "optim.warmup_epochs=1")
-
-
-def test_mae_learns_on_fashion_mnist(tmp_path):
-    """Measured with benchmarks/learning_margin.py --method mae --seeds 0 1 2 --set
-    train.epochs=4 --set train.batch_size=64 --set optim.lr=6e-3 --set
-    optim.warmup_epochs=1:
-
-        seed 0: mae kNN20 0.7095 linear 0.7945 | random init kNN20 0.6415 linear 0.7870
-        seed 1: mae kNN20 0.7115 linear 0.7940 | random init kNN20 0.6235 linear 0.7920
-        seed 2: mae kNN20 0.7160 linear 0.7910 | random init kNN20 0.6245 linear 0.7765
-        mae: kNN20 mean 0.7123 std 0.0033; random init: kNN20 mean 0.6298 std 0.0101
-
-    No monitor warnings. kNN20 gains 0.068-0.092 (the margin 0.04 is about three floor
-    stds under the smallest). The linear probe gains only 0.002-0.015, within seed noise:
-    the random ViT's [CLS] floor is already near raw pixels (0.83) and MAE's features are
-    known to be weak under linear probing (He et al. 2022, sec. 4.3) and to keep gaining
-    from long schedules (sec. 4.1), so the linear check only asserts that the pooled
-    features lose nothing against the floor.
-
-    Why the overrides: at LEARNING_BUDGET (46 steps at batch 256) MAE does not learn. With
-    the normalised-pixel target the decoder first predicts each position's mean patch and
-    ignores the encoder (after 92 steps the loss is unchanged when the latents are shuffled
-    across the batch); only after about 200 steps at a 1.5e-3 step size does it read the
-    visible patches. Seed 0 at LEARNING_BUDGET: lr 1.5e-4 (the paper's) kNN20 0.609, lr
-    1.5e-3 0.616 (2 monitor warnings), lr 5e-3 0.502 (1 warning), floor 0.6415. With the
-    overrides but 3 epochs: 0.685, linear 0.781; 2 epochs at batch 32 (375 steps, lr
-    1.2e-2): 0.671. Smaller batches give more steps for the same images. Without the
-    warm-up (the paper's, cut to 1 epoch) the pooled embeddings bunch up in the first
-    steps: kNN20 0.689, linear 0.779 and 2 warnings (embedding std x sqrt(D) 0.09).
-    """
-    trained, random_init, warnings = testing.learning_run("mae", tmp_path, LEARNING_OVERRIDES)
-    assert trained["knn20_acc"] > random_init["knn20_acc"] + KNN_MARGIN, (trained, random_init)
-    assert trained["linear_acc"] > random_init["linear_acc"] - LINEAR_TOLERANCE, \
-        (trained, random_init)
-    assert not warnings, warnings  # the collapse monitors stay healthy

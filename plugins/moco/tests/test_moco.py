@@ -1,11 +1,4 @@
-"""MoCo's tests.
-
-The learning test runs ``sslreg.testing.LEARNING_BUDGET``. Measured on the 2-core CPU
-(``benchmarks/learning_margin.py --method moco --seeds 0 1 2``): MoCo v2 kNN20
-0.663 +- 0.010 (linear 0.729 / 0.727 / 0.728), random init 0.473 +- 0.013 (linear
-0.513 / 0.518 / 0.513). MARGIN 0.10 is over seven seed deviations, about half the gap.
-These were measured before Shuffle BN became v2's default (to be re-measured).
-"""
+"""MoCo's tests."""
 
 import math
 
@@ -19,7 +12,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from sslreg import ConfigError, RunConfig, load_registry, testing
 from sslreg.nn.split_bn import SplitBatchNorm, convert_split_batchnorm, split_count
 
-MARGIN = 0.10
 
 
 def _method(**options) -> MoCo:
@@ -233,10 +225,3 @@ def test_overrides_are_validated():
         RunConfig.build(registry, "moco", ["method.bn_splits=0"])
     config = RunConfig.build(registry, "moco", ["method.shuffle_bn=false"]).method_config
     assert not config.uses_shuffle_bn
-
-
-def test_moco_learns_on_fashion_mnist(tmp_path):
-    trained, random_init, warnings = testing.learning_run("moco", tmp_path)
-    assert trained["knn20_acc"] > random_init["knn20_acc"] + MARGIN, (trained, random_init)
-    assert trained["linear_acc"] > random_init["linear_acc"] + MARGIN, (trained, random_init)
-    assert not warnings, warnings

@@ -1,10 +1,4 @@
-"""RotNet's tests.
-
-The learning test runs ``sslreg.testing.LEARNING_BUDGET``. Measured on the 2-core CPU
-(``benchmarks/learning_margin.py --method rotnet --seeds 0 1 2``): RotNet kNN20
-0.625 +- 0.020 (linear 0.730 / 0.697 / 0.717), random init 0.473 +- 0.013 (linear
-0.513 / 0.518 / 0.513). The smallest per-seed kNN20 gap was 0.13; MARGIN is 0.10.
-"""
+"""RotNet's tests."""
 
 import math
 
@@ -13,8 +7,6 @@ import torch
 from sslreg_rotnet import RotationLoss, RotationViews
 
 from sslreg import ConfigError, RunConfig, load_registry, testing
-
-MARGIN = 0.10
 
 
 def test_conformance():
@@ -69,10 +61,3 @@ def test_training_step_labels_each_rotation():
 def test_overrides_are_validated():
     with pytest.raises(ConfigError, match="head_hidden_dim"):
         RunConfig.build(load_registry(), "rotnet", ["method.head_hidden_dim=0"])
-
-
-def test_rotnet_learns_on_fashion_mnist(tmp_path):
-    trained, random_init, warnings = testing.learning_run("rotnet", tmp_path)
-    assert trained["knn20_acc"] > random_init["knn20_acc"] + MARGIN, (trained, random_init)
-    assert trained["linear_acc"] > random_init["linear_acc"] + MARGIN, (trained, random_init)
-    assert not warnings, warnings

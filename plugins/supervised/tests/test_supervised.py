@@ -1,4 +1,4 @@
-"""The supervised ceiling: conformance, its loss, and that it learns far above random."""
+"""The supervised ceiling: conformance and its loss."""
 
 import pytest
 import torch
@@ -28,12 +28,3 @@ def test_loss_is_cross_entropy_of_the_linear_classifier():
     torch.testing.assert_close(output.loss, F.cross_entropy(logits, labels))
     with pytest.raises(ValueError, match="labels"):
         method.training_step(views)
-
-
-def test_supervised_ceiling_learns_on_fashion_mnist(tmp_path):
-    trained, random_init, warnings = testing.learning_run("supervised", tmp_path)
-    # With the labels, 2 short epochs lift kNN20 far above random init (measured, seed
-    # 0: 0.787 vs 0.482; linear 0.800 vs 0.513).
-    assert trained["knn20_acc"] > random_init["knn20_acc"] + 0.2, (trained, random_init)
-    assert trained["linear_acc"] > random_init["linear_acc"] + 0.2, (trained, random_init)
-    assert not warnings, warnings

@@ -1,20 +1,4 @@
-"""SwAV plugin tests.
-
-The learning test runs LEARNING_BUDGET (46 steps) with ``optim.lr=4.8``: at the default
-LARS rate of 0.6 (the paper's batch-256 setting, meant for 400 epochs) the trust ratio
-1e-3 lets each layer move by only 0.06% of its norm per step, too little in 46 steps.
-4.8 is the paper's ImageNet peak rate (batch 4096). Measured with
-``benchmarks/learning_margin.py --method swav --seeds 0 1 2 --set optim.lr=4.8``
-(resnet18-narrow, 6 local crops, 1 CPU thread):
-
-    seed 0: swav kNN20 0.7015 linear 0.7650 | random init kNN20 0.4820 linear 0.5125
-    seed 1: swav kNN20 0.6980 linear 0.7530 | random init kNN20 0.4800 linear 0.5180
-    seed 2: swav kNN20 0.6935 linear 0.7600 | random init kNN20 0.4580 linear 0.5130
-    swav: kNN20 mean 0.6977 std 0.0040; random init: kNN20 mean 0.4733 std 0.0133
-
-With the default lr 0.6 the same seeds give kNN20 0.6050 +- 0.0282 (min 0.581): it learns,
-but too slowly for a safe margin at this budget. Training runs at about 130 images/s.
-"""
+"""SwAV plugin tests."""
 
 import io
 import math
@@ -26,11 +10,6 @@ import torch.nn.functional as F
 from sslreg_swav import SwAV, SwAVConfig, SwAVLoss, cosine_scores, sinkhorn, view_options
 
 from sslreg import ConfigError, RunConfig, RunContext, load_registry, testing
-
-# The smallest gain over random init was 0.212 (kNN20) and 0.235 (linear), seed noise about
-# 0.014: 0.15 leaves room for both.
-MARGIN = 0.15
-LEARNING_OVERRIDES = ("optim.lr=4.8",)
 
 
 def _method(steps_per_epoch: int = 4, **options) -> SwAV:
@@ -375,13 +354,3 @@ def test_overrides_are_validated():
             RunConfig.build(registry, "swav", [f"method.{bad}"])
     with pytest.raises(ValueError):
         attrs.evolve(SwAVConfig(), proj_dim=0)
-
-
-# Learning on real data
-
-
-def test_swav_learns_on_fashion_mnist(tmp_path):
-    trained, random_init, warnings = testing.learning_run("swav", tmp_path, LEARNING_OVERRIDES)
-    assert trained["knn20_acc"] > random_init["knn20_acc"] + MARGIN, (trained, random_init)
-    assert trained["linear_acc"] > random_init["linear_acc"] + MARGIN, (trained, random_init)
-    assert not warnings, warnings  # the collapse monitors stay healthy

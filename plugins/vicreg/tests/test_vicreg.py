@@ -1,19 +1,11 @@
 """VICReg's tests; the loss itself is checked on hand-computable inputs in the core's
-tests/test_objectives.py.
-
-The learning test runs ``sslreg.testing.LEARNING_BUDGET``. Measured on the 2-core CPU
-(``benchmarks/learning_margin.py --method vicreg --seeds 0 1 2``): kNN20
-0.710 +- 0.012 (linear 0.729 / 0.718 / 0.747), random init 0.473 +- 0.013 (linear
-0.513 / 0.518 / 0.513). MARGIN 0.10 is under every per-seed gap (smallest 0.217).
-"""
+tests/test_objectives.py."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from sslreg import ConfigError, RunConfig, load_registry, testing
-
-MARGIN = 0.10
 
 
 def test_conformance():
@@ -61,13 +53,6 @@ def test_overrides_are_validated():
         RunConfig.build(registry, "vicreg", ["method.std_coeff=-1"])
     with pytest.raises(ConfigError, match="cov_coeff"):
         RunConfig.build(registry, "vicreg", ["method.cov_coeff=nan"])
-
-
-def test_vicreg_learns_on_fashion_mnist(tmp_path):
-    trained, random_init, warnings = testing.learning_run("vicreg", tmp_path)
-    assert trained["knn20_acc"] > random_init["knn20_acc"] + MARGIN, (trained, random_init)
-    assert trained["linear_acc"] > random_init["linear_acc"] + MARGIN, (trained, random_init)
-    assert not warnings, warnings
 
 
 def test_invariance_alone_collapses_and_the_monitors_flag_it(tmp_path):
