@@ -169,8 +169,10 @@ def bench(suite: str, out: str, quiet: bool, table_file: str | None) -> None:
               help="Also write the PNG figures to this folder (linked from Markdown).")
 @click.option("--output", "output", type=click.Path(dir_okay=False),
               help="Write the leaderboard to this file instead of printing it.")
+@click.option("--split", default="test", show_default=True,
+              help="test (tables) or val (the validation split that choices read).")
 def leaderboard(suite: str, out: str, fmt: str, plot_dir: str | None,
-                output: str | None) -> None:
+                output: str | None, split: str) -> None:
     """Render SUITE's leaderboard from the run index: mean ± std over seeds per method,
     cost columns, the ceiling and the floors, and published numbers where the suite
     quotes them."""
@@ -182,14 +184,16 @@ def leaderboard(suite: str, out: str, fmt: str, plot_dir: str | None,
         raise SslregError(f"runs folder {out} does not exist; pass --out to the folder "
                           "`sslreg bench` wrote to")
     name, reference, trials = _suite_reference(suite)
-    frame = leaderboard_frame(out, name)
+    frame = leaderboard_frame(out, name, split)
     folder = Path(output).parent if output else None
     with tempfile.TemporaryDirectory(prefix="sslreg-figures-") as scratch:
         # The HTML page embeds the figures, so it draws them even without --plot.
         figures = _figures(frame, plot_dir or (scratch if fmt == "html" else None))
         command = " ".join(["sslreg", *sys.argv[1:]])
-        text = document(frame, fmt, f"{name}: leaderboard", reference, figures, folder,
-                        command, trials)
+        title = f"{name}: leaderboard" + (" (validation split)" if split == "val" else "")
+        # Published numbers are test accuracies: they sit beside the test split only.
+        text = document(frame, fmt, title, reference if split == "test" else None, figures,
+                        folder, command, trials)
     if output:
         write_text(Path(output), text + "\n")
         click.echo(f"wrote {output}", err=True)

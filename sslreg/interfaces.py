@@ -86,14 +86,14 @@ class Method(nn.Module, abc.ABC):
 
     @torch.no_grad()
     def extra_evaluation(self, images: Tensor, labels: Tensor) -> dict[str, float]:
-        """Method-specific test metrics (e.g. zero-shot accuracy) on the whole normalised
-        test split (batch it as needed); merged into ``result.json`` beside the linear
-        probe and kNN."""
+        """Method-specific metrics (e.g. zero-shot accuracy) on one whole normalised
+        scored split (batch it as needed), called for the validation and the test split;
+        merged into ``result.json`` beside the linear probe and kNN of that split."""
         return {}
 
     @torch.no_grad()
     def visualize(self, images: Tensor) -> dict[str, Tensor]:
-        """Pictures for TensorBoard from a few fixed normalised test images, logged
+        """Pictures for TensorBoard from a few fixed normalised validation images, logged
         once per epoch: ``{tag: (N, C, H, W) floats in [0, 1]}``."""
         return {}
 

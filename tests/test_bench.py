@@ -77,9 +77,14 @@ def test_builtin_quick_suite_parses():
     from sslreg.bench.suite import load_suite
 
     suite = load_suite("quick")
-    assert suite.methods == ("*",)
-    assert "optim.lr=4.8" in suite.cpu.method["swav"]
-    assert "swav" not in suite.gpu.method
+    assert suite.methods == ("*",) and suite.cpu.tuned == "quick-cpu"
+    # Every registered method had the same number of trials, and nothing is hand-set.
+    tuned = suite.cpu.tuned_settings
+    assert set(tuned.trials) == set(load_registry().methods.names())
+    assert len(set(tuned.trials.values())) == 1
+    assert all(len(sets) == 1 and sets[0].startswith("optim.lr=")
+               for sets in tuned.sets.values())
+    assert not suite.cpu.method and not suite.gpu.method
 
 
 class BrokenMethodPlugin:

@@ -41,13 +41,20 @@ def provenance(frame: pd.DataFrame, command: str | None = None) -> str:
     return line + (f" Rendered by `{command}`." if command else "")
 
 
-def leaderboard_frame(out: Path | str, suite: str) -> pd.DataFrame:
-    """One row per recorded run of ``suite``, its floors among them (status ``floor``)."""
+SPLITS = ("test", "val")
+
+
+def leaderboard_frame(out: Path | str, suite: str, split: str = "test") -> pd.DataFrame:
+    """One row per recorded run of ``suite``, its floors among them (status ``floor``),
+    with the accuracies of ``split``: ``test`` for tables, ``val`` for choosing (the
+    other split's accuracies are kept as ``val_*`` columns when ``split`` is test)."""
+    if split not in SPLITS:
+        raise SslregError(f"unknown split '{split}'; choose from: {', '.join(SPLITS)}")
     rows = [r for r in open_index(out).rows() if suite in r["suites"]]
     if not rows:
         raise SslregError(f"no runs of suite '{suite}' are recorded under {out}; run "
                           f"`sslreg bench {suite} --out {out}` first")
-    return pd.DataFrame([_run_record(row, suite) for row in rows])
+    return pd.DataFrame([_run_record(row, suite, split) for row in rows])
 
 
 def summary(frame: pd.DataFrame, reference: Reference | None = None,
@@ -167,10 +174,11 @@ def render(frame: pd.DataFrame, fmt: str, reference: Reference | None = None,
     return table.to_html(index=False, border=0)
 
 
-def _run_record(row: dict[str, Any], suite: str) -> dict[str, Any]:
+def _run_record(row: dict[str, Any], suite: str, split: str) -> dict[str, Any]:
+    metrics = row["metrics"] if split == "test" else row["val_metrics"]
     return {"method": row["method"], "variant": row["suites"][suite], "run": row["run"],
             "backbone": row["backbone"], "seed": row["seed"],
-            "status": row["status"], **row["metrics"], "curve": row["curve"],
+            "status": row["status"], **metrics, "curve": row["curve"],
             **{f"val_{key}": value for key, value in row["val_metrics"].items()},
             **{column: row[column] for column in COSTS},
             **{column: row[column] for column in PROVENANCE}}

@@ -3,7 +3,8 @@
 Each method's learning rate is tried at the same multiples of its own default
 (``MULTIPLIERS``, so SGD, LARS and AdamW rates are treated alike); every trial is an
 ordinary run of the suite's budget (its own directory, digest and resume), and the
-rate with the best validation score is kept. The test split is never read.
+rate with the best validation score is kept. The choice reads validation scores only
+(each trial, being an ordinary run, also records its test scores; nothing reads them).
 """
 
 from __future__ import annotations

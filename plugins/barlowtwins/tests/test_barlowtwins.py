@@ -7,10 +7,6 @@ import torch
 from sslreg import ConfigError, RunConfig, load_registry, testing
 
 
-def test_conformance():
-    testing.check_method("barlow_twins")
-
-
 def test_registered_with_paper_defaults():
     spec = load_registry().methods.get("barlow_twins")
     assert spec.plugin == "barlowtwins"

@@ -22,10 +22,6 @@ def _method(class_names=testing.CLASS_NAMES, seed: int = 0, **options) -> CLIP:
     return method
 
 
-def test_conformance():
-    testing.check_method("clip")
-
-
 def test_conformance_with_a_vit():
     testing.check_method("clip", backbone="vit-mini")
 

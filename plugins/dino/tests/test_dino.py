@@ -21,10 +21,6 @@ def _method(backbone: str = "resnet18-narrow", **options) -> DINO:
     return DINO(DINOConfig(**options), net)
 
 
-def test_conformance():
-    testing.check_method("dino")
-
-
 def test_conformance_on_a_vit():
     testing.check_method("dino", backbone="vit-mini")
 

@@ -24,10 +24,6 @@ def _method(**options) -> MAE:
     return MAE(MAEConfig(**options), net)
 
 
-def test_conformance():
-    testing.check_method("mae")  # ViT only: testing picks vit-mini
-
-
 def test_registered_with_paper_defaults():
     registry = load_registry()
     spec = registry.methods.get("mae")

@@ -19,10 +19,6 @@ def _method(**options) -> MoCo:
     return MoCo(MoCoConfig(**options), net)
 
 
-def test_conformance():
-    testing.check_method("moco")
-
-
 def test_conformance_v3():
     registry = load_registry()
     config = RunConfig.build(registry, "moco", ["method.version=3"])

@@ -9,10 +9,6 @@ from sslreg_rotnet import RotationLoss, RotationViews
 from sslreg import ConfigError, RunConfig, load_registry, testing
 
 
-def test_conformance():
-    testing.check_method("rotnet")
-
-
 def test_registered_with_its_own_views_and_objective():
     registry = load_registry()
     spec = registry.methods.get("rotnet")

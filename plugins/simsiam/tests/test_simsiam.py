@@ -12,10 +12,6 @@ def _method(**options) -> SimSiam:
     return SimSiam(SimSiamConfig(**options), net)
 
 
-def test_conformance():
-    testing.check_method("simsiam")
-
-
 def test_registered_with_paper_defaults():
     spec = load_registry().methods.get("simsiam")
     assert spec.plugin == "simsiam"

@@ -7,10 +7,6 @@ import torch.nn.functional as F
 from sslreg import load_registry, testing
 
 
-def test_conformance():
-    testing.check_method("supervised")
-
-
 def test_registered_as_a_labelled_ceiling():
     spec = load_registry().methods.get("supervised")
     assert spec.plugin == "supervised" and spec.factory.uses_labels

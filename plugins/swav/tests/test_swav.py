@@ -27,10 +27,6 @@ def _views(method: SwAV, seed: int = 0) -> list[torch.Tensor]:
 # Conformance and registration
 
 
-def test_conformance():
-    testing.check_method("swav")
-
-
 def test_conformance_vit():
     testing.check_method("swav", backbone="vit-mini")
 
