@@ -154,23 +154,35 @@ class Suite:
 
 
 def builtin_suites() -> list[str]:
-    folder = resources.files("sslreg.bench") / "suites"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+    return _builtin("suites")
+
+
+def _builtin(folder: str) -> list[str]:
+    files = resources.files("sslreg.bench") / folder
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+
+
+def _toml_text(name_or_path: str, folder: str, kind: str) -> str:
+    """A TOML file's text from a path, or from a built-in ``folder`` by name; ``kind``
+    names the file in errors (raised as ``ValueError``)."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ValueError(f"{kind} file {path} does not exist")
+        return path.read_text()
+    if name_or_path in _builtin(folder):
+        return (resources.files("sslreg.bench") / folder / f"{name_or_path}.toml").read_text()
+    raise ValueError(f"unknown {kind} '{name_or_path}'; choose from: "
+                     f"{', '.join(_builtin(folder)) or 'none'}, or pass a .toml file")
 
 
 def load_suite(name_or_path: str) -> Suite:
     """A suite from a TOML file path, or one of the built-in suites by name."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"suite file {path} does not exist")
-        text = path.read_text()
-    elif name_or_path in builtin_suites():
-        text = (resources.files("sslreg.bench") / "suites" / f"{name_or_path}.toml").read_text()
-    else:
-        raise ConfigError(f"unknown suite '{name_or_path}'; choose from: "
-                          f"{', '.join(builtin_suites())}, or pass a .toml file")
-    return parse_suite(text, default_name=path.stem)
+    try:
+        text = _toml_text(name_or_path, "suites", "suite")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return parse_suite(text, default_name=Path(name_or_path).stem)
 
 
 def parse_suite(text: str, default_name: str = "suite") -> Suite:
@@ -202,24 +214,9 @@ def _budget(table: dict[str, Any]) -> Budget:
     return attrs.evolve(budget, tuned_settings=load_tuned(budget.tuned))
 
 
-def builtin_tuned() -> list[str]:
-    folder = resources.files("sslreg.bench") / "tuned"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
-
-
 def load_tuned(name_or_path: str) -> Tuned:
     """The settings file ``sslreg tune`` wrote: a path, or a built-in name."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml":
-        if not path.is_file():
-            raise ValueError(f"tuned-settings file {path} does not exist")
-        text = path.read_text()
-    elif name_or_path in builtin_tuned():
-        text = (resources.files("sslreg.bench") / "tuned" / f"{name_or_path}.toml").read_text()
-    else:
-        raise ValueError(f"unknown tuned settings '{name_or_path}'; choose from: "
-                         f"{', '.join(builtin_tuned()) or 'none'}, or pass a .toml file")
-    return parse_tuned(tomllib.loads(text))
+    return parse_tuned(tomllib.loads(_toml_text(name_or_path, "tuned", "tuned settings")))
 
 
 def parse_tuned(data: dict[str, Any]) -> Tuned:
