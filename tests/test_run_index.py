@@ -173,3 +173,20 @@ def test_leaderboard_command_and_its_errors(tmp_path):
     assert bad.exit_code != 0 and "md, csv, latex, html" in bad.output
     unknown = runner.invoke(cli, ["leaderboard", "nosuch", "--out", str(tmp_path)])
     assert unknown.exit_code != 0 and "no runs of suite 'nosuch'" in unknown.output
+
+
+def test_leaderboard_of_the_validation_split_and_a_bad_split(tmp_path):
+    _suite_fixture(tmp_path)
+    run = RunDir(tmp_path / "s0")
+    result = run.read_json(run.result)
+    write_json(run.result, {**result, "val_metrics": {"knn20_acc": 0.31, "linear_acc": 0.32}})
+    runner = CliRunner()
+    val = runner.invoke(cli, ["leaderboard", "tiny", "--out", str(tmp_path), "--split", "val",
+                              "--format", "csv"])
+    assert val.exit_code == 0, val.output
+    simclr = next(line for line in val.output.splitlines() if line.startswith("simclr,"))
+    assert "32.0" in simclr and "65.0" not in simclr  # seed 0's validation linear only
+    test = runner.invoke(cli, ["leaderboard", "tiny", "--out", str(tmp_path), "--format", "csv"])
+    assert "65.0 ± 7.1" in test.output
+    bad = runner.invoke(cli, ["leaderboard", "tiny", "--out", str(tmp_path), "--split", "dev"])
+    assert bad.exit_code != 0 and "unknown split 'dev'; choose from: test, val" in bad.output
