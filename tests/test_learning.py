@@ -95,6 +95,11 @@ class ShuffledPlugin:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "at 46 steps SimCLR with shuffled positives scores validation linear 75.7 / kNN20 "
+    "72.2, as high as SimCLR itself (76.3 / 71.9) over the floor's 73.4 / 68.5: at this "
+    "budget a gain over the random-init floor is not yet evidence of contrastive "
+    "learning"))
 def test_simclr_with_positives_shuffled_across_the_batch_stays_near_the_floor(tmp_path):
     from sslreg.bench.suite import load_suite
 
