@@ -16,6 +16,11 @@ spread:
   0 is: that is seed-0 evidence, within the seed spread, not a ranking.
 * ``BELOW_FLOOR`` methods did not clear the floor on both metrics at seed 0; their test
   is a strict expected failure, so the day one of them learns at this budget, it says so.
+
+Of the two negative controls, SimSiam without its stop-gradient collapses as it should;
+SimCLR with shuffled positives does not stay at the floor (it matches SimCLR), a
+strict expected failure that says this budget cannot yet tell contrastive learning
+from whatever any training run gains over a fresh network.
 """
 
 from __future__ import annotations
