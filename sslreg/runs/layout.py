@@ -4,9 +4,13 @@
         config.json     the resolved RunConfig
         checkpoint.pt   the last completed epoch (written atomically)
         train.json      status, epochs done, wall time, images/s, device
-        result.json     final evaluation metrics (``sslreg eval``)
+        result.json     final metrics: ``metrics`` (test split), ``val_metrics``
         features.pt     cached frozen features of the final checkpoint
         tb/             TensorBoard events
+
+A floor (raw pixels, random init) is a directory of the same kind,
+``<out>/floor-<kind>-<dataset>-<backbone>-seed<N>-<digest>/``, with ``floor.json``
+saying which floor and what it is keyed by, and no checkpoint.
 """
 
 from __future__ import annotations
