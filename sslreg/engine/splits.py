@@ -43,9 +43,15 @@ def load_run_data(config: RunConfig, registry: Any) -> RunData:
     """The run's splits; decoded files are kept for the process (they never change)."""
     loader = registry.datasets.get(config.dataset).loader
     key = (loader, config.dataset, config.data_root or None)
-    full = _load(*key, "train")
-    train, val = full.split(config.eval.val_fraction, seed=VAL_SEED)
+    train, val = _train_val(*key, config.eval.val_fraction)
     return RunData(train=train, val=val, test=_load(*key, "test"), stats=_train_stats(*key))
+
+
+@functools.lru_cache(maxsize=8)
+def _train_val(loader: Any, dataset: str, root: str | None,
+               fraction: float) -> tuple[ImageDataset, ImageDataset]:
+    # A run asks for its splits several times (trainer, evaluation, floors): draw once.
+    return _load(loader, dataset, root, "train").split(fraction, seed=VAL_SEED)
 
 
 @functools.lru_cache(maxsize=8)
