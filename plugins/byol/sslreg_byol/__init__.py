@@ -53,14 +53,15 @@ class BYOL(Method):
         self.momentum = config.base_momentum
 
     def training_step(self, views: list[Tensor]) -> StepOutput:
-        x = torch.cat(views[:2])
-        z = self.projector(self.backbone(x))  # (2N, proj_dim)
-        p1, p2 = self.predictor(z).chunk(2)
+        # One pass per view, as the paper's code does: each view's batch norm statistics
+        # come from that view's batch alone, in the online and the target network.
+        z1, z2 = (self.projector(self.backbone(view)) for view in views[:2])  # (N, proj_dim)
+        p1, p2 = self.predictor(z1), self.predictor(z2)
         with torch.no_grad():
-            t1, t2 = self.target_projector(self.target_backbone(x)).chunk(2)
+            t1, t2 = (self.target_projector(self.target_backbone(view)) for view in views[:2])
         # p1 predicts the target of view 2 and p2 that of view 1 (symmetrised loss).
         loss = 4 + 2 * (self.criterion(p1, t2) + self.criterion(p2, t1))
-        return StepOutput(loss=loss, embeddings=z[: len(p1)].detach(),
+        return StepOutput(loss=loss, embeddings=z1.detach(),
                           metrics={"ema_momentum": torch.tensor(self.momentum)})
 
     def on_step_end(self, progress: float) -> None:

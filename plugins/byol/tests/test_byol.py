@@ -49,12 +49,22 @@ def test_loss_is_symmetrised_normalised_mse():
     method.train()
     views = policy(testing.tiny_images(), torch.Generator().manual_seed(0))
     loss = method.training_step(views).loss
-    x = torch.cat(views)
-    p1, p2 = method.predictor(method.projector(method.backbone(x))).chunk(2)
-    t1, t2 = method.target_projector(method.target_backbone(x)).chunk(2)
+    p1, p2 = (method.predictor(method.projector(method.backbone(v))) for v in views)
+    t1, t2 = (method.target_projector(method.target_backbone(v)) for v in views)
 
     def nmse(p, z):
         return (torch.nn.functional.normalize(p, dim=1)
                 - torch.nn.functional.normalize(z, dim=1)).pow(2).sum(1).mean()
 
     torch.testing.assert_close(loss, nmse(p1, t2) + nmse(p2, t1))
+
+
+def test_each_view_is_normalised_by_its_own_batch():
+    """One pass per view, as the paper's code does: view 1's embeddings do not depend on
+    the images of view 2 (they would if BN pooled both views' statistics)."""
+    method, policy = testing.build("byol")
+    method.train()
+    view1, view2 = policy(testing.tiny_images(), torch.Generator().manual_seed(0))
+    first = method.training_step([view1, view2]).embeddings
+    second = method.training_step([view1, torch.rand_like(view2) * 5]).embeddings
+    torch.testing.assert_close(first, second)

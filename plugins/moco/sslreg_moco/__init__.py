@@ -224,11 +224,9 @@ class MoCo(Method):
         return StepOutput(loss=loss, embeddings=q.detach(), metrics={"infonce_bound": bound})
 
     def _v3_step(self, view1: Tensor, view2: Tensor) -> StepOutput:
-        # One pass for both views, so BN normalises over all 2N images; v3's code passes
-        # each view separately (BN over one view's images, synchronised across GPUs).
-        q1, q2 = self.predictor(self.projector(self.backbone(torch.cat([view1, view2])))
-                                ).chunk(2)
-        k1, k2 = self.keys(torch.cat([view1, view2])).chunk(2)
+        # One pass per view, as v3's code does: BN normalises over one view's images.
+        q1, q2 = (self.predictor(self.projector(self.backbone(v))) for v in (view1, view2))
+        k1, k2 = self.keys(view1), self.keys(view2)
         one_way = self.criterion(q1, k2) + self.criterion(q2, k1)
         loss = 2 * self.config.temperature * one_way  # v3's loss scaling (its algorithm 1)
         bound = infonce_bound(one_way / 2, num_candidates=len(q1) * distributed.world_size())

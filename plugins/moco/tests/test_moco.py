@@ -97,14 +97,25 @@ def test_v3_loss_is_symmetric_in_batch_and_scaled_by_two_t():
     method.train()
     views = [torch.randn(6, 1, 28, 28), torch.randn(6, 1, 28, 28)]
     loss = method.training_step(views).loss
-    q1, q2 = method.predictor(method.projector(method.backbone(torch.cat(views)))).chunk(2)
-    k1, k2 = method.key_projector(method.key_backbone(torch.cat(views))).chunk(2)
+    q1, q2 = (method.predictor(method.projector(method.backbone(v))) for v in views)
+    k1, k2 = (method.key_projector(method.key_backbone(v)) for v in views)
 
     def ctr(q, k):
         logits = F.normalize(q, dim=1) @ F.normalize(k, dim=1).T / 0.2
         return F.cross_entropy(logits, torch.arange(len(q))) * 2 * 0.2
 
     torch.testing.assert_close(loss, ctr(q1, k2) + ctr(q2, k1), rtol=1e-4, atol=1e-5)
+
+
+def test_v3_normalises_each_view_by_its_own_batch():
+    """One pass per view, as v3's code does: the queries of view 1 do not depend on the
+    images of view 2."""
+    method = _method(version=3, proj_hidden_dim=32, proj_dim=16)
+    method.train()
+    view1, view2 = torch.randn(6, 1, 28, 28), torch.randn(6, 1, 28, 28)
+    first = method.training_step([view1, view2]).embeddings
+    second = method.training_step([view1, view2 * 5 + 1]).embeddings
+    torch.testing.assert_close(first, second)
 
 
 def test_v3_heads_follow_the_backbone_family():
