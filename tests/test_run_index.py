@@ -130,6 +130,11 @@ def test_leaderboard_in_every_format_from_a_fixture_index(tmp_path):
     assert table.loc["simclr", "seeds"] == 2 and table.loc["byol", "kNN k=20"] == "50.0"
     assert table.loc["(raw pixels)", "linear"] == "85.0"
     assert table.loc["(random init)", "status"] == "ok"
+    # Over the random-init floor of the same backbone and seed (kNN 25, linear 35): seed
+    # 1 has no floor, so simclr's gap is seed 0's alone; floors have no gap.
+    assert table.loc["simclr", "kNN20 − floor"] == "+35.0"
+    assert table.loc["byol", "linear − floor"] == "+25.0"
+    assert table.loc["(random init)", "kNN20 − floor"] == "-"
     assert "99" not in table.to_string()
     outputs = {fmt: render(frame, fmt) for fmt in FORMATS}
     assert "| simclr" in outputs["md"] and "65.0 ± 7.1" in outputs["md"]
@@ -190,3 +195,16 @@ def test_leaderboard_of_the_validation_split_and_a_bad_split(tmp_path):
     assert "65.0 ± 7.1" in test.output
     bad = runner.invoke(cli, ["leaderboard", "tiny", "--out", str(tmp_path), "--split", "dev"])
     assert bad.exit_code != 0 and "unknown split 'dev'; choose from: test, val" in bad.output
+
+
+def test_gap_over_the_floor_pairs_each_seed_with_its_own_floor(tmp_path):
+    from sslreg.bench.leaderboard import summary
+
+    _suite_fixture(tmp_path)
+    floor = fake_run(tmp_path, "floor-random init-1", seed=1, knn=0.45)
+    write_json(floor.path / FLOOR_FILE, {"floor": "random init", "backbone": "tiny", "seed": 1})
+    add_suite(floor, "tiny")
+    rows = summary(leaderboard_frame(tmp_path, "tiny")).set_index("method")
+    # simclr kNN 60 and 70 over floors 25 (seed 0) and 45 (seed 1): gaps 35 and 25.
+    assert rows.loc["simclr", "kNN20 − floor"] == "+30.0 ± 7.1"
+    assert rows.loc["byol", "kNN20 − floor"] == "+25.0"

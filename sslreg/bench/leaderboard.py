@@ -19,6 +19,8 @@ FORMATS = ("md", "csv", "latex", "html")
 # self-supervised methods and before the floors.
 CEILINGS = ("supervised",)
 ACCURACIES = {"linear_acc": "linear", "knn20_acc": "kNN k=20", "knn200_acc": "kNN k=200"}
+# Each run minus the random-init floor of its backbone and seed, in points.
+FLOOR_GAPS = {"linear_acc": "linear − floor", "knn20_acc": "kNN20 − floor"}
 COSTS = {"wall_time_s": "train s", "images_per_s": "img/s", "peak_memory_mb": "peak MB",
          "mfu": "MFU %"}
 
@@ -63,7 +65,9 @@ def summary(frame: pd.DataFrame, reference: Reference | None = None,
     methods best first (by linear accuracy), then the ceiling, then the floors; with the
     seeds counted, the tuning trials each method had (``trials``, from the suite's
     tuned-settings file), the published numbers beside ours where ``reference`` has
-    them, and the status of any run that did not finish."""
+    them, each method's gap over the random-init floor (mean ± std of the per-seed
+    differences, in points; a gap within its std is no evidence of learning), and the
+    status of any run that did not finish."""
     frame = one_raw_pixels_row(frame.assign(
         variant=frame.get("variant", pd.Series("", index=frame.index)).fillna("")))
     grouped = frame.groupby(["method", "variant", "backbone"], sort=False)
@@ -77,6 +81,11 @@ def summary(frame: pd.DataFrame, reference: Reference | None = None,
             table[title] = grouped[column].agg(mean_std(column))
     if reference is not None:
         _add_reference(table, grouped, reference)
+    for column, title in FLOOR_GAPS.items():
+        gaps = gaps_over_floor(frame, column)
+        if gaps.notna().any():
+            table[title] = gaps.groupby([frame["method"], frame["variant"],
+                                         frame["backbone"]], sort=False).agg(signed_mean_std)
     for column, title in COSTS.items():
         if column in frame and frame[column].notna().any():
             table[title] = grouped[column].agg(mean_std(column))
@@ -88,6 +97,30 @@ def summary(frame: pd.DataFrame, reference: Reference | None = None,
     table["method"] = [row_label(m, v) for m, v in zip(table["method"], table["variant"],
                                                      strict=True)]
     return table.drop(columns="variant").reset_index(drop=True)
+
+
+def gaps_over_floor(frame: pd.DataFrame, column: str) -> pd.Series:
+    """Per run, ``column`` minus that of the random-init floor with the same backbone
+    and seed (NaN for floors, and where no single such floor is recorded)."""
+    if column not in frame:
+        return pd.Series(float("nan"), index=frame.index)
+    floors = frame[frame["method"] == "(random init)"]
+    counts = floors.groupby(["backbone", "seed"])[column].count()
+    means = floors.groupby(["backbone", "seed"])[column].mean()
+    keys = list(zip(frame["backbone"], frame["seed"], strict=True))
+    floor = [means[k] if counts.get(k, 0) == 1 else float("nan") for k in keys]
+    gaps = frame[column] - pd.Series(floor, index=frame.index)
+    return gaps.where(~frame["method"].str.startswith("("))
+
+
+def signed_mean_std(values: pd.Series) -> str:
+    """'+mean' or '+mean ± std' of accuracy differences, in points."""
+    values = values.dropna() * 100
+    if values.empty:
+        return "-"
+    if len(values) == 1:
+        return f"{values.mean():+.1f}"
+    return f"{values.mean():+.1f} ± {values.std():.1f}"
 
 
 def one_raw_pixels_row(frame: pd.DataFrame) -> pd.DataFrame:
