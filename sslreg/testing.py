@@ -294,8 +294,11 @@ def learning_run(method: str, out: Any, overrides: tuple[str, ...] = (), *, seed
 
     registry = registry or load_registry()
     suite = load_suite(LEARNING_SUITE)
+    # Learning is judged on validation: no learning curve, and a token test subset.
+    scored = ("eval.curve_every=0", "eval.test_subset=500")
     config = RunConfig.build(registry, method,
-                             [*suite_sets(suite, suite.cpu, method, seed), *overrides],
+                             [*suite_sets(suite, suite.cpu, method, seed), *scored,
+                              *overrides],
                              dataset=suite.dataset,
                              backbone=backbone or backbone_for(registry, method, suite.cpu))
     run = pretrain(config, registry, out, progress=False)
