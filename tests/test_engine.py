@@ -191,6 +191,7 @@ def test_run_writes_config_events_and_result(registry, tmp_path):
     result = run.read_json(run.result)
     assert set(result["metrics"]) >= {"linear_acc", "knn20_acc", "knn200_acc"}
     assert result["checkpoint_epoch"] == 1
+    assert set(result["provenance"]) == {"git_commit", "versions", "recorded_at"}
     info = run.read_json(run.train_info)
     assert info["status"] == "trained" and info["images_per_s"] > 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

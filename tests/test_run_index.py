@@ -208,3 +208,23 @@ def test_gap_over_the_floor_pairs_each_seed_with_its_own_floor(tmp_path):
     # simclr kNN 60 and 70 over floors 25 (seed 0) and 45 (seed 1): gaps 35 and 25.
     assert rows.loc["simclr", "kNN20 − floor"] == "+30.0 ± 7.1"
     assert rows.loc["byol", "kNN20 − floor"] == "+25.0"
+
+
+def test_a_result_keeps_the_commit_it_was_made_with_through_re_records_and_rebuilds(tmp_path):
+    from sslreg.runs.index import provenance
+
+    run = fake_run(tmp_path, "old")
+    result = run.read_json(run.result)
+    made = {"git_commit": "0123456789ab", "versions": {"sslreg": "0.0.1"}, "recorded_at": 1.0}
+    write_json(run.result, {**result, "provenance": made})
+    RunIndex(tmp_path).record(run)
+    RunIndex(tmp_path).record(run)  # e.g. a second suite reusing the finished run
+    RunIndex(tmp_path).rebuild()
+    (row,) = RunIndex(tmp_path).rows()
+    assert (row["git_commit"], row["versions"], row["recorded_at"]) == (
+        "0123456789ab", {"sslreg": "0.0.1"}, 1.0)
+    # A run without a result is described as of its recording.
+    fresh = fake_run(tmp_path, "training", status="running")
+    RunIndex(tmp_path).record(fresh)
+    row = next(r for r in RunIndex(tmp_path).rows() if r["run"] == "training")
+    assert row["git_commit"] == provenance()["git_commit"] and row["recorded_at"] > 1.0

@@ -24,7 +24,7 @@ from sslreg.engine.trainer import build_method
 from sslreg.evaluation import evaluate_splits, extract_features, pixel_features
 from sslreg.interfaces import Method
 from sslreg.runs import RunDir, write_json
-from sslreg.runs.index import FLOOR_FILE, add_suite, open_index
+from sslreg.runs.index import FLOOR_FILE, add_suite, open_index, provenance
 from sslreg.views import normalize
 
 RAW_PIXELS, RANDOM_INIT = "raw pixels", "random init"
@@ -72,6 +72,7 @@ def evaluate_run(run: RunDir, registry: Any, method: Method | None = None) -> di
         "checkpoint_epoch": state["epoch"],
         **{f"eval_{name}_images": len(split) for name, split in splits.items()},
         "eval_seconds": round(time.perf_counter() - started, 2),
+        "provenance": provenance(),
     }
     write_json(run.result, result)
     return result
@@ -110,7 +111,8 @@ def floors(config: RunConfig, registry: Any, out: Path | str,
         if not run.result.exists():
             write_json(run.config, config.to_dict())
             write_json(run.path / FLOOR_FILE, description)
-            write_json(run.result, _floor_result(config, registry, kind, run.path.name))
+            write_json(run.result, {**_floor_result(config, registry, kind, run.path.name),
+                                    "provenance": provenance()})
         if suite is not None:
             readout = description["readout"]
             add_suite(run, suite, "" if readout in ("pixels", "backbone") else readout)

@@ -116,6 +116,7 @@ def row_for(run: RunDir, status: str | None = None) -> dict[str, Any]:
     train = config.get("train", {})
     state = status or ("evaluated" if result else info.get("status", "created"))
     floor = _optional_json(run, run.path / FLOOR_FILE)
+    made = {**provenance(), **result.get("provenance", {})}
     method, backbone = config.get("method"), config.get("backbone")
     if floor:  # a floor is scored, not trained: its row names the floor
         method, backbone, state = f"({floor['floor']})", floor["backbone"], "floor"
@@ -125,14 +126,23 @@ def row_for(run: RunDir, status: str | None = None) -> dict[str, Any]:
         "seed": floor.get("seed", train.get("seed")), "status": state,
         "suites": json.dumps(_suites_of(run)),
         "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
-        "config": config_text, "git_commit": git_commit(), "versions": json.dumps(versions()),
+        "config": config_text, "git_commit": made["git_commit"],
+        "versions": json.dumps(made["versions"]),
         "device": info.get("device"), "wall_time_s": info.get("wall_time_s"),
         "images_per_s": info.get("images_per_s"), "peak_memory_mb": info.get("peak_memory_mb"),
         "mfu": info.get("mfu"),
         "metrics": json.dumps(result.get("metrics", {})),
         "val_metrics": json.dumps(result.get("val_metrics", {})),
-        "curve": json.dumps(info.get("curve", [])), "recorded_at": time.time(),
+        "curve": json.dumps(info.get("curve", [])), "recorded_at": made["recorded_at"],
     }
+
+
+def provenance() -> dict[str, Any]:
+    """Where and when a result is made: sslreg's commit, the distributions' versions and
+    the time. ``result.json`` keeps it, so re-recording an old result (a suite reusing
+    it, an index rebuild) does not stamp it with today's commit; a run without a result
+    is described as of its recording."""
+    return {"git_commit": git_commit(), "versions": versions(), "recorded_at": time.time()}
 
 
 @functools.cache

@@ -5,6 +5,7 @@
         checkpoint.pt   the last completed epoch (written atomically)
         train.json      status, epochs done, wall time, images/s, device
         result.json     final metrics: ``metrics`` (test split), ``val_metrics``
+                        (validation), and the ``provenance`` they were made with
         features.pt     cached frozen features of the final checkpoint
         tb/             TensorBoard events
 
