@@ -15,29 +15,19 @@ import argparse
 import pandas as pd
 
 from sslreg import load_registry
-from sslreg.bench.leaderboard import leaderboard_frame
+from sslreg.bench.leaderboard import gaps_over_floor, leaderboard_frame, method_readouts
 
 METRICS = {"linear_acc": "linear", "knn20_acc": "kNN20"}
 
 
 def gaps(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (method, seed): validation accuracy minus the same seed's random-init
-    floor on the same backbone and readout (a floor's variant names a readout other
-    than the backbone's output)."""
-    registry = load_registry()
-    readouts = {name: getattr(registry.methods.get(name).factory, "readout", "backbone")
-                for name in registry.methods.names()}
-    readouts = {name: "" if r == "backbone" else r for name, r in readouts.items()}
-    floors = frame[frame["method"] == "(random init)"]
+    floor on the same backbone and readout, and the accuracy itself."""
     runs = frame[frame["status"] == "evaluated"]
-    keyed = floors.set_index(["backbone", "variant", "seed"])
-    rows = []
-    for _, run in runs.iterrows():
-        floor = keyed.loc[(run["backbone"], readouts.get(run["method"], ""), run["seed"])]
-        rows.append({"method": run["method"], "seed": run["seed"],
-                     **{name: run[m] - floor[m] for m, name in METRICS.items()},
-                     **{f"{name} acc": run[m] for m, name in METRICS.items()}})
-    return pd.DataFrame(rows)
+    return pd.DataFrame({
+        "method": runs["method"], "seed": runs["seed"],
+        **{name: gaps_over_floor(frame, m)[runs.index] for m, name in METRICS.items()},
+        **{f"{name} acc": runs[m] for m, name in METRICS.items()}})
 
 
 def margins(table: pd.DataFrame) -> pd.DataFrame:
@@ -59,8 +49,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="the runs folder the suite ran in")
     parser.add_argument("--suite", default="quick")
     args = parser.parse_args()
-    frame = leaderboard_frame(args.out, args.suite, split="val")
-    frame = frame.assign(variant=frame["variant"].fillna(""))
+    frame = leaderboard_frame(args.out, args.suite, split="val",
+                              readouts=method_readouts(load_registry()))
     print(margins(gaps(frame)).to_markdown(index=False, disable_numparse=True))
 
 

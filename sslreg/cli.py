@@ -176,7 +176,8 @@ def leaderboard(suite: str, out: str, fmt: str, plot_dir: str | None,
     """Render SUITE's leaderboard from the run index: mean ± std over seeds per method,
     cost columns, the ceiling and the floors, and published numbers where the suite
     quotes them."""
-    from sslreg.bench.leaderboard import FORMATS, document, leaderboard_frame
+    from sslreg.bench.leaderboard import (FORMATS, document, leaderboard_frame,
+                                          method_readouts)
 
     if fmt not in FORMATS:
         raise SslregError(f"unknown format '{fmt}'; choose from: {', '.join(FORMATS)}")
@@ -184,7 +185,7 @@ def leaderboard(suite: str, out: str, fmt: str, plot_dir: str | None,
         raise SslregError(f"runs folder {out} does not exist; pass --out to the folder "
                           "`sslreg bench` wrote to")
     name, reference, trials = _suite_reference(suite)
-    frame = leaderboard_frame(out, name, split)
+    frame = leaderboard_frame(out, name, split, readouts=method_readouts(_registry()))
     folder = Path(output).parent if output else None
     with tempfile.TemporaryDirectory(prefix="sslreg-figures-") as scratch:
         # The HTML page embeds the figures, so it draws them even without --plot.

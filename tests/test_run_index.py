@@ -228,3 +228,18 @@ def test_a_result_keeps_the_commit_it_was_made_with_through_re_records_and_rebui
     RunIndex(tmp_path).record(fresh)
     row = next(r for r in RunIndex(tmp_path).rows() if r["run"] == "training")
     assert row["git_commit"] == provenance()["git_commit"] and row["recorded_at"] > 1.0
+
+
+def test_gap_over_the_floor_pairs_a_run_with_the_floor_read_its_way(tmp_path):
+    from sslreg.bench.leaderboard import summary
+
+    _suite_fixture(tmp_path)  # byol (kNN 50) and the plain random-init floor (kNN 25)
+    pooled = fake_run(tmp_path, "floor-random init-pooled", knn=0.40)
+    write_json(pooled.path / FLOOR_FILE, {"floor": "random init", "backbone": "tiny", "seed": 0})
+    add_suite(pooled, "tiny", "mean of patch tokens")
+    # Two floors for one backbone and seed: without readouts no run can be paired.
+    assert "kNN20 − floor" not in summary(leaderboard_frame(tmp_path, "tiny"))
+    readouts = {"byol": "mean of patch tokens"}
+    rows = summary(leaderboard_frame(tmp_path, "tiny", readouts=readouts)).set_index("method")
+    assert rows.loc["byol", "kNN20 − floor"] == "+10.0"  # 50 against the pooled floor's 40
+    assert rows.loc["simclr", "kNN20 − floor"] == "+35.0"  # 60 against the plain floor's 25

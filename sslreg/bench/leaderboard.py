@@ -46,17 +46,34 @@ def provenance(frame: pd.DataFrame, command: str | None = None) -> str:
 SPLITS = ("test", "val")
 
 
-def leaderboard_frame(out: Path | str, suite: str, split: str = "test") -> pd.DataFrame:
+def leaderboard_frame(out: Path | str, suite: str, split: str = "test",
+                      readouts: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per recorded run of ``suite``, its floors among them (status ``floor``),
     with the accuracies of ``split``: ``test`` for tables, ``val`` for choosing (the
-    other split's accuracies are kept as ``val_*`` columns when ``split`` is test)."""
+    other split's accuracies are kept as ``val_*`` columns when ``split`` is test).
+
+    ``readouts`` (:func:`method_readouts`) adds a ``readout`` column, so each run is
+    paired with the random-init floor read the same way (a floor's variant)."""
     if split not in SPLITS:
         raise SslregError(f"unknown split '{split}'; choose from: {', '.join(SPLITS)}")
     rows = [r for r in open_index(out).rows() if suite in r["suites"]]
     if not rows:
         raise SslregError(f"no runs of suite '{suite}' are recorded under {out}; run "
                           f"`sslreg bench {suite} --out {out}` first")
-    return pd.DataFrame([_run_record(row, suite, split) for row in rows])
+    frame = pd.DataFrame([_run_record(row, suite, split) for row in rows])
+    if readouts is not None:
+        floor = frame["status"] == "floor"
+        frame["readout"] = frame["variant"].where(
+            floor, frame["method"].map(lambda m: readouts.get(m, "")))
+    return frame
+
+
+def method_readouts(registry: Any) -> dict[str, str]:
+    """``{method: readout}``, "" for the backbone's own output (:attr:`Method.readout`),
+    as floors name their readout in their variant."""
+    readouts = {name: getattr(registry.methods.get(name).factory, "readout", "backbone")
+                for name in registry.methods.names()}
+    return {name: "" if r == "backbone" else r for name, r in readouts.items()}
 
 
 def summary(frame: pd.DataFrame, reference: Reference | None = None,
@@ -100,14 +117,16 @@ def summary(frame: pd.DataFrame, reference: Reference | None = None,
 
 
 def gaps_over_floor(frame: pd.DataFrame, column: str) -> pd.Series:
-    """Per run, ``column`` minus that of the random-init floor with the same backbone
-    and seed (NaN for floors, and where no single such floor is recorded)."""
+    """Per run, ``column`` minus that of the random-init floor with the same backbone,
+    seed and, where the frame has a ``readout`` column, readout (NaN for floors, and
+    where no single such floor is recorded)."""
     if column not in frame:
         return pd.Series(float("nan"), index=frame.index)
+    key = [c for c in ("backbone", "seed", "readout") if c in frame]
     floors = frame[frame["method"] == "(random init)"]
-    counts = floors.groupby(["backbone", "seed"])[column].count()
-    means = floors.groupby(["backbone", "seed"])[column].mean()
-    keys = list(zip(frame["backbone"], frame["seed"], strict=True))
+    counts = floors.groupby(key)[column].count()
+    means = floors.groupby(key)[column].mean()
+    keys = list(zip(*(frame[c] for c in key), strict=True))
     floor = [means[k] if counts.get(k, 0) == 1 else float("nan") for k in keys]
     gaps = frame[column] - pd.Series(floor, index=frame.index)
     return gaps.where(~frame["method"].str.startswith("("))

@@ -14,7 +14,7 @@ import click
 import pandas as pd
 import torch
 
-from sslreg.bench.leaderboard import leaderboard_frame, summary
+from sslreg.bench.leaderboard import leaderboard_frame, method_readouts, summary
 from sslreg.bench.suite import Budget, Suite, suite_sets, variants
 from sslreg.config import RunConfig
 from sslreg.engine import floors, pretrain
@@ -48,7 +48,8 @@ def run_suite(suite: Suite, registry: Any, out: Path, *, progress: bool = True) 
              f"{config.method}'s readout), seed {config.train.seed}")
         floors(config, registry, out, suite=suite.name)
     _say(f"suite {suite.name} done in {time.perf_counter() - started:.0f} s")
-    return render_table(leaderboard_frame(out, suite.name), suite)
+    return render_table(leaderboard_frame(out, suite.name,
+                                          readouts=method_readouts(registry)), suite)
 
 
 def floor_configs(configs: list[RunConfig], registry: Any) -> list[RunConfig]:
