@@ -19,7 +19,7 @@ FORMATS = ("md", "csv", "latex", "html")
 # self-supervised methods and before the floors.
 CEILINGS = ("supervised",)
 ACCURACIES = {"linear_acc": "linear", "knn20_acc": "kNN k=20", "knn200_acc": "kNN k=200"}
-# Each run minus the random-init floor of its backbone and seed, in points.
+# Each run minus the random-init floor of its backbone, seed and readout, in points.
 FLOOR_GAPS = {"linear_acc": "linear − floor", "knn20_acc": "kNN20 − floor"}
 COSTS = {"wall_time_s": "train s", "images_per_s": "img/s", "peak_memory_mb": "peak MB",
          "mfu": "MFU %"}
