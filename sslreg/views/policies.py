@@ -289,8 +289,16 @@ class TwoViewPolicy:
         # Both views as one batch: every op below runs once on (2B, C, H, W).
         x = images.repeat(self.num_views, 1, 1, 1).float().mul_(1.0 / 255.0)
         x = self._augment(x, generator, batch)
+        return list(self._normalize(x).chunk(self.num_views))
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) in [0, 1] -> standardised per channel with the dataset statistics.
+
+        Every policy, built-in or a plugin's subclass, normalises through here, so the
+        channel axis is always the one the statistics broadcast over.
+        """
         mean, std = self._device_statistics(x.device)
-        return list(ops.normalize(x, mean, std).chunk(self.num_views))
+        return ops.normalize(x, mean, std)
 
     def _augment(self, x: Tensor, generator: torch.Generator, batch: int) -> Tensor:
         """(V*B, C, H, W) in [0, 1] -> (V*B, C, S, S) in [0, 1], S = image_size."""
@@ -399,13 +407,12 @@ class MultiCropViews(TwoViewPolicy):
         self._check(images, generator)
         batch, local = images.shape[0], self.options.num_local
         x = images.float().mul_(1.0 / 255.0)
-        mean, std = self._device_statistics(x.device)
         globals_ = self._augment(x.repeat(2, 1, 1, 1), generator, batch)
-        views = list(ops.normalize(globals_, mean, std).chunk(2))
+        views = list(self._normalize(globals_).chunk(2))
         if local:
             # All local views as one batch, resampled straight to the small size.
             locals_ = self._augment_local(x.repeat(local, 1, 1, 1), generator)
-            views += list(ops.normalize(locals_, mean, std).chunk(local))
+            views += list(self._normalize(locals_).chunk(local))
         return views
 
     def _augment_local(self, x: Tensor, generator: torch.Generator) -> Tensor:

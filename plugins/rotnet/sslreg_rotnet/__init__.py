@@ -48,9 +48,7 @@ class RotationViews(CropFlipViews):
         self._check(images, generator)
         batch = images.shape[0]
         x = images.float().mul_(1.0 / 255.0)
-        view = self._augment(x, generator, batch)
-        mean, std = self._device_statistics(view.device)
-        view = (view - mean) / std
+        view = self._normalize(self._augment(x, generator, batch))  # (B, C, S, S)
         return [torch.rot90(view, turns, dims=(2, 3)) for turns in range(ROTATIONS)]
 
 

@@ -32,6 +32,20 @@ def test_views_are_one_crop_turned_four_ways():
     torch.testing.assert_close(views[3], torch.rot90(views[0], -1, dims=(2, 3)))
 
 
+def test_colour_views_normalise_each_channel_with_its_own_statistics():
+    # Full crop, no flip: view 0 is the image itself, normalised per channel.
+    mean, std = (0.1, 0.5, 0.9), (0.2, 0.4, 0.8)
+    policy = RotationViews(channels=3, image_size=32, mean=mean, std=std, flip_p=0.0,
+                           crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    images = testing.tiny_images(2, channels=3, size=32)
+    views = policy(images, torch.Generator().manual_seed(0))
+    assert [tuple(v.shape) for v in views] == [(2, 3, 32, 32)] * 4
+    expected = (images.float() / 255 - torch.tensor(mean).view(3, 1, 1)) \
+        / torch.tensor(std).view(3, 1, 1)
+    torch.testing.assert_close(views[0], expected)
+    torch.testing.assert_close(views[2], expected.flip(-1).flip(-2))
+
+
 def test_loss_on_hand_checkable_logits():
     # B = 1: four rows, the target of row r is r. Rows 0 and 1 put all their logit mass
     # on the right class (loss ~0); rows 2 and 3 are uniform (loss log 4).
