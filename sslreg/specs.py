@@ -6,6 +6,7 @@ builds the thing. The registry fills in ``plugin`` (who registered it).
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any
@@ -39,7 +40,10 @@ class MethodSpec:
     ``optim`` holds the method's recommended optimizer settings as ``{field: value}``
     over :class:`sslreg.config.OptimConfig`. ``view_options(config)``, if given, maps the
     method's config to options for its default view policy (e.g. the number of local
-    crops), so ``--set method.*`` can shape the views. ``backbone_families`` names the
+    crops), so ``--set method.*`` can shape the views; one that also takes a
+    ``backbone_family`` keyword gets the run's backbone family (``"convnet"``,
+    ``"vit"``), for a paper whose recipe differs by backbone (DINO's crop scales); call
+    it through :meth:`policy_options`. ``backbone_families`` names the
     backbone families the method works with (``None``: any), e.g. ``("vit",)`` for a
     method that needs patch tokens.
     """
@@ -57,6 +61,15 @@ class MethodSpec:
     backbone_families: tuple[str, ...] | None = field(
         default=None, converter=attrs.converters.optional(tuple))
     plugin: str | None = field(default=None, validator=optional(instance_of(str)))
+
+    def policy_options(self, config: Any, backbone_family: str) -> dict[str, Any]:
+        """Options for the default view policy from ``view_options`` (none without it)."""
+        if self.view_options is None:
+            return {}
+        # Plugins written before the keyword existed keep working unchanged.
+        if "backbone_family" in inspect.signature(self.view_options).parameters:
+            return self.view_options(config, backbone_family=backbone_family)
+        return self.view_options(config)
 
 
 @attrs.frozen(kw_only=True)

@@ -14,6 +14,16 @@ test line per check. In a plugin's tests::
 
 or in one test: ``testing.check_method("mymethod")``. ``testing.conformance_cases()``
 without names covers every registered method. These names are a stable API.
+
+Every check runs on 1-channel 28 px images unless given a ``shape``
+(:class:`DataShape`); :data:`SHAPES` are the data shapes a method is held to (grey
+28 px as Fashion-MNIST, colour 32 px as CIFAR, colour 96 px as STL-10), and
+:func:`tiny_backbones` the CPU-sized backbone of every family a method takes::
+
+    @pytest.mark.parametrize("case", testing.conformance_cases(
+        "mymethod", shapes=testing.SHAPES, checks=testing.CHEAP_CHECKS))
+    def test_conformance_on_every_shape(case):
+        case()   # mymethod-build-1ch28px, ..., mymethod-deterministic-3ch96px
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import attrs
@@ -36,12 +46,33 @@ TINY_VIT = "vit-mini"
 CLASS_NAMES = ("cat", "dog", "bird", "fish")
 
 
+class DataShape(NamedTuple):
+    """The images a check runs on: ``channels`` (1 or 3) x ``size`` x ``size`` px."""
+
+    channels: int = 1
+    size: int = 28
+
+    @property
+    def id(self) -> str:
+        return f"{self.channels}ch{self.size}px"
+
+
+DEFAULT_SHAPE = DataShape(1, 28)
+# Fashion-MNIST's grey 28 px, CIFAR's colour 32 px and STL-10's colour 96 px: above
+# 32 px the views blur and the ViT patch grows (sslreg.backbones.sizes).
+SHAPES = (DEFAULT_SHAPE, DataShape(3, 32), DataShape(3, 96))
+
+
 def method_names() -> list[str]:
     """Every registered method, for ``pytest.mark.parametrize``."""
     return load_registry().methods.names()
 
 
-def tiny_images(batch: int = 8, channels: int = 1, size: int = 28, seed: int = 0) -> torch.Tensor:
+def tiny_images(batch: int = 8, channels: int = 1, size: int = 28, seed: int = 0, *,
+                shape: DataShape | None = None) -> torch.Tensor:
+    """(batch, C, H, W) random uint8 images; ``shape`` overrides ``channels`` and ``size``."""
+    if shape is not None:
+        channels, size = shape
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8,
                          generator=generator)
@@ -58,9 +89,22 @@ def tiny_backbone(name: str, registry: Any = None) -> str:
     raise AssertionError(f"{name}: no registered backbone fits {families}")
 
 
+def tiny_backbones(name: str, registry: Any = None) -> list[str]:
+    """The CPU-sized backbone of each family ``name`` takes: ``resnet18-narrow`` and/or
+    ``vit-mini``."""
+    registry = registry or load_registry()
+    families = registry.methods.get(name).backbone_families
+    return [backbone for backbone in (TINY_BACKBONE, TINY_VIT)
+            if families is None or registry.backbones.get(backbone).family in families]
+
+
 def build(name: str, *, channels: int = 1, size: int = 28, seed: int = 0,
-          backbone: str | None = None, registry: Any = None) -> tuple[Method, Any]:
-    """The method with its default config and its default view policy."""
+          backbone: str | None = None, registry: Any = None,
+          shape: DataShape | None = None) -> tuple[Method, Any]:
+    """The method with its default config and its default view policy, for
+    ``channels`` x ``size`` px images (or ``shape``)."""
+    if shape is not None:
+        channels, size = shape
     registry = registry or load_registry()
     backbone = backbone or tiny_backbone(name, registry)
     config = RunConfig.build(registry, name, backbone=backbone)
@@ -72,7 +116,8 @@ def build(name: str, *, channels: int = 1, size: int = 28, seed: int = 0,
     method.setup(RunContext(epochs=2, steps_per_epoch=4, channels=channels, image_size=size,
                             class_names=CLASS_NAMES))
     spec = registry.methods.get(name)
-    options = spec.view_options(config.method_config) if spec.view_options else {}
+    family = registry.backbones.get(backbone).family
+    options = spec.policy_options(config.method_config, family)
     policy = registry.views.create(config.views_name(registry), channels=channels,
                                    image_size=size, mean=(0.5,) * channels,
                                    std=(0.25,) * channels, **options)
@@ -96,22 +141,28 @@ def step(method: Method, policy: Any, images: torch.Tensor, seed: int = 0) -> St
     return output
 
 
-def check_build(name: str, backbone: str | None = None) -> None:
+def check_build(name: str, backbone: str | None = None,
+                shape: DataShape = DEFAULT_SHAPE) -> None:
     """Builds from its default config on a tiny backbone, and its default view policy
     gives ``num_views`` float views of the whole batch."""
-    _, policy = build(name, backbone=backbone)
-    views = policy(tiny_images(), torch.Generator().manual_seed(0))
+    _, policy = build(name, backbone=backbone, shape=shape)
+    views = policy(tiny_images(shape=shape), torch.Generator().manual_seed(0))
     assert len(views) == policy.num_views, f"{name}: the policy returned the wrong views"
     for view in views:
         assert view.is_floating_point() and view.ndim == 4 and len(view) == 8, \
             f"{name}: each view must be a float (B, C, H, W) batch, got {view.shape}"
+        assert view.shape[1] == shape.channels, \
+            f"{name}: views of {shape.id} images must have {shape.channels} channels, " \
+            f"got {view.shape}"
 
 
 def check_step(name: str, **kwargs: Any) -> StepOutput:
     """Builds, steps on a tiny batch: a finite scalar loss whose gradient reaches the
-    backbone, and ``on_step_end`` runs."""
+    backbone, and ``on_step_end`` runs. ``kwargs`` go to :func:`build` (``backbone``,
+    ``shape``, ...)."""
     method, policy = build(name, **kwargs)
-    output = step(method, policy, tiny_images(channels=kwargs.get("channels", 1)))
+    shape = kwargs.get("shape") or DataShape(kwargs.get("channels", 1), kwargs.get("size", 28))
+    output = step(method, policy, tiny_images(shape=shape))
     assert output.loss.ndim == 0, f"{name}: the loss must be a scalar"
     assert torch.isfinite(output.loss), f"{name}: the loss is not finite ({output.loss})"
     output.loss.backward()
@@ -122,11 +173,12 @@ def check_step(name: str, **kwargs: Any) -> StepOutput:
     return output
 
 
-def check_state_dict_roundtrip(name: str, backbone: str | None = None) -> None:
+def check_state_dict_roundtrip(name: str, backbone: str | None = None,
+                               shape: DataShape = DEFAULT_SHAPE) -> None:
     """A fresh model loading another's state_dict computes the same features."""
-    first, _ = build(name, seed=0, backbone=backbone)
-    second, _ = build(name, seed=1, backbone=backbone)
-    images = torch.rand(4, 1, 28, 28)
+    first, _ = build(name, seed=0, backbone=backbone, shape=shape)
+    second, _ = build(name, seed=1, backbone=backbone, shape=shape)
+    images = torch.rand(4, shape.channels, shape.size, shape.size)
     first.eval()
     second.eval()
     assert not torch.allclose(first.features(images), second.features(images)), \
@@ -138,12 +190,13 @@ def check_state_dict_roundtrip(name: str, backbone: str | None = None) -> None:
     torch.testing.assert_close(first.features(images), second.features(images))
 
 
-def check_deterministic(name: str, backbone: str | None = None) -> None:
+def check_deterministic(name: str, backbone: str | None = None,
+                        shape: DataShape = DEFAULT_SHAPE) -> None:
     """Same seed, same views, same loss."""
     losses = []
     for _ in range(2):
-        method, policy = build(name, seed=0, backbone=backbone)
-        losses.append(step(method, policy, tiny_images(), seed=3).loss.detach())
+        method, policy = build(name, seed=0, backbone=backbone, shape=shape)
+        losses.append(step(method, policy, tiny_images(shape=shape), seed=3).loss.detach())
     torch.testing.assert_close(losses[0], losses[1])
 
 
@@ -167,18 +220,19 @@ def _optimize(method: Method, optimizer: torch.optim.Optimizer, views: list[torc
     return loss.detach()
 
 
-def check_finite_loss(name: str, backbone: str | None = None, steps: int = 3) -> None:
+def check_finite_loss(name: str, backbone: str | None = None, steps: int = 3,
+                      shape: DataShape = DEFAULT_SHAPE) -> None:
     """The loss and every parameter stay finite over a few steps of the method's own
     optimizer settings (lr scaled to the batch as the engine does), fresh views each step."""
     from sslreg.engine.optim import build_optimizer
 
-    method, policy = build(name, backbone=backbone)
+    method, policy = build(name, backbone=backbone, shape=shape)
     spec = load_registry().methods.get(name)
     batch = 16
     optim = OptimConfig(**spec.optim)
     optim = attrs.evolve(optim, lr=optim.lr * batch / 256)  # the peak rate, no warm-up
     optimizer = build_optimizer(method, optim, torch.device("cpu"))
-    images = tiny_images(batch)
+    images = tiny_images(batch, shape=shape)
     for index in range(steps):
         views = policy(images, torch.Generator().manual_seed(index))
         loss = _optimize(method, optimizer, views, (index + 1) / steps)
@@ -189,7 +243,7 @@ def check_finite_loss(name: str, backbone: str | None = None, steps: int = 3) ->
 
 
 def check_learns_on_tiny_data(name: str, backbone: str | None = None,
-                              steps: int = 10) -> None:
+                              steps: int = 10, shape: DataShape = DEFAULT_SHAPE) -> None:
     """A few Adam steps on 32 synthetic images (fixed views) lower the loss.
 
     The objective is held fixed: ``on_step_end`` is not called and both losses are
@@ -202,8 +256,11 @@ def check_learns_on_tiny_data(name: str, backbone: str | None = None,
     """
     from sslreg.data import synthetic
 
-    method, policy = build(name, backbone=backbone)
-    views = policy(synthetic.generate(32, seed=0).images, torch.Generator().manual_seed(0))
+    method, policy = build(name, backbone=backbone, shape=shape)
+    # The synthetic shapes are grey; colour shapes get them on every channel.
+    images = synthetic.generate(32, seed=0, image_size=shape.size).images
+    images = images.expand(-1, shape.channels, -1, -1).contiguous()
+    views = policy(images, torch.Generator().manual_seed(0))
     start = copy.deepcopy(method)
     before = _loss(copy.deepcopy(start), views).item()
     optimizer = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=1e-3)
@@ -219,7 +276,8 @@ def check_learns_on_tiny_data(name: str, backbone: str | None = None,
         "depends on")
 
 
-# The conformance checks in order: name -> check(method_name, backbone=None). Stable API.
+# The conformance checks in order: name -> check(method_name, backbone=None,
+# shape=DEFAULT_SHAPE). Stable API.
 CHECKS: dict[str, Callable[..., Any]] = {
     "build": check_build,
     "step": check_step,
@@ -228,13 +286,16 @@ CHECKS: dict[str, Callable[..., Any]] = {
     "deterministic": check_deterministic,
     "learns": check_learns_on_tiny_data,
 }
+# The checks that cost about one step each: all but "learns".
+CHEAP_CHECKS = ("build", "step", "finite_loss", "state_dict", "deterministic")
 
 
-def check_method(name: str, backbone: str | None = None) -> None:
+def check_method(name: str, backbone: str | None = None,
+                 shape: DataShape = DEFAULT_SHAPE) -> None:
     """Every conformance check on one registered method, on ``backbone`` (default: the
-    CPU-sized one that fits, see :func:`tiny_backbone`)."""
+    CPU-sized one that fits, see :func:`tiny_backbone`) and ``shape`` images."""
     for check in CHECKS.values():
-        check(name, backbone=backbone)
+        check(name, backbone=backbone, shape=shape)
 
 
 @attrs.frozen
@@ -244,23 +305,43 @@ class ConformanceCase:
     method: str
     check: str
     backbone: str | None = None
+    shape: DataShape = DEFAULT_SHAPE
 
     def __call__(self) -> None:
-        CHECKS[self.check](self.method, backbone=self.backbone)
+        CHECKS[self.check](self.method, backbone=self.backbone, shape=self.shape)
 
 
-def conformance_cases(*methods: str, backbone: str | None = None) -> list[Any]:
-    """``pytest.param`` cases, one per (method, check), with ids like ``simclr-learns``.
+def conformance_cases(*methods: str, backbone: str | None = None,
+                      shapes: Iterable[DataShape] | None = None,
+                      checks: Iterable[str] | None = None) -> list[Any]:
+    """``pytest.param`` cases, one per (method, check, shape), with ids like
+    ``simclr-learns``, or ``simclr-step-3ch96px`` when ``shapes`` are given.
 
-    No names: every registered method. Use with
+    No names: every registered method. ``shapes`` (default: 1-channel 28 px only) and
+    ``checks`` (names in :data:`CHECKS`, default all) narrow or widen the grid. Use with
     ``@pytest.mark.parametrize("case", testing.conformance_cases("mymethod"))``.
     """
     import pytest  # only test code calls this; sslreg itself does not need pytest
 
     names = methods or tuple(method_names())
+    chosen = _known_checks(checks)
     suffix = f"-{backbone}" if backbone else ""
-    return [pytest.param(ConformanceCase(name, check, backbone), id=f"{name}-{check}{suffix}")
-            for name in names for check in CHECKS]
+    grid = [(shape, f"-{shape.id}") for shape in shapes] if shapes is not None \
+        else [(DEFAULT_SHAPE, "")]
+    return [pytest.param(ConformanceCase(name, check, backbone, shape),
+                         id=f"{name}-{check}{suffix}{shape_id}")
+            for name in names for check in chosen for shape, shape_id in grid]
+
+
+def _known_checks(checks: Iterable[str] | None) -> list[str]:
+    if checks is None:
+        return list(CHECKS)
+    chosen = list(checks)
+    unknown = [check for check in chosen if check not in CHECKS]
+    if unknown:
+        raise ValueError(f"unknown conformance check '{unknown[0]}'; choose from "
+                         f"{', '.join(CHECKS)}")
+    return chosen
 
 
 # "Does it learn" tests (tests/test_learning.py and plugins' own) run the CPU budget of

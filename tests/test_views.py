@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from sslreg import load_registry
+from sslreg.backbones import sizes
 from sslreg.config import RunConfig
+from sslreg.errors import ConfigError
 from sslreg.interfaces import ViewPolicy
 from sslreg.views import (
     BYOLViews,
@@ -300,7 +302,8 @@ def method_policy(method: str, overrides: tuple[str, ...] = ()) -> ViewPolicy:
     registry = load_registry()
     config = RunConfig.build(registry, method, overrides)
     spec = registry.methods.get(method)
-    options = spec.view_options(config.method_config) if spec.view_options else {}
+    family = registry.backbones.get(config.backbone).family
+    options = spec.policy_options(config.method_config, family)
     return registry.views.create(config.views_name(registry), channels=1, image_size=28,
                                  **MNIST_STATS, **options)
 
@@ -333,13 +336,14 @@ def test_swav_method_gets_swav_views():
     assert type(policy) is SwAVMultiCropViews and policy.num_views == 4
 
 
-def test_dino_crop_scales_default_to_its_resnet_run_and_take_the_vit_ones():
+def test_dino_crop_scales_follow_the_papers_recipe_for_the_backbone():
     policy = method_policy("dino")
     assert type(policy) is MultiCropViews
     assert (policy.options.crop_scale, policy.options.local_scale) == ((0.14, 1.0), (0.05, 0.14))
-    vit = method_policy("dino", ("backbone=vit-mini", "method.global_crops_scale=0.4,1",
-                                 "method.local_crops_scale=0.05,0.4"))
+    vit = method_policy("dino", ("backbone=vit-mini",))  # main_dino.py's ViT defaults
     assert (vit.options.crop_scale, vit.options.local_scale) == ((0.4, 1.0), (0.05, 0.4))
+    mixed = method_policy("dino", ("backbone=vit-mini", "method.global_crops_scale=0.14,1"))
+    assert (mixed.options.crop_scale, mixed.options.local_scale) == ((0.14, 1.0), (0.05, 0.4))
     with pytest.raises(ValueError, match="global_crops_scale"):
         method_policy("dino", ("method.global_crops_scale=0.5,0.2",))
 
@@ -393,7 +397,8 @@ def test_multicrop_returns_two_global_and_n_local_views():
     assert policy.num_views == 8 and policy.local_size == 12
     views = policy(uint8_images(4, 3, 32), generator())
     assert [tuple(v.shape) for v in views] == [(4, 3, 32, 32)] * 2 + [(4, 3, 12, 12)] * 6
-    assert MultiCropViews(channels=1, image_size=96, **MNIST_STATS).local_size == 40
+    # Whole ViT patches: 3 of 12 px at 96 px (sslreg.backbones.multicrop_sizes).
+    assert MultiCropViews(channels=1, image_size=96, **MNIST_STATS).local_size == 36
     few = MultiCropViews(channels=1, image_size=28, num_local=2, local_size=16, **MNIST_STATS)
     assert [v.shape[-1] for v in few(uint8_images(2, 1, 28), generator())] == [28, 28, 16, 16]
     assert MultiCropViews(channels=1, image_size=28, num_local=0, **MNIST_STATS).num_views == 2
@@ -425,13 +430,34 @@ def test_multicrop_local_crops_are_smaller_regions():
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"num_local": -1}, "num_local=-1 must be an int in 0..32"),
-    ({"local_size": 10}, "local_size=10 must be a multiple of 4"),
-    ({"local_size": 32}, "local_size=32 is larger than the 28 px images"),
+    ({"local_size": 10}, "local_size=10 does not fit 28 px images.*multiple of the ViT "
+     r"patch \(4 px\).*one of 4, 8, 12, 16, 20, 24, 28 \(default 12\)"),
+    ({"local_size": 32}, "local_size=32 does not fit 28 px images"),
+    ({"local_size": 0}, "local_size=0 must be a positive int"),
     ({"local_scale": (0.5, 0.2)}, "local_scale"),
 ])
 def test_multicrop_rejects_bad_options(options, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message) as error:
         MultiCropViews(channels=1, image_size=28, **MNIST_STATS, **options)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("size", "patch", "local"), [(28, 4, 12), (32, 4, 12), (64, 8, 24),
+                                                      (96, 12, 36)])
+def test_vit_patch_and_multicrop_sizes_come_from_one_rule(size, patch, local):
+    assert sizes.vit_patch_size(size) == patch
+    assert sizes.multicrop_sizes(size) == (size, local)
+    assert load_registry().backbones.create("vit-mini", in_channels=3,
+                                            image_size=size).patch_size == patch
+    assert all(side % patch == 0 for side in sizes.valid_local_sizes(size))
+
+
+def test_a_local_size_that_is_not_whole_patches_is_refused_naming_the_valid_ones():
+    # 40 px was the old default at 96 px: 3.33 patches of 12 px, which a ViT cannot embed.
+    with pytest.raises(ConfigError, match=r"local_size=40 does not fit 96 px images.*"
+                       r"\(12 px\).*one of 12, 24, 36, 48, 60, 72, 84, 96 \(default 36\)"):
+        MultiCropViews(channels=3, image_size=96, local_size=40, **RGB_STATS)
+    assert MultiCropViews(channels=3, image_size=96, local_size=48, **RGB_STATS).local_size == 48
 
 
 def test_crop_flip_views_only_crop_and_flip():

@@ -6,11 +6,13 @@ from collections.abc import Callable
 
 from sslreg.backbones.flops import forward_flops
 from sslreg.backbones.resnet import ResNet18
+from sslreg.backbones.sizes import multicrop_sizes, vit_patch_size
 from sslreg.backbones.vit import ViT
 from sslreg.hookspecs import hookimpl
 from sslreg.specs import BackboneSpec
 
-__all__ = ["ResNet18", "ViT", "forward_flops", "register_backbones"]
+__all__ = ["ResNet18", "ViT", "forward_flops", "multicrop_sizes", "register_backbones",
+           "vit_patch_size"]
 
 
 def _resnet18(width: int, stem_stride: int) -> Callable[..., ResNet18]:
@@ -22,9 +24,8 @@ def _resnet18(width: int, stem_stride: int) -> Callable[..., ResNet18]:
 
 def _vit(**sizes: int) -> Callable[..., ViT]:
     def build(in_channels: int, image_size: int) -> ViT:
-        # Patch 4 suits 28-32 px; larger images keep about 8x8 patches.
-        patch = 4 if image_size <= 32 else max(4, image_size // 8)
-        return ViT(in_channels, image_size, patch_size=patch, **sizes)
+        # The multi-crop views size their crops by the same rule (sslreg.backbones.sizes).
+        return ViT(in_channels, image_size, patch_size=vit_patch_size(image_size), **sizes)
 
     return build
 
@@ -47,7 +48,8 @@ def register_backbones(register: Callable[[BackboneSpec], None]) -> None:
         name="vit-tiny",
         factory=_vit(embed_dim=192, depth=12, heads=3),
         family="vit",
-        description="ViT-Tiny (DeiT sizes: 192-d, 12 blocks, 3 heads), 4x4 patches, fixed "
+        description="ViT-Tiny (DeiT sizes: 192-d, 12 blocks, 3 heads), 4x4 patches at 28-32 px "
+        "(about 8x8 patches above, see sslreg.backbones.vit_patch_size), fixed "
         "sine-cosine positions, [CLS] features; 0.53 GFLOPs per 1x28x28 image (0.69 at "
         "3x32x32)",
     ))
@@ -55,6 +57,6 @@ def register_backbones(register: Callable[[BackboneSpec], None]) -> None:
         name="vit-mini",
         factory=_vit(embed_dim=128, depth=4, heads=4),
         family="vit",
-        description="a 128-d, 4-block, 4-head ViT for CPU budgets, 4x4 patches; "
+        description="a 128-d, 4-block, 4-head ViT for CPU budgets, 4x4 patches at 28-32 px; "
         "79 MFLOPs per 1x28x28 image (103 at 3x32x32)",
     ))

@@ -82,8 +82,8 @@ def build_policy(config: RunConfig, registry: Any, data: ImageDataset,
     """The run's view policy; the method's view options apply to its default policy."""
     name = config.views_name(registry)
     spec = registry.methods.get(config.method)
-    options = (spec.view_options(config.method_config)
-               if spec.view_options is not None and name == spec.views else {})
+    family = registry.backbones.get(config.backbone).family
+    options = spec.policy_options(config.method_config, family) if name == spec.views else {}
     mean, std = stats
     return registry.views.create(name, channels=data.channels,
                                  image_size=data.images.shape[-1], mean=mean, std=std,

@@ -17,6 +17,7 @@ import torch
 from attrs import field
 from torch import Tensor
 
+from sslreg.backbones import sizes
 from sslreg.errors import ConfigError
 from sslreg.views import ops
 
@@ -141,9 +142,11 @@ def _count(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 
 
 def _local_size(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and not (isinstance(value, int) and value >= 4 and value % 4 == 0):
-        raise ConfigError(f"option {attribute.name}={value!r} must be a multiple of 4 "
-                          "(the ViT patch) and >= 4, or None for the default")
+    # Which sides fit depends on the image size: MultiCropViews checks that (sizes.py).
+    if value is not None and not (isinstance(value, int) and not isinstance(value, bool)
+                                  and value >= 1):
+        raise ConfigError(f"option {attribute.name}={value!r} must be a positive int, or "
+                          "None for the default")
 
 
 @attrs.frozen(kw_only=True)
@@ -153,9 +156,11 @@ class MultiCropOptions(BYOLOptions):
     with BYOL's asymmetric blur and solarize (no blur at <= 32 px, see
     :class:`BYOLOptions`), crop scale (0.4, 1), plus ``num_local`` small views, crop
     scale (0.05, 0.4), resampled to ``local_size`` (default: the image side times
-    96/224, as 96 px local crops of 224 px images, rounded to a multiple of 4: 12 px for
-    28-32 px images). Local views are blurred with ``local_blur_p`` (default 0 at <= 32
-    px, 0.5 above) and never solarized.
+    96/224, as 96 px local crops of 224 px images, rounded to whole ViT patches: 12 px
+    at 28-32 px, 36 px at 96 px; see :func:`sslreg.backbones.sizes.multicrop_sizes`; an
+    explicit ``local_size`` must be a multiple of the ViT patch too). Local views are
+    blurred with ``local_blur_p`` (default 0 at <= 32 px, 0.5 above) and never
+    solarized.
     """
 
     crop_scale: tuple[float, float] = field(
@@ -379,7 +384,7 @@ class BYOLViews(TwoViewPolicy):
 
 
 def default_local_size(image_size: int) -> int:
-    return max(8, 4 * round(image_size * 96 / 224 / 4))
+    return sizes.multicrop_sizes(image_size)[1]
 
 
 class MultiCropViews(TwoViewPolicy):
@@ -395,11 +400,11 @@ class MultiCropViews(TwoViewPolicy):
         super().__init__(**kwargs)
         o = self.options
         self.num_views = 2 + o.num_local
-        self.local_size = o.local_size or default_local_size(self.image_size)
-        if self.local_size > self.image_size:
-            raise ConfigError(f"view policy {type(self).__name__}: local_size="
-                              f"{self.local_size} is larger than the {self.image_size} px "
-                              "images")
+        if o.local_size is None:
+            self.local_size = default_local_size(self.image_size)
+        else:
+            self.local_size = sizes.check_local_size(o.local_size, self.image_size,
+                                                     type(self).__name__)
         default_p = 0.0 if _no_blur(self.image_size) else 0.5
         self.local_blur_p = default_p if o.local_blur_p is None else o.local_blur_p
 

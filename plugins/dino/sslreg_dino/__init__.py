@@ -44,10 +44,25 @@ TEACHER_TEMP_WARMUP_SHARE = 0.3
 FREEZE_SHARE = 0.01
 
 
-def _crop_scale(_instance: Any, attribute: attrs.Attribute, value: tuple) -> None:
-    if not (len(value) == 2 and 0 < value[0] <= value[1] <= 1):
+# The paper's two multi-crop recipes, (global crop scale, local crop scale): its
+# ResNet-50 run (the README's command) and its ViTs (main_dino.py's defaults).
+CROP_SCALES = {
+    "convnet": ((0.14, 1.0), (0.05, 0.14)),
+    "vit": ((0.4, 1.0), (0.05, 0.4)),
+}
+
+
+def _crop_scale(_instance: Any, attribute: attrs.Attribute, value: tuple | None) -> None:
+    if value is not None and not (len(value) == 2 and 0 < value[0] <= value[1] <= 1):
         raise ValueError(f"{attribute.name}={value!r} must be a pair (low, high) with "
-                         "0 < low <= high <= 1")
+                         "0 < low <= high <= 1, or None for the paper's recipe")
+
+
+def _local_size(_instance: Any, attribute: attrs.Attribute, value: int | None) -> None:
+    # Which sides fit depends on the image size; the multicrop policy checks that.
+    if value is not None and not (isinstance(value, int) and value >= 1):
+        raise ValueError(f"{attribute.name}={value!r} must be a positive int, or None for "
+                         "the default (sslreg.backbones.multicrop_sizes)")
 
 
 @attrs.frozen(kw_only=True)
@@ -69,10 +84,12 @@ class DINOConfig:
     behind the student.
 
     ``global_crops_scale`` and ``local_crops_scale`` (main_dino.py's names) default to
-    the paper's ResNet-50 run, (0.14, 1) and (0.05, 0.14) (the README's command); its
-    ViTs use main_dino.py's defaults, ``--set method.global_crops_scale=0.4,1
-    method.local_crops_scale=0.05,0.4``. The view options see this config only, not the
-    backbone, so the scales do not change with the backbone.
+    ``None``: the paper's recipe for the run's backbone (``CROP_SCALES``), (0.14, 1) and
+    (0.05, 0.14) on a convnet as its ResNet-50 run (the README's command), (0.4, 1) and
+    (0.05, 0.4) on a ViT as main_dino.py's defaults; a pair set here wins on either.
+    ``local_size`` (``None``: the image side x 96/224 in whole ViT patches) must be a
+    multiple of the ViT patch for the image size (12 px at 96 px); see
+    :func:`sslreg.backbones.multicrop_sizes`.
     """
 
     out_dim: int = field(default=4096, validator=[instance_of(int), ge(1)])
@@ -89,10 +106,11 @@ class DINOConfig:
     use_bn_in_head: bool | None = field(default=None,
                                         validator=optional(instance_of(bool)))
     evaluate_teacher: bool = field(default=False, validator=instance_of(bool))
-    global_crops_scale: tuple[float, float] = field(default=(0.14, 1.0), converter=tuple,
-                                                    validator=_crop_scale)
-    local_crops_scale: tuple[float, float] = field(default=(0.05, 0.14), converter=tuple,
-                                                   validator=_crop_scale)
+    global_crops_scale: tuple[float, float] | None = field(
+        default=None, converter=attrs.converters.optional(tuple), validator=_crop_scale)
+    local_crops_scale: tuple[float, float] | None = field(
+        default=None, converter=attrs.converters.optional(tuple), validator=_crop_scale)
+    local_size: int | None = field(default=None, validator=_local_size)
 
 
 class DINOHead(nn.Module):
@@ -283,10 +301,16 @@ def _refresh_steps_done(module: DINO, _incompatible_keys: Any) -> None:
     module.steps_done = int(module.steps)
 
 
-def view_options(config: DINOConfig) -> dict[str, Any]:
-    """The ``multicrop`` policy's crop scales and number of local crops."""
-    return {"crop_scale": config.global_crops_scale, "local_scale": config.local_crops_scale,
-            "num_local": config.num_local}
+def view_options(config: DINOConfig, backbone_family: str = "convnet") -> dict[str, Any]:
+    """The ``multicrop`` policy's crop scales (the config's, else the paper's recipe for
+    ``backbone_family``), number of local crops and local crop side."""
+    global_scale, local_scale = CROP_SCALES.get(backbone_family, CROP_SCALES["convnet"])
+    options = {"crop_scale": config.global_crops_scale or global_scale,
+               "local_scale": config.local_crops_scale or local_scale,
+               "num_local": config.num_local}
+    if config.local_size is not None:
+        options["local_size"] = config.local_size
+    return options
 
 
 @hookimpl

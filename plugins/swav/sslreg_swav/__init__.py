@@ -64,6 +64,8 @@ class SwAVConfig:
     from epoch ``queue_start_epoch`` on. ``freeze_prototypes_fraction`` keeps every
     gradient off the prototypes for that share of the run's steps (epochs x steps per
     epoch), rounded to the nearest step: 0 never freezes them, 1 always does.
+    ``local_size`` (``None``: the image side x 96/224 in whole ViT patches, 12 px at
+    28-32 px, 36 px at 96 px) is the local crops' side.
     """
 
     temperature: float = field(default=0.1, converter=float, validator=gt(0))
@@ -77,11 +79,18 @@ class SwAVConfig:
     queue_length: int = field(default=0, validator=_count())
     queue_start_epoch: int = field(default=15, validator=_count())
     num_local: int = field(default=6, validator=_count(32))
+    local_size: int | None = field(default=None,
+                                   validator=attrs.validators.optional([instance_of(int), ge(1)]))
 
 
 def view_options(config: SwAVConfig) -> dict[str, Any]:
-    """The number of local crops; the ``swav-multicrop`` policy's defaults are SwAV's."""
-    return {"num_local": config.num_local}
+    """The number and side of the local crops; the ``swav-multicrop`` policy's other
+    defaults are SwAV's. The policy checks ``local_size`` against the image size: a
+    multiple of the ViT patch (:func:`sslreg.backbones.multicrop_sizes`)."""
+    options: dict[str, Any] = {"num_local": config.num_local}
+    if config.local_size is not None:
+        options["local_size"] = config.local_size
+    return options
 
 
 class SwAV(Method):
