@@ -14,6 +14,30 @@ def test_method_conforms(case):
     case()
 
 
+# The shape-dependent checks on every data shape and every backbone family a method
+# takes. The 1-channel 28 px cases on the default backbone are test_method_conforms's;
+# "deterministic" and "finite_loss" do not depend on the shape and cost most, so they
+# run at 28 px only (benchmarks/data_shapes.py trains every method at every shape).
+SHAPE_CHECKS = ("build", "step", "state_dict")
+
+
+def _cases_on_every_shape():
+    cases = []
+    for name in testing.method_names():
+        default = testing.tiny_backbone(name)
+        for backbone in testing.tiny_backbones(name):
+            shapes = [shape for shape in testing.SHAPES
+                      if (shape, backbone) != (testing.DEFAULT_SHAPE, default)]
+            cases += testing.conformance_cases(name, backbone=backbone, shapes=shapes,
+                                               checks=SHAPE_CHECKS)
+    return cases
+
+
+@pytest.mark.parametrize("case", _cases_on_every_shape())
+def test_method_conforms_on_every_data_shape(case):
+    case()
+
+
 def test_every_builtin_method_is_covered():
     assert {"simclr", "byol"} <= set(testing.method_names())
 
@@ -27,6 +51,34 @@ def test_cases_are_one_per_method_and_check_in_order():
     assert cases[0].values == (testing.ConformanceCase("simclr", "build"),)
     vit = testing.conformance_cases("simclr", backbone="vit-mini")
     assert vit[0].id == "simclr-build-vit-mini" and vit[0].values[0].backbone == "vit-mini"
+
+
+def test_cases_name_their_data_shape():
+    cases = testing.conformance_cases("simclr", backbone="vit-mini", shapes=testing.SHAPES,
+                                      checks=("build", "step"))
+    assert [case.id for case in cases] == [
+        "simclr-build-vit-mini-1ch28px", "simclr-build-vit-mini-3ch32px",
+        "simclr-build-vit-mini-3ch96px", "simclr-step-vit-mini-1ch28px",
+        "simclr-step-vit-mini-3ch32px", "simclr-step-vit-mini-3ch96px"]
+    assert cases[2].values[0].shape == testing.DataShape(3, 96)
+    with pytest.raises(ValueError, match="unknown conformance check 'stp'; choose from build"):
+        testing.conformance_cases("simclr", checks=("stp",))
+
+
+def test_checks_run_at_the_shape_they_are_given(monkeypatch):
+    seen = []
+    real_step = testing.step
+
+    def recording_step(method, policy, images, seed=0):
+        seen.append(tuple(images.shape[1:]))
+        return real_step(method, policy, images, seed)
+
+    monkeypatch.setattr(testing, "step", recording_step)
+    testing.ConformanceCase("simclr", "step", "vit-mini", testing.DataShape(3, 96))()
+    testing.check_step("simclr")  # the stable default: 1-channel 28 px
+    assert seen == [(3, 96, 96), (1, 28, 28)]
+    assert testing.tiny_backbones("simclr") == ["resnet18-narrow", "vit-mini"]
+    assert testing.tiny_backbones("mae") == ["vit-mini"]
 
 
 def test_each_check_is_a_public_function():
