@@ -5,6 +5,7 @@ prototypes, attention pictures, and config validation.
 
 import copy
 import math
+from types import SimpleNamespace
 
 import attrs
 import pytest
@@ -13,7 +14,9 @@ from sslreg_dino import DINO, DINOConfig, DINOLoss
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sslreg import ConfigError, RunConfig, RunContext, load_registry, testing
+from sslreg.backbones import sizes
 from sslreg.engine import pretrain
+from sslreg.engine.trainer import build_policy
 
 
 def _method(backbone: str = "resnet18-narrow", **options) -> DINO:
@@ -40,6 +43,9 @@ def test_registered_with_paper_defaults():
     assert (config.center_momentum, config.base_momentum) == (0.9, 0.996)
     assert spec.view_options(config) == {"crop_scale": (0.14, 1.0),
                                          "local_scale": (0.05, 0.14), "num_local": 6}
+    # The ViT recipe: main_dino.py's default crop scales.
+    assert spec.policy_options(config, "vit") == {"crop_scale": (0.4, 1.0),
+                                                  "local_scale": (0.05, 0.4), "num_local": 6}
     assert config.use_bn_in_head is None and config.evaluate_teacher is False
     assert spec.optim == {"name": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10}
 
@@ -49,6 +55,37 @@ def test_view_options_shape_the_multicrop_views():
     assert policy.num_views == 8
     views = policy(testing.tiny_images(), torch.Generator().manual_seed(0))
     assert [tuple(v.shape[-2:]) for v in views] == [(28, 28)] * 2 + [(12, 12)] * 6
+
+
+@pytest.mark.parametrize(("shape", "local"), [(testing.DataShape(1, 28), 12),
+                                              (testing.DataShape(3, 32), 12),
+                                              (testing.DataShape(3, 96), 36)])
+def test_builds_and_steps_on_a_vit_at_every_image_size(shape, local):
+    # At 96 px the ViT patch is 12 px: the old 40 px local crops could not be embedded.
+    method, policy = testing.build("dino", backbone="vit-mini", shape=shape)
+    assert method.backbone.patch_size == sizes.vit_patch_size(shape.size)
+    views = policy(testing.tiny_images(4, shape=shape), torch.Generator().manual_seed(0))
+    assert [v.shape[-1] for v in views] == [shape.size] * 2 + [local] * 6
+    output = method.training_step(views)
+    output.loss.backward()
+    assert torch.isfinite(output.loss) and method.backbone.patch_embed.weight.grad is not None
+
+
+def _policy(overrides, image_size=96, backbone="vit-mini"):
+    """The run's view policy as the trainer builds it, for colour images of that size."""
+    registry = load_registry()
+    config = RunConfig.build(registry, "dino", overrides, backbone=backbone)
+    data = SimpleNamespace(channels=3, images=torch.zeros(1, 3, image_size, image_size))
+    return build_policy(config, registry, data, ((0.5,) * 3, (0.25,) * 3))
+
+
+def test_a_local_size_must_be_whole_vit_patches():
+    assert _policy(["method.local_size=48"]).local_size == 48
+    with pytest.raises(ConfigError, match=r"local_size=40 does not fit 96 px images.*\(12 "
+                       r"px\).*one of 12, 24, 36, 48, 60, 72, 84, 96 \(default 36\)"):
+        _policy(["method.local_size=40"])
+    with pytest.raises(ConfigError, match="local_size=0 must be a positive int"):
+        RunConfig.build(load_registry(), "dino", ["method.local_size=0"])
 
 
 # --- the loss -------------------------------------------------------------------------

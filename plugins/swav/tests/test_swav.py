@@ -31,6 +31,32 @@ def test_conformance_vit():
     testing.check_method("swav", backbone="vit-mini")
 
 
+@pytest.mark.parametrize(("shape", "local"), [(testing.DataShape(1, 28), 12),
+                                              (testing.DataShape(3, 32), 12),
+                                              (testing.DataShape(3, 96), 36)])
+def test_builds_and_steps_on_a_vit_at_every_image_size(shape, local):
+    # At 96 px the ViT patch is 12 px: the old 40 px local crops could not be embedded.
+    method, policy = testing.build("swav", backbone="vit-mini", shape=shape)
+    views = policy(testing.tiny_images(4, shape=shape), torch.Generator().manual_seed(0))
+    assert [v.shape[-1] for v in views] == [shape.size] * 2 + [local] * 6
+    output = method.training_step(views)
+    output.loss.backward()
+    assert torch.isfinite(output.loss) and method.backbone.patch_embed.weight.grad is not None
+
+
+def test_a_local_size_must_be_whole_vit_patches():
+    registry = load_registry()
+    config = RunConfig.build(registry, "swav", ["method.local_size=40"], backbone="vit-mini")
+    options = registry.methods.get("swav").policy_options(config.method_config, "vit")
+    assert options["local_size"] == 40
+    with pytest.raises(ConfigError, match=r"local_size=40 does not fit 96 px images.*\(12 "
+                       r"px\).*one of 12, 24, 36, 48, 60, 72, 84, 96 \(default 36\)"):
+        registry.views.create("swav-multicrop", channels=3, image_size=96, mean=(0.5,) * 3,
+                              std=(0.25,) * 3, **options)
+    with pytest.raises(ConfigError, match="local_size"):
+        RunConfig.build(registry, "swav", ["method.local_size=0"])
+
+
 def test_registered_with_paper_defaults():
     registry = load_registry()
     spec = registry.methods.get("swav")
