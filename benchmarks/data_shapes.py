@@ -1,0 +1,124 @@
+"""Every registered method on every data shape: does it train, and how fast is a step?
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/data_shapes.py [--batch 16] [--steps 5]
+[--shapes 1x28,3x32,3x64,3x96] [--out benchmarks/results/data-shapes-cpu.md]``.
+
+For each method x shape (channels x side px), on the backbone the quick suite's CPU
+budget gives the method (``resnet18-narrow``, or ``vit-mini`` for ViT-only methods),
+builds the method and its default view policy as :func:`sslreg.testing.build` does,
+then takes one warm-up step and ``--steps`` timed training steps on random uint8 images
+(views, forward, backward, the method's own optimizer at its peak rate, ``on_step_end``),
+on the CPU. Prints (and writes with ``--out``) a Markdown table: method, backbone,
+shape, pass/fail with the first line of the error, median step time in ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import attrs
+import torch
+
+from sslreg import load_registry, testing
+from sslreg.bench.runner import backbone_for
+from sslreg.bench.suite import load_suite
+from sslreg.config import OptimConfig
+from sslreg.engine.optim import build_optimizer
+
+
+def parse_shapes(text: str) -> list[testing.DataShape]:
+    """``"1x28,3x96"`` -> [DataShape(1, 28), DataShape(3, 96)]."""
+    shapes = []
+    for item in text.split(","):
+        channels, _, size = item.strip().partition("x")
+        shapes.append(testing.DataShape(int(channels), int(size)))
+    return shapes
+
+
+def time_steps(name: str, backbone: str, shape: testing.DataShape, batch: int,
+               steps: int) -> list[float]:
+    """Seconds per training step after one warm-up step; raises what the method raises."""
+    method, policy = testing.build(name, backbone=backbone, shape=shape)
+    spec = load_registry().methods.get(name)
+    optim = OptimConfig(**spec.optim)
+    optim = attrs.evolve(optim, lr=optim.lr * batch / 256)  # the engine's linear scaling
+    optimizer = build_optimizer(method, optim, torch.device("cpu"))
+    images = testing.tiny_images(batch, shape=shape)
+    labels = testing.tiny_labels(batch)
+    method.train()
+    seconds = []
+    for index in range(steps + 1):
+        start = time.perf_counter()
+        views = policy(images, torch.Generator().manual_seed(index))
+        output = (method.training_step(views, labels=labels) if method.uses_labels
+                  else method.training_step(views))
+        if not torch.isfinite(output.loss):
+            raise FloatingPointError(f"loss {output.loss.item()} at step {index}")
+        optimizer.zero_grad()
+        output.loss.backward()
+        optimizer.step()
+        method.on_step_end((index + 1) / (steps + 1))
+        seconds.append(time.perf_counter() - start)
+    return seconds[1:]
+
+
+def measure(name: str, backbone: str, shape: testing.DataShape, batch: int,
+            steps: int) -> tuple[str, str]:
+    """(result, median ms) for one row; an error becomes its first line."""
+    try:
+        seconds = time_steps(name, backbone, shape, batch, steps)
+    except Exception as error:  # a benchmark row reports any failure, never stops
+        first_line = (str(error).splitlines() or [""])[0][:120].replace("|", "/")
+        return f"fail: {type(error).__name__}: {first_line}", "-"
+    return "pass", f"{statistics.median(seconds) * 1e3:.0f}"
+
+
+def provenance(args: argparse.Namespace) -> str:
+    command = "OMP_NUM_THREADS=1 python " + shlex.join(["benchmarks/data_shapes.py",
+                                                         *sys.argv[1:]])
+    return (f"Measured {datetime.date.today().isoformat()} on {platform.machine()} "
+            f"{platform.processor() or platform.system()}, CPU, "
+            f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
+            f"batch {args.batch}, median of {args.steps} steps after 1 warm-up; "
+            f"command: `{command}`.")
+
+
+def table(args: argparse.Namespace) -> list[str]:
+    registry = load_registry()
+    budget = load_suite("quick").cpu
+    lines = ["| method | backbone | shape | result | median step (ms) |",
+             "| --- | --- | --- | --- | ---: |"]
+    for name in registry.methods.names():
+        backbone = backbone_for(registry, name, budget)
+        for shape in args.shapes:
+            result, median = measure(name, backbone, shape, args.batch, args.steps)
+            lines.append(f"| {name} | {backbone} | {shape.channels}x{shape.size} px | "
+                         f"{result} | {median} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--shapes", type=parse_shapes, default="1x28,3x32,3x64,3x96")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+    rows = table(args)
+    text = "\n".join(["# Every method on every data shape (CPU)", "", provenance(args), "",
+                      *rows, ""])
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
