@@ -113,7 +113,11 @@ class Method(nn.Module, abc.ABC):
 
 @runtime_checkable
 class ViewPolicy(Protocol):
-    """Batched, on-device augmentation: uint8 (B, C, H, W) -> list of float views."""
+    """Batched, on-device augmentation: uint8 (B, C, H, W) -> list of float views.
+
+    A policy whose views are not all ``image_size`` square (multi-crop) also declares
+    ``view_sizes``, the side of each view in order; the contract checks read it.
+    """
 
     num_views: int
 

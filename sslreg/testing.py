@@ -14,6 +14,11 @@ test line per check. In a plugin's tests::
 
 or in one test: ``testing.check_method("mymethod")``. ``testing.conformance_cases()``
 without names covers every registered method. These names are a stable API.
+
+The other catalogs have contract checks too (from :mod:`sslreg.contracts`, re-exported
+here): ``check_backbone(name)``, ``check_view_policy(name)``, ``check_dataset(name,
+root=None)`` and ``check_monitor(name)``, with ``backbone_names()``,
+``view_policy_names()``, ``dataset_names()`` and ``monitor_names()`` to parametrise over.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ import attrs
 import torch
 
 from sslreg.config import OptimConfig, RunConfig
+from sslreg.contracts import (backbone_names, check_backbone, check_dataset,  # noqa: F401
+                              check_monitor, check_view_policy, dataset_names,
+                              monitor_names, view_policy_names)
 from sslreg.interfaces import Method, RunContext, StepOutput
 from sslreg.plugins import load_registry, pm
 
