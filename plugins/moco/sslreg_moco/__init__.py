@@ -30,7 +30,7 @@ from attrs.validators import ge, gt, in_, instance_of, le, optional
 from torch import Tensor, nn
 
 from sslreg import Method, MethodSpec, StepOutput, distributed, hookimpl
-from sslreg.backbones import ViT
+from sslreg.interfaces import ViTBackbone
 from sslreg.nn import cosine_momentum, ema_update, make_target, mlp
 from sslreg.nn.split_bn import convert_split_batchnorm
 from sslreg.objectives import InfoNCELoss, infonce_bound
@@ -187,7 +187,7 @@ class MoCo(Method):
             self.queue = KeyQueue(config.queue_length, out)
         else:
             self.projector, self.predictor = v3_heads(backbone.output_dim, hidden, out,
-                                                      vit=isinstance(backbone, ViT))
+                                                      vit=isinstance(backbone, ViTBackbone))
         if config.uses_shuffle_bn:  # before the key encoder copies them
             self.backbone = convert_split_batchnorm(self.backbone, config.bn_splits)
             self.projector = convert_split_batchnorm(self.projector, config.bn_splits)
