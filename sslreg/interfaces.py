@@ -1,4 +1,5 @@
-"""The interfaces the engine talks to: methods, view policies and monitors."""
+"""The interfaces the engine talks to: methods, view policies and monitors, and the token
+API that methods needing patch tokens (MAE, DINO) read from a ViT backbone."""
 
 from __future__ import annotations
 
@@ -74,10 +75,22 @@ class Method(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def training_step(self, views: list[Tensor]) -> StepOutput:
-        """Compute the loss on a list of augmented views, each (B, C, H, W) float."""
+        """Compute the loss on a list of augmented views, each (B, C, H, W) float.
+
+        Leave the method's state alone here (BatchNorm running statistics aside): a
+        loss may be computed without an optimizer step following it (a skipped step, a
+        check, a learning-rate probe), so queues, EMA targets, centres and counters
+        change in :meth:`on_step_end`. Every view should count: each view's images
+        change the loss.
+        """
 
     def on_step_end(self, progress: float) -> None:
-        """Called after each optimizer step; ``progress`` runs from 0 to 1 over the run."""
+        """Called after each optimizer step; ``progress`` runs from 0 to 1 over the run.
+
+        The place for state updates (push a queue, move an EMA target or a centre, count
+        steps). State that must survive a resume lives in parameters or buffers, so the
+        state_dict carries it; a plain tensor attribute is lost on reload.
+        """
 
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:
@@ -100,7 +113,11 @@ class Method(nn.Module, abc.ABC):
 
 @runtime_checkable
 class ViewPolicy(Protocol):
-    """Batched, on-device augmentation: uint8 (B, C, H, W) -> list of float views."""
+    """Batched, on-device augmentation: uint8 (B, C, H, W) -> list of float views.
+
+    A policy whose views are not all ``image_size`` square (multi-crop) also declares
+    ``view_sizes``, the side of each view in order; the contract checks read it.
+    """
 
     num_views: int
 
@@ -115,4 +132,43 @@ class Monitor(Protocol):
 
     def collapsed(self, metrics: dict[str, float]) -> str | None:
         """A one-line warning when ``metrics`` show collapse, else ``None``."""
+        ...
+
+
+@runtime_checkable
+class ViTBackbone(Protocol):
+    """The token API of a backbone of family ``"vit"``: exactly what methods read from it
+    (MAE: ``embed``, ``encode``, ``grid``, ``patch_size``, ``embed_dim``, ``in_channels``;
+    DINO: ``last_self_attention``, ``grid``). ``sslreg.contracts.check_backbone`` checks
+    that every registered ViT has these members and that they return these shapes.
+
+    Shapes: images (B, C, H, W) with H and W multiples of ``patch_size``; N = rows * cols
+    patches, row-major over the grid; D = ``embed_dim``.
+    """
+
+    in_channels: int  # C of the images it takes
+    patch_size: int  # side of a square patch, in pixels
+    embed_dim: int  # D, the width of every token
+    output_dim: int  # width of ``forward``'s features, as every backbone
+
+    def grid(self, images: Tensor) -> tuple[int, int]:
+        """(rows, cols) = (H // patch_size, W // patch_size) of the patch grid."""
+        ...
+
+    def embed(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, N, D) patch tokens with their positions, no [CLS]."""
+        ...
+
+    def encode(self, tokens: Tensor) -> Tensor:
+        """(B, n, D) embedded tokens (any subset of a grid's) -> (B, 1 + n, D): [CLS]
+        first, then the given tokens, through the blocks and the final norm."""
+        ...
+
+    def forward_tokens(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, 1 + N, D): ``encode(embed(images))``."""
+        ...
+
+    def last_self_attention(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, heads, 1 + N, 1 + N) softmax attention weights of the last
+        block ([CLS] first); each row sums to 1."""
         ...

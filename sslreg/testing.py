@@ -24,10 +24,16 @@ Every check runs on 1-channel 28 px images unless given a ``shape``
         "mymethod", shapes=testing.SHAPES, checks=testing.CHEAP_CHECKS))
     def test_conformance_on_every_shape(case):
         case()   # mymethod-build-1ch28px, ..., mymethod-deterministic-3ch96px
+
+The other catalogs have contract checks too (from :mod:`sslreg.contracts`, re-exported
+here): ``check_backbone(name)``, ``check_view_policy(name)``, ``check_dataset(name,
+root=None)`` and ``check_monitor(name)``, with ``backbone_names()``,
+``view_policy_names()``, ``dataset_names()`` and ``monitor_names()`` to parametrise over.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import io
@@ -38,6 +44,9 @@ import attrs
 import torch
 
 from sslreg.config import OptimConfig, RunConfig
+from sslreg.contracts import (backbone_names, check_backbone, check_dataset,  # noqa: F401
+                              check_monitor, check_view_policy, dataset_names,
+                              monitor_names, view_policy_names)
 from sslreg.interfaces import Method, RunContext, StepOutput
 from sslreg.plugins import load_registry, pm
 
@@ -166,28 +175,49 @@ def check_step(name: str, **kwargs: Any) -> StepOutput:
     assert output.loss.ndim == 0, f"{name}: the loss must be a scalar"
     assert torch.isfinite(output.loss), f"{name}: the loss is not finite ({output.loss})"
     output.loss.backward()
-    grads = [p.grad for p in method.backbone.parameters() if p.requires_grad]
-    assert any(g is not None and g.abs().sum() > 0 for g in grads), \
-        f"{name}: no gradient reaches the backbone"
+    missing = [key for key, p in method.backbone.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not missing, (f"{name}: no gradient reaches {len(missing)} trainable backbone "
+                         f"parameters, e.g. {missing[:3]}")
     method.on_step_end(0.5)
     return output
 
 
 def check_state_dict_roundtrip(name: str, backbone: str | None = None,
                                shape: DataShape = DEFAULT_SHAPE) -> None:
-    """A fresh model loading another's state_dict computes the same features."""
-    first, _ = build(name, seed=0, backbone=backbone, shape=shape)
+    """A fresh model loading another's state_dict, saved after a few steps (so queues,
+    EMA targets, centres and counters have moved), computes the same features and the
+    same next training loss: a resumed run continues where the saved one stood."""
+    first, policy = build(name, seed=0, backbone=backbone, shape=shape)
     second, _ = build(name, seed=1, backbone=backbone, shape=shape)
     images = torch.rand(4, shape.channels, shape.size, shape.size)
     first.eval()
     second.eval()
     assert not torch.allclose(first.features(images), second.features(images)), \
         f"{name}: two seeds built identical models"
+    _train_a_little(first, policy, shape=shape)
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
     buffer.seek(0)
     second.load_state_dict(torch.load(buffer, weights_only=True))
+    first.eval()
+    second.eval()
     torch.testing.assert_close(first.features(images), second.features(images))
+    views = policy(tiny_images(shape=shape), torch.Generator().manual_seed(9))
+    saved, loaded = _loss(first, views).detach(), _loss(second, views).detach()
+    assert torch.allclose(saved, loaded), (
+        f"{name}: after a state_dict round trip the next loss is {loaded.item():.6f}, not "
+        f"{saved.item():.6f}; keep run state (queues, EMA, centres, counters) in buffers")
+
+
+def _train_a_little(method: Method, policy: Any, steps: int = 3,
+                    shape: DataShape = DEFAULT_SHAPE) -> None:
+    """A few Adam steps with ``on_step_end``, fresh views each step."""
+    optimizer = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=1e-3)
+    images = tiny_images(shape=shape)
+    for index in range(steps):
+        views = policy(images, torch.Generator().manual_seed(index))
+        _optimize(method, optimizer, views, (index + 1) / (steps + 1))
 
 
 def check_deterministic(name: str, backbone: str | None = None,
@@ -276,8 +306,76 @@ def check_learns_on_tiny_data(name: str, backbone: str | None = None,
         "depends on")
 
 
+def check_state_in_buffers(name: str, backbone: str | None = None,
+                           shape: DataShape = DEFAULT_SHAPE) -> None:
+    """After a few steps, every tensor the method's modules hold is a parameter or a
+    buffer, so the state_dict carries it: a queue kept as a plain tensor attribute (or a
+    list of tensors) silently restarts empty on resume."""
+    method, policy = build(name, backbone=backbone, shape=shape)
+    _train_a_little(method, policy, shape=shape)
+    loose = [f"{prefix or type(method).__name__}.{attribute}"
+             for prefix, module in method.named_modules()
+             for attribute, value in vars(module).items() if _holds_tensors(value)]
+    assert not loose, (f"{name}: {', '.join(loose[:3])} holds tensors outside the "
+                       "state_dict; register them with register_buffer (or nn.Parameter)")
+
+
+def _holds_tensors(value: Any) -> bool:
+    # Dicts are left out: they are caches keyed by shape or device (e.g. ViT positions).
+    if isinstance(value, (list, tuple, collections.deque)):
+        return any(isinstance(item, torch.Tensor) for item in value)
+    return isinstance(value, torch.Tensor)
+
+
+# BatchNorm-like layers update these in every training-mode forward pass, by design.
+_RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _state_buffers(method: Method) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in method.named_buffers()
+            if not key.endswith(_RUNNING_STATISTICS)}
+
+
+def check_step_keeps_state(name: str, backbone: str | None = None,
+                           shape: DataShape = DEFAULT_SHAPE) -> None:
+    """``training_step`` leaves every buffer but BatchNorm statistics unchanged: queues,
+    EMA targets, centres and counters move in ``on_step_end`` (see
+    :meth:`sslreg.Method.training_step`), so a loss computed without an optimizer step
+    changes nothing."""
+    method, policy = build(name, backbone=backbone, shape=shape)
+    _train_a_little(method, policy, steps=1, shape=shape)  # so that steady-state branches run too
+    before = _state_buffers(method)
+    step(method, policy, tiny_images(shape=shape), seed=5)
+    after = _state_buffers(method)
+    changed = [key for key in before if not torch.equal(before[key], after[key])]
+    assert not changed, (f"{name}: training_step changed buffers {changed[:3]}; update "
+                         "state in on_step_end, after the optimizer step")
+
+
+def check_uses_every_view(name: str, backbone: str | None = None,
+                          shape: DataShape = DEFAULT_SHAPE) -> None:
+    """Replacing any one view by other images changes the loss: a method that reads a
+    view twice and ignores another fails here. Each loss is computed from the same
+    starting state (a copy of the method), so only the view differs. Losses are compared
+    exactly: a fresh model's loss may barely move with one of many views (one of SwAV's
+    local crops on a ViT moved it by 3e-5 of 8.4), but a view it never reads moves it not at all."""
+    method, policy = build(name, backbone=backbone, shape=shape)
+    views = policy(tiny_images(shape=shape), torch.Generator().manual_seed(0))
+    base = _loss(copy.deepcopy(method), views).detach()
+    again = _loss(copy.deepcopy(method), views).detach()
+    assert torch.equal(base, again), f"{name}: the same views gave two losses"
+    generator = torch.Generator().manual_seed(1)
+    for index, view in enumerate(views):
+        other = torch.randn(view.shape, generator=generator)
+        replaced = [*views[:index], other, *views[index + 1:]]
+        loss = _loss(copy.deepcopy(method), replaced).detach()
+        assert not torch.equal(base, loss), (
+            f"{name}: the loss ignores view {index} of {len(views)} (replacing it by "
+            "other images leaves the loss unchanged)")
+
+
 # The conformance checks in order: name -> check(method_name, backbone=None,
-# shape=DEFAULT_SHAPE). Stable API.
+# shape=DEFAULT_SHAPE). Stable API: new checks are added at the end.
 CHECKS: dict[str, Callable[..., Any]] = {
     "build": check_build,
     "step": check_step,
@@ -285,6 +383,9 @@ CHECKS: dict[str, Callable[..., Any]] = {
     "state_dict": check_state_dict_roundtrip,
     "deterministic": check_deterministic,
     "learns": check_learns_on_tiny_data,
+    "state_in_buffers": check_state_in_buffers,
+    "step_keeps_state": check_step_keeps_state,
+    "uses_every_view": check_uses_every_view,
 }
 # The checks that cost about one step each: all but "learns".
 CHEAP_CHECKS = ("build", "step", "finite_loss", "state_dict", "deterministic")

@@ -4,6 +4,8 @@ own API: each check a function, the pytest parametrisation, failures that say wh
 import attrs
 import pytest
 import torch
+import torch.nn.functional as F
+from sslreg_moco import MoCo
 from sslreg_simclr import SimCLR
 
 from sslreg import StepOutput, hookimpl, load_registry, testing
@@ -47,7 +49,8 @@ def test_cases_are_one_per_method_and_check_in_order():
     assert [case.id for case in cases[:6]] == [
         "simclr-build", "simclr-step", "simclr-finite_loss", "simclr-state_dict",
         "simclr-deterministic", "simclr-learns"]
-    assert len(cases) == 12 and cases[6].id == "byol-build"
+    checks = len(testing.CHECKS)
+    assert len(cases) == 2 * checks and cases[checks].id == "byol-build"
     assert cases[0].values == (testing.ConformanceCase("simclr", "build"),)
     vit = testing.conformance_cases("simclr", backbone="vit-mini")
     assert vit[0].id == "simclr-build-vit-mini" and vit[0].values[0].backbone == "vit-mini"
@@ -83,7 +86,8 @@ def test_checks_run_at_the_shape_they_are_given(monkeypatch):
 
 def test_each_check_is_a_public_function():
     assert list(testing.CHECKS) == ["build", "step", "finite_loss", "state_dict",
-                                    "deterministic", "learns"]
+                                    "deterministic", "learns", "state_in_buffers",
+                                    "step_keeps_state", "uses_every_view"]
     assert testing.CHECKS["learns"] is testing.check_learns_on_tiny_data
     assert all(callable(check) for check in testing.CHECKS.values())
 
@@ -115,20 +119,76 @@ class InfiniteSimCLR(SimCLR):
         return StepOutput(loss=output.loss * float("inf"), embeddings=output.embeddings)
 
 
+class StemWithoutGradientSimCLR(SimCLR):
+    """Runs the backbone's stem under no_grad: a gradient reaches the backbone, but not
+    every parameter of it."""
+
+    def training_step(self, views):
+        with torch.no_grad():
+            x = self.backbone.stem(torch.cat(views))
+        features = self.backbone.pool(self.backbone.stages(x)).flatten(1)
+        z1, z2 = self.projector(features).chunk(2)
+        return StepOutput(loss=self.criterion(z1, z2), embeddings=z1.detach())
+
+
+class OneViewTwiceSimCLR(SimCLR):
+    """Reads its first view twice and never the second."""
+
+    def training_step(self, views):
+        return super().training_step([views[0], views[0]])
+
+
+class PlainTensorQueueMoCo(MoCo):
+    """Keeps its negatives in a plain tensor attribute: the state_dict misses them, so a
+    resumed run restarts with an empty queue."""
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        self.negatives = torch.zeros(0, config.head_sizes[1])
+
+    def _v2_step(self, query_view, key_view):
+        q = self.projector(self.backbone(query_view))
+        k = self.keys(key_view)
+        loss = self.criterion(q, k, self.negatives if len(self.negatives) else None)
+        self.new_keys = k.detach()
+        return StepOutput(loss=loss, embeddings=q.detach())
+
+    def on_step_end(self, progress):
+        self.negatives = torch.cat([F.normalize(self.new_keys, dim=1), self.negatives])[:64]
+        self.new_keys = None
+        super().on_step_end(progress)
+
+
+class QueueInStepMoCo(MoCo):
+    """Pushes its keys during training_step instead of on_step_end."""
+
+    def _v2_step(self, query_view, key_view):
+        output = super()._v2_step(query_view, key_view)
+        self.queue.push(self._pending_keys)
+        self._pending_keys = None
+        return output
+
+
+BROKEN = {"ascending": ("simclr", AscendingSimCLR), "infinite": ("simclr", InfiniteSimCLR),
+          "stem-frozen": ("simclr", StemWithoutGradientSimCLR),
+          "one-view": ("simclr", OneViewTwiceSimCLR),
+          "plain-queue": ("moco", PlainTensorQueueMoCo),
+          "queue-in-step": ("moco", QueueInStepMoCo)}
+
+
 class BrokenMethodsPlugin:
-    def __init__(self, spec):
-        self.spec = spec
+    """Registers each broken method with the spec of the real method it subclasses."""
 
     @hookimpl
     def register_methods(self, register):
-        for name, factory in (("ascending", AscendingSimCLR), ("infinite", InfiniteSimCLR)):
-            register(attrs.evolve(self.spec, name=name, factory=factory, plugin=None))
+        methods = load_registry().methods
+        for name, (base, factory) in BROKEN.items():
+            register(attrs.evolve(methods.get(base), name=name, factory=factory, plugin=None))
 
 
 @pytest.fixture
 def broken_methods():
-    with testing.registered(BrokenMethodsPlugin(load_registry().methods.get("simclr")),
-                            "broken-methods"):
+    with testing.registered(BrokenMethodsPlugin(), "broken-methods"):
         yield
 
 
@@ -142,3 +202,30 @@ def test_a_sign_error_fails_learns_on_tiny_data(broken_methods):
 def test_a_non_finite_loss_fails_finite_loss(broken_methods):
     with pytest.raises(AssertionError, match="infinite: loss inf at step 0"):
         testing.check_finite_loss("infinite")
+
+
+def test_a_frozen_part_of_the_backbone_fails_step(broken_methods):
+    with pytest.raises(AssertionError, match=r"stem-frozen: no gradient reaches 3 trainable "
+                       r"backbone parameters, e.g. \['stem.0.weight'"):
+        testing.check_step("stem-frozen")
+
+
+def test_an_ignored_view_fails_uses_every_view(broken_methods):
+    testing.check_step("one-view")  # a finite loss with gradients everywhere
+    with pytest.raises(AssertionError, match="one-view: the loss ignores view 1 of 2"):
+        testing.check_uses_every_view("one-view")
+
+
+def test_a_queue_in_a_plain_tensor_fails_state_in_buffers_and_state_dict(broken_methods):
+    with pytest.raises(AssertionError, match="plain-queue: PlainTensorQueueMoCo.negatives "
+                       "holds tensors outside the state_dict"):
+        testing.check_state_in_buffers("plain-queue")
+    with pytest.raises(AssertionError, match="plain-queue: after a state_dict round trip "
+                       "the next loss is"):
+        testing.check_state_dict_roundtrip("plain-queue")
+
+
+def test_a_queue_pushed_in_training_step_fails_step_keeps_state(broken_methods):
+    with pytest.raises(AssertionError, match=r"queue-in-step: training_step changed buffers "
+                       r"\['queue.keys', 'queue.pointer', 'queue.count'\]"):
+        testing.check_step_keeps_state("queue-in-step")

@@ -13,6 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from datafiles import cifar_batch as _cifar_batch
+from datafiles import pattern as _pattern
+from datafiles import write_fashion as _write_fashion
+from datafiles import write_idx as _write_idx
+from datafiles import write_png as _write_png
 from sslreg import DataError, load_registry
 from sslreg.data import (
     ImageDataset,
@@ -33,10 +38,6 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Never read the real home or reach the network from a test.
     monkeypatch.setenv("SSLREG_DATA", str(tmp_path / "sslreg-data"))
     monkeypatch.setenv("SSLREG_OFFLINE", "1")
-
-
-def _pattern(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
 
 
 # --- ImageDataset -------------------------------------------------------------------------
@@ -102,25 +103,6 @@ def test_to_device_keeps_data() -> None:
 
 
 # --- Fashion-MNIST (IDX) ------------------------------------------------------------------
-
-
-def _write_idx(path: Path, array: np.ndarray, magic: int, compress: bool) -> None:
-    content = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-    content += array.astype(np.uint8).tobytes()
-    if compress:
-        with gzip.open(path.with_name(path.name + ".gz"), "wb") as stream:
-            stream.write(content)
-    else:
-        path.write_bytes(content)
-
-
-def _write_fashion(folder: Path, compress: bool, count: int = 7) -> np.ndarray:
-    folder.mkdir(parents=True, exist_ok=True)
-    images = _pattern((count, 28, 28))
-    for image_name, label_name in idx.FILES.values():
-        _write_idx(folder / image_name, images, 0x803, compress)
-        _write_idx(folder / label_name, np.arange(count) % 10, 0x801, compress)
-    return images
 
 
 @pytest.fixture
@@ -193,11 +175,6 @@ def test_real_fashion_mnist() -> None:
 # --- CIFAR --------------------------------------------------------------------------------
 
 
-def _cifar_batch(path: Path, images: np.ndarray, labels: list[int], key: bytes) -> None:
-    batch = {b"batch_label": b"x", b"data": images.reshape(len(images), -1), key: labels}
-    path.write_bytes(pickle.dumps(batch))
-
-
 def test_cifar10_reads_pickles(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
@@ -268,11 +245,6 @@ def test_stl10_missing_and_bad_size(tmp_path: Path) -> None:
 
 
 # --- ImageFolder --------------------------------------------------------------------------
-
-
-def _write_png(path: Path, pixels: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
 
 
 def test_imagefolder_rgb(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ class Block(nn.Module):
 class ViT(nn.Module):
     """ViT returning the final [CLS] token (B, output_dim), output_dim = embed_dim.
 
-    Token access for methods that need it:
+    Token access for methods that need it (:class:`sslreg.interfaces.ViTBackbone`):
 
     * :meth:`embed` -- patch tokens with positions, (B, N, D), no [CLS];
     * :meth:`encode` -- [CLS] + given tokens through the blocks and final norm;
@@ -98,6 +98,7 @@ class ViT(nn.Module):
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of the patch size "
                              f"{patch_size}")
+        self.in_channels = in_channels
         self.patch_size = patch_size
         self.embed_dim = self.output_dim = embed_dim
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch_size, patch_size)

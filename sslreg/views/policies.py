@@ -273,6 +273,11 @@ class TwoViewPolicy:
         self.blur_p: tuple[float, float] = _resolve_blur_p(self.options, image_size)
         self._statistics: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
+    @property
+    def view_sizes(self) -> tuple[int, ...]:
+        """The side of each view the policy returns, in order."""
+        return (self.image_size,) * self.num_views
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(channels={self.channels}, image_size={self.image_size}, "
@@ -407,6 +412,10 @@ class MultiCropViews(TwoViewPolicy):
                                                      type(self).__name__)
         default_p = 0.0 if _no_blur(self.image_size) else 0.5
         self.local_blur_p = default_p if o.local_blur_p is None else o.local_blur_p
+
+    @property
+    def view_sizes(self) -> tuple[int, ...]:
+        return (self.image_size,) * 2 + (self.local_size,) * self.options.num_local
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
         self._check(images, generator)

@@ -75,7 +75,8 @@ class MAE(Method):
     """ViT encoder on the visible patches (+ [CLS]) -> :class:`MAEDecoder` -> pixels of
     every patch; the loss scores the masked ones only.
 
-    Needs the ViT token API: ``embed``, ``encode``, ``grid``, ``patch_size``.
+    Needs the ViT token API (:class:`sslreg.interfaces.ViTBackbone`): ``embed``,
+    ``encode``, ``grid``, ``patch_size``, ``embed_dim``, ``in_channels``.
     """
 
     # Its features pool the patch tokens, not the backbone's [CLS]: the random-init
@@ -84,10 +85,9 @@ class MAE(Method):
 
     def __init__(self, config: MAEConfig, backbone: nn.Module) -> None:
         super().__init__(config, backbone)
-        # The token API does not expose the input channels; the patch projection does.
-        channels = backbone.patch_embed.in_channels
         self.decoder = MAEDecoder(backbone.embed_dim, config.decoder_dim, config.decoder_depth,
-                                  config.decoder_heads, backbone.patch_size ** 2 * channels)
+                                  config.decoder_heads,
+                                  backbone.patch_size ** 2 * backbone.in_channels)
         self.criterion = MaskedReconstructionLoss(norm_pix_loss=config.norm_pix_loss)
 
     def reconstruct(self, images: Tensor, generator: torch.Generator | None = None

@@ -30,7 +30,7 @@ from attrs.validators import ge, gt, in_, instance_of, le, optional
 from torch import Tensor, nn
 
 from sslreg import Method, MethodSpec, StepOutput, distributed, hookimpl
-from sslreg.backbones import ViT
+from sslreg.interfaces import ViTBackbone
 from sslreg.nn import cosine_momentum, ema_update, make_target, mlp
 from sslreg.nn.split_bn import convert_split_batchnorm
 from sslreg.objectives import InfoNCELoss, infonce_bound
@@ -187,7 +187,7 @@ class MoCo(Method):
             self.queue = KeyQueue(config.queue_length, out)
         else:
             self.projector, self.predictor = v3_heads(backbone.output_dim, hidden, out,
-                                                      vit=isinstance(backbone, ViT))
+                                                      vit=isinstance(backbone, ViTBackbone))
         if config.uses_shuffle_bn:  # before the key encoder copies them
             self.backbone = convert_split_batchnorm(self.backbone, config.bn_splits)
             self.projector = convert_split_batchnorm(self.projector, config.bn_splits)
@@ -196,6 +196,7 @@ class MoCo(Method):
         self.key_projector = make_target(self.projector)
         self.criterion = InfoNCELoss(temperature=config.temperature)
         self.momentum = config.base_momentum
+        self._pending_keys: Tensor | None = None  # this step's keys, queued at its end
 
     @torch.no_grad()
     def keys(self, view: Tensor) -> Tensor:
@@ -217,9 +218,11 @@ class MoCo(Method):
         k = self.keys(key_view)  # (N, D)
         negatives = self.queue.negatives()  # None on the first step: in-batch negatives
         loss = self.criterion(q, k, negatives)
-        # Under torchrun every rank queues the keys of the whole global batch, as MoCo's
-        # code does, so the ranks' queues stay identical.
-        self.queue.push(distributed.gather_with_grad(k))
+        # Queued in on_step_end, after the optimizer step (the paper's algorithm 1): a
+        # loss computed without a step must leave the queue alone. Under torchrun every
+        # rank queues the keys of the whole global batch, as MoCo's code does, so the
+        # ranks' queues stay identical.
+        self._pending_keys = distributed.gather_with_grad(k).detach()
         # In-batch negatives are gathered from every rank under torchrun.
         in_batch = len(q) * distributed.world_size()
         candidates = in_batch if negatives is None else 1 + len(negatives)
@@ -236,6 +239,9 @@ class MoCo(Method):
         return StepOutput(loss=loss, embeddings=q1.detach(), metrics={"infonce_bound": bound})
 
     def on_step_end(self, progress: float) -> None:
+        if self._pending_keys is not None:
+            self.queue.push(self._pending_keys)
+            self._pending_keys = None
         if self.config.version == 3:
             self.momentum = cosine_momentum(self.config.base_momentum, progress)
         ema_update(self.key_backbone, self.backbone, self.momentum)

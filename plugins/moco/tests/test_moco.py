@@ -72,7 +72,7 @@ def test_queue_survives_a_state_dict_round_trip():
     assert int(restored.pointer) == 2
 
 
-def test_v2_loss_is_info_nce_against_the_queue_then_enqueues_keys():
+def test_v2_loss_is_info_nce_against_the_queue_and_keys_are_queued_at_step_end():
     method, policy = testing.build("moco")
     method.train()
     views = policy(testing.tiny_images(), torch.Generator().manual_seed(0))
@@ -87,6 +87,8 @@ def test_v2_loss_is_info_nce_against_the_queue_then_enqueues_keys():
     logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue_before.T], dim=1) / 0.2
     expected = -torch.log_softmax(logits, dim=1)[:, 0].mean()
     torch.testing.assert_close(output.loss, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(method.queue.negatives(), queue_before)  # not yet queued
+    method.on_step_end(0.5)  # after the optimizer step
     torch.testing.assert_close(method.queue.keys[16:24], k)
     bound = math.log(1 + 16) - expected
     torch.testing.assert_close(output.metrics["infonce_bound"], bound, rtol=1e-4, atol=1e-5)
