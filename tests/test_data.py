@@ -299,11 +299,14 @@ def test_imagefolder_grayscale_stays_one_channel(tmp_path: Path) -> None:
 def test_imagefolder_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="imagefolder needs --data-root PATH"):
         imagefolder.load("train")
+    with pytest.raises(DataError, match=r"no images in .*/\*; put files ending in .*train/<cl"):
+        imagefolder.load("train", root=tmp_path)
+    _write_png(tmp_path / "test" / "a" / "0.png", _pattern((8, 8)))
     with pytest.raises(DataError, match="train.* is missing"):
         imagefolder.load("train", root=tmp_path)
     _write_png(tmp_path / "train" / "a" / "0.png", _pattern((8, 8)))
     _write_png(tmp_path / "train" / "a" / "1.png", _pattern((8, 9)))
-    with pytest.raises(DataError, match="resize all images to one size"):
+    with pytest.raises(DataError, match=r"1\.png is 9x8 .* set image_size=N"):
         imagefolder.load("train", root=tmp_path)
     with pytest.raises(DataError, match="choose from"):
         imagefolder.load("val", root=tmp_path)
