@@ -15,8 +15,7 @@ from sslreg.errors import DataError
 
 SPLITS = ("train", "test")
 
-# Images per chunk in channel_stats: float64 copies (and their squares) of 2048 3x96x96
-# images stay under 1 GB beside STL-10's 2.8 GB of unlabelled images.
+# Images per chunk in channel_stats: one channel of 2048 96x96 images is a 19 MB copy.
 _STATS_CHUNK = 2048
 
 
@@ -142,21 +141,23 @@ class ImageDataset:
     def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and (population) standard deviation of ``images / 255``.
 
-        Sums run in float64 over chunks: pixel values are integers, so the sums are
-        exact and memory stays bounded however many images there are.
+        Each channel's pixel values are counted (a 256-bin histogram per chunk of
+        images), so the sums are exact, memory stays bounded however many images there
+        are, and 100k STL-10 images take seconds rather than minutes in float64.
 
         Returns:
             ``(mean, std)``, each a tuple with one float per channel.
         """
-        total = torch.zeros(self.channels, dtype=torch.float64, device=self.images.device)
-        squares = torch.zeros_like(total)
+        device = self.images.device
+        counts = torch.zeros(self.channels, 256, dtype=torch.int64, device=device)
         for chunk in self.images.split(_STATS_CHUNK):
-            values = chunk.to(torch.float64)
-            total += values.sum(dim=(0, 2, 3))
-            squares += values.square().sum(dim=(0, 2, 3))
-        count = max(1, self.images.numel() // self.channels)
-        mean = total / count
-        std = (squares / count - mean.square()).clamp_min(0).sqrt()
+            for channel in range(self.channels):
+                counts[channel] += torch.bincount(chunk[:, channel].reshape(-1), minlength=256)
+        values = torch.arange(256, dtype=torch.float64, device=device)
+        histogram = counts.to(torch.float64)
+        total = histogram.sum(dim=1).clamp_min(1)
+        mean = histogram @ values / total
+        std = (histogram @ values.square() / total - mean.square()).clamp_min(0).sqrt()
         return tuple((mean / 255).tolist()), tuple((std / 255).tolist())
 
     def to(self, device: torch.device | str) -> ImageDataset:
