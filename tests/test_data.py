@@ -361,9 +361,11 @@ def test_synthetic_is_learnable_not_trivial(
 # --- registry -----------------------------------------------------------------------------
 
 
-def test_registry_lists_the_seven_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_registry_lists_the_built_in_datasets(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     registry = load_registry()
-    names = {"fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder", "digits", "synthetic"}
+    names = {"fashion-mnist", "cifar10", "cifar100", "stl10", "stl10-unlabeled", "imagefolder",
+             "digits", "synthetic"}
     assert names <= set(registry.datasets.names())
     assert registry.datasets.get("imagefolder").needs_root
     data = load_dataset(registry, "synthetic", "test")

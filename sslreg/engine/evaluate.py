@@ -142,8 +142,8 @@ def floor_dir(out: Path | str, config: RunConfig, registry: Any,
         **({"image_size": keyed["image_size"]} if "image_size" in keyed else {}),
     }
     digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
-    name = f"floor-{kind.replace(' ', '-')}-{data_label(config.dataset, config.eval.dataset, '-to-')}-" \
-           f"{description['backbone']}-" \
+    data = data_label(config.dataset, config.eval.dataset, "-to-")
+    name = f"floor-{kind.replace(' ', '-')}-{data}-{description['backbone']}-" \
            f"seed{description['seed']}-{digest[:8]}"
     return RunDir(Path(out) / name), description
 
