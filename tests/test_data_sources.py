@@ -21,7 +21,7 @@ from sslreg import DataError, DatasetSpec, load_registry
 from sslreg.bench.leaderboard import summary
 from sslreg.cli import cli
 from sslreg.config import RunConfig
-from sslreg.data import ImageDataset, checked_load, cifar, imagefolder, stl10
+from sslreg.data import ImageDataset, checked_load, cifar, imagefolder, load_dataset, stl10
 from sslreg.data.dataset import resize_center_crop
 from sslreg.engine.splits import load_run_data
 from sslreg.errors import ConfigError, PluginError
@@ -159,8 +159,8 @@ def test_stl10_unlabeled_reads_column_major_without_labels(tmp_path: Path) -> No
     folder.mkdir()
     images = _pattern((3, 3, 96, 96))
     (folder / "unlabeled_X.bin").write_bytes(images.transpose(0, 1, 3, 2).tobytes())
-    data = stl10.load_unlabeled("train", root=tmp_path)
-    assert data.labels is None and data.name == "stl10-unlabeled/train"
+    data = load_dataset(load_registry(), "stl10-unlabeled", "train", root=tmp_path)
+    assert data.labels is None and data.name == "stl10-unlabeled/train"  # spec: 0 classes
     assert np.array_equal(data.images.numpy(), images)
     with pytest.raises(DataError, match="only a train split.*eval.dataset=stl10"):
         stl10.load_unlabeled("test", root=tmp_path)
@@ -193,6 +193,9 @@ def test_spec_fields_are_checked_against_the_loaded_split() -> None:
     assert len(checked_load(_gray_loader, "g", "train", None, spec=undeclared)) == 4
     right = DatasetSpec(name="g", loader=_gray_loader, num_classes=2, channels=1, image_size=8)
     checked_load(_gray_loader, "g", "train", None, spec=right)
+    # The spec describes what the loader returns; a run's image_size resizes after.
+    resized = checked_load(_gray_loader, "g", "train", None, spec=right, image_size=16)
+    assert resized.images.shape == (4, 1, 16, 16)
     wrong = DatasetSpec(name="g", loader=_gray_loader, channels=3)
     with pytest.raises(PluginError, match="dataset 'g' declares channels=3 but g/train has "
                                           "channels=1"):
