@@ -302,6 +302,9 @@ def runs_table(rows: list[dict]) -> str:
 
 def _print_result(result: dict[str, Any]) -> None:
     """Test metrics (for tables), then validation metrics (for choosing), one a line."""
+    if "eval_dataset" in result:
+        click.echo(f"pretrained on {result['pretrain_dataset']}, "
+                   f"evaluated on {result['eval_dataset']}")
     for split, metrics in (("test", result["metrics"]), ("val", result.get("val_metrics", {}))):
         for key, value in metrics.items():
             shown = f"{value:.4f}" if isinstance(value, float) else value

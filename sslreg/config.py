@@ -99,10 +99,22 @@ class EvalConfig:
     # 0 draws no curve.
     curve_every: int = field(default=0, validator=[instance_of(int), ge(0)])
     curve_images: int = field(default=5000, validator=[instance_of(int), ge(100)])
+    # The labelled dataset the frozen backbone is scored on, and its folder; "" = the
+    # pretraining dataset (and its data_root). Validation is carved from its train split.
+    dataset: str = field(default="", validator=instance_of(str))
+    data_root: str = field(default="", validator=instance_of(str))
+
+
+def _zero_or_at_least_8(_instance: Any, attribute: attrs.Attribute, value: int) -> None:
+    if value != 0 and value < 8:
+        raise ValueError(f"{attribute.name} must be 0 (as stored) or at least 8, got {value}")
 
 
 SECTIONS = ("train", "optim", "eval", "method")
-TOP_LEVEL = ("dataset", "backbone", "views", "data_root")
+TOP_LEVEL = ("dataset", "backbone", "views", "data_root", "image_size")
+# Keys added after runs were recorded, with the value that means "as before": at that
+# value they are left out of the digest, so existing runs keep their directories.
+_NEW_KEYS = {("image_size",): 0, ("eval", "dataset"): "", ("eval", "data_root"): ""}
 
 
 @attrs.frozen(kw_only=True)
@@ -114,6 +126,9 @@ class RunConfig:
     backbone: str = field(default="resnet18", validator=instance_of(str))
     views: str = field(default="", validator=instance_of(str))  # "" = the method's default
     data_root: str = field(default="", validator=instance_of(str))
+    # 0 keeps the stored size; N resizes every image of the run (pretraining and
+    # evaluation) so its shorter side is N, then centre-crops N x N.
+    image_size: int = field(default=0, validator=[instance_of(int), _zero_or_at_least_8])
     method_config: Any = field(default=None)
     train: TrainConfig = field(factory=TrainConfig)
     optim: OptimConfig = field(factory=OptimConfig)
@@ -140,6 +155,8 @@ class RunConfig:
         """Refuse names no plugin registered, listing the valid choices."""
         registry.methods.get(self.method)
         registry.datasets.get(self.dataset)
+        if self.eval.dataset:
+            registry.datasets.get(self.eval.dataset)
         backbone = registry.backbones.get(self.backbone)
         registry.views.get(self.views_name(registry))
         families = registry.methods.get(self.method).backbone_families
@@ -150,6 +167,19 @@ class RunConfig:
                 f"method '{self.method}' needs a {' or '.join(families)} backbone "
                 f"({', '.join(fitting) or 'none registered'}); got '{self.backbone}' "
                 f"({backbone.family})")
+
+    @property
+    def eval_dataset(self) -> str:
+        """The dataset the backbone is scored on (``eval.dataset``, else ``dataset``)."""
+        return self.eval.dataset or self.dataset
+
+    @property
+    def eval_data_root(self) -> str:
+        """The folder of :attr:`eval_dataset`: ``eval.data_root``, else ``data_root``
+        when it is the pretraining dataset, else "" (the usual places)."""
+        if self.eval.data_root:
+            return self.eval.data_root
+        return self.data_root if self.eval_dataset == self.dataset else ""
 
     def views_name(self, registry: Any) -> str:
         return self.views or registry.methods.get(self.method).views
@@ -168,6 +198,7 @@ class RunConfig:
                 backbone=data["backbone"],
                 views=data["views"],
                 data_root=data["data_root"],
+                image_size=data.get("image_size", 0),
                 method_config=spec.config_class(**data["method_config"]),
                 train=TrainConfig(**data["train"]),
                 optim=OptimConfig(**data["optim"]),
@@ -178,10 +209,23 @@ class RunConfig:
 
     def digest(self) -> str:
         """A short hash of everything that changes the result (not the device)."""
-        data = self.to_dict()
+        data = self.keyed_dict()
         data["train"].pop("device")
         text = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def keyed_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the newer keys that are at their "as before" value,
+        so hashes of configs written before those keys existed do not change."""
+        data = self.to_dict()
+        for path, default in _NEW_KEYS.items():
+            *sections, key = path
+            holder = data
+            for section in sections:
+                holder = holder[section]
+            if holder[key] == default:
+                del holder[key]
+        return data
 
 
 def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:

@@ -118,17 +118,29 @@ class MonitorSpec:
     plugin: str | None = field(default=None, validator=optional(instance_of(str)))
 
 
+def _class_count(_instance: Any, attribute: attrs.Attribute, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or value == 1 or value < 0):
+        raise ValueError(f"{attribute.name} must be None, 0 (unlabelled) or >= 2, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class DatasetSpec:
-    """A labelled image dataset: ``loader(split, root)`` returns an
-    :class:`sslreg.data.ImageDataset` for ``split`` in ``("train", "test")``; ``root`` is
-    a folder given by the user, or ``None`` to search the usual places."""
+    """An image dataset: ``loader(split, root)`` returns an :class:`sslreg.data.ImageDataset`
+    for ``split`` in ``("train", "test")``; ``root`` is a folder given by the user, or
+    ``None`` to search the usual places. A loader that also takes ``image_size`` (an int,
+    0 = as stored) resizes while reading; any other loader's images are resized after.
+
+    ``num_classes`` (0 = unlabelled), ``channels`` and ``image_size`` describe what the
+    loader returns; ``None`` means the files decide (e.g. an image folder). Every value
+    that is not ``None`` is checked against each loaded split, and a mismatch is a
+    :class:`sslreg.errors.PluginError` naming the dataset, the field and both values.
+    """
 
     name: str = field(validator=_valid_name)
     loader: Callable[..., Any] = field(validator=is_callable())
-    num_classes: int = field(validator=ge(2))
-    channels: int = field(validator=attrs.validators.in_((1, 3)))
-    image_size: int = field(validator=ge(8))
+    num_classes: int | None = field(default=None, validator=_class_count)
+    channels: int | None = field(default=None, validator=optional(attrs.validators.in_((1, 3))))
+    image_size: int | None = field(default=None, validator=optional([instance_of(int), ge(8)]))
     description: str = field(default="", validator=instance_of(str))
     needs_root: bool = field(default=False, validator=instance_of(bool))
     plugin: str | None = field(default=None, validator=optional(instance_of(str)))

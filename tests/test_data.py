@@ -271,11 +271,14 @@ def test_imagefolder_grayscale_stays_one_channel(tmp_path: Path) -> None:
 def test_imagefolder_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="imagefolder needs --data-root PATH"):
         imagefolder.load("train")
+    with pytest.raises(DataError, match=r"no images in .*/\*; put files ending in .*train/<cl"):
+        imagefolder.load("train", root=tmp_path)
+    _write_png(tmp_path / "test" / "a" / "0.png", _pattern((8, 8)))
     with pytest.raises(DataError, match="train.* is missing"):
         imagefolder.load("train", root=tmp_path)
     _write_png(tmp_path / "train" / "a" / "0.png", _pattern((8, 8)))
     _write_png(tmp_path / "train" / "a" / "1.png", _pattern((8, 9)))
-    with pytest.raises(DataError, match="resize all images to one size"):
+    with pytest.raises(DataError, match=r"1\.png is 9x8 .* set image_size=N"):
         imagefolder.load("train", root=tmp_path)
     with pytest.raises(DataError, match="choose from"):
         imagefolder.load("val", root=tmp_path)
@@ -330,9 +333,11 @@ def test_synthetic_is_learnable_not_trivial(
 # --- registry -----------------------------------------------------------------------------
 
 
-def test_registry_lists_the_seven_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_registry_lists_the_built_in_datasets(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     registry = load_registry()
-    names = {"fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder", "digits", "synthetic"}
+    names = {"fashion-mnist", "cifar10", "cifar100", "stl10", "stl10-unlabeled", "imagefolder",
+             "digits", "synthetic"}
     assert names <= set(registry.datasets.names())
     assert registry.datasets.get("imagefolder").needs_root
     data = load_dataset(registry, "synthetic", "test")

@@ -12,7 +12,7 @@ import pandas as pd
 
 from sslreg.bench.suite import REFERENCE_METRICS, Reference
 from sslreg.errors import SslregError
-from sslreg.runs import open_index
+from sslreg.runs import data_label, open_index
 
 FORMATS = ("md", "csv", "latex", "html")
 # Methods that are baselines trained with labels: listed as the ceiling, after the
@@ -90,6 +90,9 @@ def summary(frame: pd.DataFrame, reference: Reference | None = None,
     grouped = frame.groupby(["method", "variant", "backbone"], sort=False)
     table = pd.DataFrame(index=grouped.size().index)
     table["seeds"] = grouped["seed"].nunique()
+    if "data" in frame and frame["data"].str.contains("→").any():
+        # Pretrained on one dataset, scored on another: the table says which.
+        table["data"] = grouped["data"].agg(lambda s: ", ".join(sorted(set(s))))
     if trials:
         methods = table.index.get_level_values("method")
         table["trials"] = [str(trials[m]) if m in trials else "-" for m in methods]
@@ -230,6 +233,7 @@ def _run_record(row: dict[str, Any], suite: str, split: str) -> dict[str, Any]:
     metrics = row["metrics"] if split == "test" else row["val_metrics"]
     return {"method": row["method"], "variant": row["suites"][suite], "run": row["run"],
             "backbone": row["backbone"], "seed": row["seed"],
+            "data": data_label(row["dataset"] or "", row["eval_dataset"]),
             "status": row["status"], **metrics, "curve": row["curve"],
             **{f"val_{key}": value for key, value in row["val_metrics"].items()},
             **{column: row[column] for column in COSTS},

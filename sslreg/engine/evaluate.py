@@ -23,7 +23,7 @@ from sslreg.engine.splits import EVAL_SUBSET_SEED, RunData, load_run_data
 from sslreg.engine.trainer import build_method
 from sslreg.evaluation import evaluate_splits, extract_features, pixel_features
 from sslreg.interfaces import Method
-from sslreg.runs import RunDir, write_json
+from sslreg.runs import RunDir, data_label, write_json
 from sslreg.runs.index import FLOOR_FILE, add_suite, open_index, provenance
 from sslreg.views import normalize
 
@@ -70,6 +70,7 @@ def evaluate_run(run: RunDir, registry: Any, method: Method | None = None) -> di
         "metrics": {**scored["test"], **extra_metrics(method, splits["test"], data, device)},
         "val_metrics": {**scored["val"], **extra_metrics(method, splits["val"], data, device)},
         "checkpoint_epoch": state["epoch"],
+        "pretrain_dataset": config.dataset, "eval_dataset": config.eval_dataset,
         **{f"eval_{name}_images": len(split) for name, split in splits.items()},
         "eval_seconds": round(time.perf_counter() - started, 2),
         "provenance": provenance(),
@@ -112,6 +113,8 @@ def floors(config: RunConfig, registry: Any, out: Path | str,
             write_json(run.config, config.to_dict())
             write_json(run.path / FLOOR_FILE, description)
             write_json(run.result, {**_floor_result(config, registry, kind, run.path.name),
+                                    "pretrain_dataset": config.dataset,
+                                    "eval_dataset": config.eval_dataset,
                                     "provenance": provenance()})
         if suite is not None:
             readout = description["readout"]
@@ -125,17 +128,22 @@ def floor_dir(out: Path | str, config: RunConfig, registry: Any,
               kind: str) -> tuple[RunDir, dict[str, Any]]:
     """The directory of one floor, named from everything that changes its scores."""
     random_init = kind == RANDOM_INIT
-    e = config.to_dict()["eval"]
+    keyed = config.keyed_dict()  # eval.dataset, image_size: only when set, as digests
+    e = keyed["eval"]
     for key in ("curve_every", "curve_images", "batch_size"):  # do not change scores
         e.pop(key)
+    # The pretraining dataset stays in the key: its channel statistics normalise the
+    # evaluation images the floors score.
     description = {
         "floor": kind, "dataset": config.dataset, "data_root": config.data_root, "eval": e,
         "backbone": config.backbone if random_init else "-",
         "readout": readout_of(config, registry) if random_init else "pixels",
         "seed": config.train.seed if random_init else 0,
+        **({"image_size": keyed["image_size"]} if "image_size" in keyed else {}),
     }
     digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
-    name = f"floor-{kind.replace(' ', '-')}-{config.dataset}-{description['backbone']}-" \
+    data = data_label(config.dataset, config.eval.dataset, "-to-")
+    name = f"floor-{kind.replace(' ', '-')}-{data}-{description['backbone']}-" \
            f"seed{description['seed']}-{digest[:8]}"
     return RunDir(Path(out) / name), description
 

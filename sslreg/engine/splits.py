@@ -1,6 +1,11 @@
-"""The three splits of a run, loaded once: train (what pretraining and the probes fit
-on), validation (a stratified share of the training split, for every choice) and test
-(scored once per run, for tables)."""
+"""The data of a run, loaded once: the pretraining images, and the three splits of the
+evaluation dataset: train (what the probes fit on), validation (a stratified share of
+the training split, for every choice) and test (scored once per run, for tables).
+
+The pretraining dataset (``dataset``) and the evaluation dataset (``eval.dataset``) are
+the same unless the config names another; then pretraining uses the pretraining
+dataset's whole train split (labelled or not) and the evaluation dataset is labelled.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import attrs
 
 from sslreg.config import RunConfig
 from sslreg.data import ImageDataset, checked_load
+from sslreg.errors import ConfigError, DataError
 
 # The validation split and the evaluation subsets are drawn with fixed seeds, so every
 # method and seed of a comparison trains, chooses and is scored on the same images.
@@ -20,16 +26,20 @@ EVAL_SUBSET_SEED = 0
 
 @attrs.frozen
 class RunData:
-    """The splits of one run's dataset and the training split's channel statistics."""
+    """The pretraining images, the evaluation dataset's splits, and the channel
+    statistics of the pretraining data (every image of the run is normalised by them)."""
 
-    train: ImageDataset  # the training split without the validation images
+    train: ImageDataset  # the evaluation training split without the validation images
     val: ImageDataset
     test: ImageDataset
     stats: tuple[tuple[float, ...], tuple[float, ...]]  # per-channel (mean, std)
+    # What pretraining may use; None: ``train`` (one dataset, validation held out).
+    pretrain: ImageDataset | None = None
 
     def pretraining(self, config: RunConfig) -> ImageDataset:
-        """The images a run pretrains on: ``train.train_subset`` of the train split."""
-        return self.train.subset(config.train.train_subset, seed=config.train.seed)
+        """The images a run pretrains on: ``train.train_subset`` of the pretraining pool."""
+        pool = self.train if self.pretrain is None else self.pretrain
+        return pool.subset(config.train.train_subset, seed=config.train.seed)
 
     def evaluation(self, config: RunConfig) -> dict[str, ImageDataset]:
         """The probes' training images and the two scored splits, as ``eval.*`` sizes."""
@@ -40,28 +50,72 @@ class RunData:
 
 
 def load_run_data(config: RunConfig, registry: Any) -> RunData:
-    """The run's splits; decoded files are kept for the process (they never change)."""
-    loader = registry.datasets.get(config.dataset).loader
-    key = (loader, config.dataset, config.data_root or None)
-    train, val = _train_val(*key, config.eval.val_fraction)
-    return RunData(train=train, val=val, test=_load(*key, "test"), stats=_train_stats(*key))
+    """The run's data; decoded files are kept for the process (they never change).
+
+    Raises:
+        ConfigError: a method that trains with labels given unlabelled images.
+        DataError: an unlabelled evaluation dataset, or evaluation images whose channels
+            or size differ from the pretraining images.
+    """
+    source = _key(registry, config.dataset, config.data_root, config.image_size)
+    target = _key(registry, config.eval_dataset, config.eval_data_root, config.image_size)
+    pool = _load(*source, "train")
+    _check_labels_for_method(pool, config, registry)
+    _require_labels(_load(*target, "train"), config)
+    train, val = _train_val(*target, config.eval.val_fraction)
+    _check_same_shape(pool, train)
+    return RunData(train=train, val=val, test=_load(*target, "test"),
+                   stats=_train_stats(*source), pretrain=None if source == target else pool)
+
+
+def _key(registry: Any, name: str, root: str, image_size: int) -> tuple[Any, ...]:
+    # Keyed by the spec (and so the loader): a test that registers another dataset under
+    # a known name gets its own data.
+    return registry.datasets.get(name), root or None, image_size
+
+
+def _check_labels_for_method(pool: ImageDataset, config: RunConfig, registry: Any) -> None:
+    if not pool.labelled and registry.methods.get(config.method).factory.uses_labels:
+        raise ConfigError(
+            f"method '{config.method}' trains with labels but {pool.name} has none; "
+            "pretrain it on a labelled dataset or choose a self-supervised method")
+
+
+def _require_labels(split: ImageDataset, config: RunConfig) -> None:
+    if not split.labelled:
+        raise DataError(
+            f"{split.name} has no labels, so it cannot be evaluated on; pretrain on it and "
+            "evaluate on a labelled dataset: --set eval.dataset=NAME (e.g. fashion-mnist)")
+
+
+def _check_same_shape(pool: ImageDataset, evaluation: ImageDataset) -> None:
+    if pool.channels != evaluation.channels:
+        raise DataError(
+            f"{pool.name} has {pool.channels}-channel images but {evaluation.name} has "
+            f"{evaluation.channels}; evaluate on a dataset with {pool.channels} channels")
+    if pool.images.shape[2:] != evaluation.images.shape[2:]:
+        raise DataError(
+            f"{pool.name} has {_size(pool)} images but {evaluation.name} has "
+            f"{_size(evaluation)}; --set image_size=N resizes both to N x N")
+
+
+def _size(dataset: ImageDataset) -> str:
+    return f"{dataset.images.shape[2]}x{dataset.images.shape[3]}"
 
 
 @functools.lru_cache(maxsize=8)
-def _train_val(loader: Any, dataset: str, root: str | None,
+def _train_val(spec: Any, root: str | None, image_size: int,
                fraction: float) -> tuple[ImageDataset, ImageDataset]:
     # A run asks for its splits several times (trainer, evaluation, floors): draw once.
-    return _load(loader, dataset, root, "train").split(fraction, seed=VAL_SEED)
+    return _load(spec, root, image_size, "train").split(fraction, seed=VAL_SEED)
 
 
 @functools.lru_cache(maxsize=8)
-def _load(loader: Any, dataset: str, root: str | None, split: str) -> ImageDataset:
-    # Keyed by the loader too: a test that registers another dataset under a known
-    # name gets its own data.
-    return checked_load(loader, dataset, split, root)
+def _load(spec: Any, root: str | None, image_size: int, split: str) -> ImageDataset:
+    return checked_load(spec.loader, spec.name, split, root, spec=spec, image_size=image_size)
 
 
 @functools.lru_cache(maxsize=8)
-def _train_stats(loader: Any, dataset: str,
-                 root: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    return _load(loader, dataset, root, "train").channel_stats()
+def _train_stats(spec: Any, root: str | None,
+                 image_size: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    return _load(spec, root, image_size, "train").channel_stats()

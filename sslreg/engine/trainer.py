@@ -37,7 +37,8 @@ class Trainer:
     policy: Any
     monitors: list[Any]
     images: torch.Tensor  # uint8 (N, C, H, W) on the device
-    labels: torch.Tensor  # (N,) on the device; only methods with uses_labels see them
+    # (N,) on the device, None for unlabelled images; only methods with uses_labels see them
+    labels: torch.Tensor | None
     optimizer: torch.optim.Optimizer
     schedule: torch.Tensor  # (epochs * steps_per_epoch,) learning rates
     device: torch.device
@@ -66,6 +67,7 @@ PREVIEW_IMAGES = 8
 
 def build_method(config: RunConfig, registry: Any, data: RunData) -> Method:
     """The method with a fresh backbone, set up with the run's context."""
+    # The evaluation split has the pretraining images' channels and size (load_run_data).
     channels, image_size = data.train.channels, data.train.images.shape[-1]
     backbone = registry.backbones.create(
         config.backbone, in_channels=channels, image_size=image_size)
@@ -73,8 +75,13 @@ def build_method(config: RunConfig, registry: Any, data: RunData) -> Method:
     method.setup(RunContext(
         epochs=config.train.epochs,
         steps_per_epoch=len(data.pretraining(config)) // config.train.batch_size,
-        channels=channels, image_size=image_size, class_names=data.train.classes))
+        channels=channels, image_size=image_size, class_names=_class_names(data)))
     return method
+
+
+def _class_names(data: RunData) -> tuple[str, ...]:
+    # What the pretraining labels mean, for methods that train with them.
+    return (data.train if data.pretrain is None else data.pretrain).classes
 
 
 def build_policy(config: RunConfig, registry: Any, data: ImageDataset,
@@ -119,7 +126,8 @@ def build_trainer(config: RunConfig, registry: Any, run: RunDir,
     return Trainer(
         config=config, run=run, method=method, policy=policy,
         monitors=[registry.monitors.create(name) for name in registry.monitors.names()],
-        images=pool.images.to(device), labels=pool.labels.to(device), device=device,
+        images=pool.images.to(device), device=device,
+        labels=None if pool.labels is None else pool.labels.to(device),
         preview=preview_images(method, data, device),
         optimizer=build_optimizer(method, config.optim, device),
         schedule=lr_schedule(config.optim, config.train.batch_size, steps_per_epoch,
@@ -210,7 +218,8 @@ def run_epoch(trainer: Trainer, epoch: int, writer: SummaryWriter, bar: tqdm) ->
     for index in range(trainer.steps_per_epoch):
         rows = order[index * config.batch_size:(index + 1) * config.batch_size]
         mine = distributed.shard(rows)  # this rank's slice of the global batch
-        output = train_step(trainer, trainer.images[mine], trainer.labels[mine], views_rng)
+        labels = None if trainer.labels is None else trainer.labels[mine]
+        output = train_step(trainer, trainer.images[mine], labels, views_rng)
         non_finite |= ~torch.isfinite(output.loss.detach())
         window_images += len(rows)
         trainer.step += 1
@@ -224,7 +233,7 @@ def run_epoch(trainer: Trainer, epoch: int, writer: SummaryWriter, bar: tqdm) ->
             window_start, window_images = time.perf_counter(), 0
 
 
-def train_step(trainer: Trainer, batch: torch.Tensor, labels: torch.Tensor,
+def train_step(trainer: Trainer, batch: torch.Tensor, labels: torch.Tensor | None,
                views_rng: torch.Generator) -> Any:
     """One optimizer step; no host synchronisation here (logging syncs every N steps)."""
     views = trainer.policy(batch, views_rng)

@@ -25,13 +25,14 @@ from sslreg.runs.layout import RunDir, write_json
 
 INDEX_NAME = "index.sqlite"
 # Bump when the table changes: an index of another version is rebuilt.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # In a run directory: the suites that ran it, each with the run's variant there (the
 # swept setting, e.g. "method.temperature=0.1"; "" for a plain run).
 SUITES_FILE = "suites.json"
 # In a floor's directory (raw pixels, random init): which floor, and what it is keyed by.
 FLOOR_FILE = "floor.json"
-COLUMNS = ("run", "method", "dataset", "backbone", "seed", "status", "suites",
+# ``dataset`` is the pretraining dataset, ``eval_dataset`` the one the run is scored on.
+COLUMNS = ("run", "method", "dataset", "eval_dataset", "backbone", "seed", "status", "suites",
            "config_sha256", "config", "git_commit", "versions", "device", "wall_time_s",
            "images_per_s", "peak_memory_mb", "mfu", "metrics", "val_metrics", "curve", "recorded_at")
 _SCHEMA = f"""
@@ -122,7 +123,9 @@ def row_for(run: RunDir, status: str | None = None) -> dict[str, Any]:
         method, backbone, state = f"({floor['floor']})", floor["backbone"], "floor"
     return {
         "run": run.path.name, "method": method,
-        "dataset": config.get("dataset"), "backbone": backbone,
+        "dataset": config.get("dataset"),
+        "eval_dataset": config.get("eval", {}).get("dataset") or config.get("dataset"),
+        "backbone": backbone,
         "seed": floor.get("seed", train.get("seed")), "status": state,
         "suites": json.dumps(_suites_of(run)),
         "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),

@@ -1,6 +1,7 @@
 """The run directory: one folder per run, named from its config so a re-run finds it.
 
     <out>/<method>-<dataset>-<backbone>-seed<N>-<digest>/
+    (<dataset> reads <pretrain>-to-<eval> when eval.dataset names another dataset)
         config.json     the resolved RunConfig
         checkpoint.pt   the last completed epoch (written atomically)
         train.json      status, epochs done, wall time, images/s, device
@@ -33,7 +34,8 @@ class RunDir:
 
     @classmethod
     def for_config(cls, out: Path | str, config: RunConfig) -> RunDir:
-        name = (f"{config.method}-{config.dataset}-{config.backbone}-"
+        data = data_label(config.dataset, config.eval.dataset, "-to-")
+        name = (f"{config.method}-{data}-{config.backbone}-"
                 f"seed{config.train.seed}-{config.digest()[:8]}")
         return cls(Path(out) / name)
 
@@ -58,6 +60,13 @@ class RunDir:
 
     def load_config(self, registry: Any) -> RunConfig:
         return RunConfig.from_dict(self.read_json(self.config), registry)
+
+
+def data_label(pretrain: str, evaluation: str | None, arrow: str = " → ") -> str:
+    """``pretrain``, or ``pretrain → evaluation`` when a run is scored on another dataset."""
+    if not evaluation or evaluation == pretrain:
+        return pretrain
+    return f"{pretrain}{arrow}{evaluation}"
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
