@@ -358,7 +358,8 @@ def check_uses_every_view(name: str, backbone: str | None = None,
     view twice and ignores another fails here. Each loss is computed from the same
     starting state (a copy of the method), so only the view differs. Losses are compared
     exactly: a fresh model's loss may barely move with one of many views (one of SwAV's
-    local crops on a ViT moved it by 3e-5 of 8.4), but a view it never reads moves it not at all."""
+    local crops on a ViT moved it by 3e-5 of 8.4), but a view it never reads moves it
+    not at all."""
     method, policy = build(name, backbone=backbone, shape=shape)
     views = policy(tiny_images(shape=shape), torch.Generator().manual_seed(0))
     base = _loss(copy.deepcopy(method), views).detach()

@@ -124,7 +124,8 @@ def test_eval_of_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_bench_unknown_suite():
-    assert_one_line_error(run("bench", "quik"), "unknown suite 'quik'", "fmnist, fmnist-cpu, quick, smoke")
+    assert_one_line_error(run("bench", "quik"), "unknown suite 'quik'",
+                          "fmnist, fmnist-cpu, quick, smoke")
 
 
 def test_bench_writes_the_table_with_its_provenance(tmp_path):

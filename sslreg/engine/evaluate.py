@@ -103,8 +103,8 @@ def floors(config: RunConfig, registry: Any, out: Path | str,
     Each floor is a run directory under ``out`` (``floor.json`` says which) recorded in
     the run index with provenance, and noted as part of ``suite`` when given (a random
     init read other than through the backbone's output names its readout as its variant,
-    e.g. ``mean of patch tokens``). Returns ``{floor: result}``, each result with ``metrics`` (test) and
-    ``val_metrics``.
+    e.g. ``mean of patch tokens``). Returns ``{floor: result}``, each result with
+    ``metrics`` (test) and ``val_metrics``.
     """
     results = {}
     for kind in (RAW_PIXELS, RANDOM_INIT):

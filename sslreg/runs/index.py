@@ -34,7 +34,8 @@ FLOOR_FILE = "floor.json"
 # ``dataset`` is the pretraining dataset, ``eval_dataset`` the one the run is scored on.
 COLUMNS = ("run", "method", "dataset", "eval_dataset", "backbone", "seed", "status", "suites",
            "config_sha256", "config", "git_commit", "versions", "device", "wall_time_s",
-           "images_per_s", "peak_memory_mb", "mfu", "metrics", "val_metrics", "curve", "recorded_at")
+           "images_per_s", "peak_memory_mb", "mfu", "metrics", "val_metrics", "curve",
+           "recorded_at")
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
     {COLUMNS[0]} TEXT PRIMARY KEY, {", ".join(f"{c}" for c in COLUMNS[1:])}
