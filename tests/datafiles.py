@@ -77,6 +77,13 @@ def write_stl10(root: Path, count: int = 2) -> None:
     (folder / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(10)) + "\n")
 
 
+def write_stl10_unlabeled(root: Path, count: int = 2) -> None:
+    """root/stl10_binary/unlabeled_X.bin: column-major 96x96 images, no labels."""
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "unlabeled_X.bin").write_bytes(pattern((count, 3, 96, 96)).tobytes())
+
+
 def write_png(path: Path, pixels: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)

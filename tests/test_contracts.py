@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import datafiles
-from sslreg import DataError, contracts, hookimpl, load_registry, testing
+from sslreg import DataError, PluginError, contracts, hookimpl, load_registry, testing
 from sslreg.backbones import ResNet18, ViT
 from sslreg.specs import BackboneSpec, DatasetSpec, MonitorSpec, ViewSpec
 from sslreg.views import SimCLRViews, ops
@@ -43,7 +43,8 @@ def test_monitor_contract(name):
 
 # Built-ins whose files are not on this machine get tiny files of the real format.
 WRITERS = {"cifar10": datafiles.write_cifar10, "cifar100": datafiles.write_cifar100,
-           "stl10": datafiles.write_stl10, "imagefolder": datafiles.write_imagefolder}
+           "stl10": datafiles.write_stl10, "stl10-unlabeled": datafiles.write_stl10_unlabeled,
+           "imagefolder": datafiles.write_imagefolder}
 
 
 @pytest.mark.parametrize("name", testing.dataset_names())
@@ -249,8 +250,8 @@ def test_check_dataset_rejects_a_spec_the_files_contradict(tmp_path):
     cifar = load_registry().datasets.get("cifar10")
     wrong = _renamed(cifar, name="grey-cifar", channels=1)
     with testing.registered(Registers(wrong), "broken-dataset"):
-        with pytest.raises(AssertionError, match="grey-cifar/train: the spec declares "
-                           "channels=1, the files hold 3"):
+        with pytest.raises(PluginError, match="dataset 'grey-cifar' declares channels=1 "
+                           "but cifar10/train has channels=3"):
             testing.check_dataset("grey-cifar", root=tmp_path)
 
 

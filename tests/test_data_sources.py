@@ -149,6 +149,8 @@ def test_imagefolder_folder_without_images(tmp_path: Path) -> None:
     (tmp_path / "readme.txt").write_text("no pictures here")
     with pytest.raises(DataError, match=r"no images in .*; put files ending in \.png"):
         imagefolder.load("train", root=tmp_path)
+    with pytest.raises(DataError, match=r"holds no images; create train/<class>/ and test/"):
+        imagefolder.load("test", root=tmp_path)
 
 
 # --- STL-10 unlabelled, truncated CIFAR ---------------------------------------------------

@@ -76,6 +76,9 @@ def _split_dir(root: Path, split: str) -> Path:
             raise DataError(f"imagefolder: {split_dir} is missing; create {split}/<class>/ in "
                             f"{root}")
         return split_dir
+    if split == "test" and not _images_in(root):
+        raise DataError(f"imagefolder: {root} holds no images; create train/<class>/ and "
+                        "test/<class>/ folders of image files in it")
     if split == "test":
         raise DataError(
             f"imagefolder: {root} holds unlabelled images (no train/ or test/ folders), so "
