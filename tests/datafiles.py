@@ -1,5 +1,6 @@
 """Tiny files in the built-in datasets' real on-disk formats, for the data tests and the
-dataset contract tests (tests/test_data.py, tests/test_contracts.py)."""
+dataset contract tests (tests/test_data.py, tests/test_contracts.py,
+tests/test_data_sources.py)."""
 
 from __future__ import annotations
 
@@ -94,3 +95,19 @@ def write_imagefolder(root: Path, classes: int = 2, size: int = 32) -> None:
     for split in ("train", "test"):
         for label in range(classes):
             write_png(root / split / f"class{label}" / "0.png", pattern((size, size, 3), label))
+
+
+def write_mixed_photos(root: Path, per_class: int = 8, classes: int = 2) -> None:
+    """root/{train,test}/<class>/*.jpg|png: RGB and grey images of assorted sizes and
+    aspect ratios (40-90 px a side), as a folder of a user's photos would be."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label in range(classes):
+            for index in range(per_class):
+                height, width = rng.integers(40, 91, size=2)
+                pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+                pixels[:, : width // 2] //= label + 1  # classes differ in brightness
+                if index % 4 == 3:
+                    pixels = pixels[..., 0]  # a grey photo among colour ones
+                suffix = ".jpg" if index % 2 else ".png"
+                write_png(root / split / f"class{label}" / f"{index}{suffix}", pixels)

@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+import datafiles
 from sslreg import DataError, DatasetSpec, load_registry
 from sslreg.bench.leaderboard import summary
 from sslreg.cli import cli
@@ -317,3 +318,37 @@ def test_cli_truncated_idx_is_one_line(tmp_path: Path) -> None:
     _assert_one_line(result, "train-images-idx3-ubyte holds 3820 data bytes",
                      "download the original again")
     assert not out.exists()
+
+
+# --- Every method on a folder of a user's photos ---------------------------------------------
+
+MIXED_PHOTOS_SUITE = """
+name = "photos"
+dataset = "imagefolder"
+methods = ["*"]
+seeds = [0]
+[budget.cpu]
+backbone = "resnet18-narrow"
+vit_backbone = "vit-mini"
+set = ["data_root={root}", "image_size=64", "train.epochs=1", "train.batch_size=8",
+       "eval.val_fraction=0.25", "eval.curve_every=0"]
+[budget.gpu]
+backbone = "resnet18-narrow"
+vit_backbone = "vit-mini"
+set = ["data_root={root}", "image_size=64", "train.epochs=1", "train.batch_size=8",
+       "eval.val_fraction=0.25", "eval.curve_every=0"]
+"""
+
+
+@pytest.mark.slow
+def test_every_method_pretrains_and_evaluates_on_mixed_size_photos_at_64px(tmp_path):
+    datafiles.write_mixed_photos(tmp_path / "photos", per_class=12)
+    suite = tmp_path / "photos.toml"
+    suite.write_text(MIXED_PHOTOS_SUITE.format(root=tmp_path / "photos"))
+    ran = CliRunner().invoke(cli, ["bench", str(suite), "--out", str(tmp_path / "runs"),
+                                   "--quiet"])
+    assert ran.exit_code == 0, ran.output
+    runs = [row for row in open_index(tmp_path / "runs").rows() if row["status"] != "floor"]
+    assert sorted(row["method"] for row in runs) == sorted(load_registry().methods.names())
+    assert all(row["status"] == "evaluated" for row in runs), runs
+    assert {json.loads(row["config"])["image_size"] for row in runs} == {64}

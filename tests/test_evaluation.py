@@ -243,6 +243,27 @@ def test_linear_probe_matches_sklearn_logistic_regression(fitted_probes: list) -
     assert result.accuracy == pytest.approx(expected, abs=1 / 300)
 
 
+def test_more_features_than_rows_use_the_rows_span_and_match_sklearn() -> None:
+    # Raw pixels of colour images have more dimensions than a small probe set has rows;
+    # the basis then comes from the Gram matrix (O(N^3), not O(D^3)) and loses nothing.
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    train, labels = blobs(40, 300, 3, 0.3, seed=3)
+    x = (train - train.mean(0)) / train.std(0, correction=0)
+    eigenvalues, rotation = linear_module._eigenbasis(x)
+    assert rotation.shape == (300, 39)  # centred rows span 39 dimensions
+    torch.testing.assert_close(rotation.T @ rotation, torch.eye(39), atol=1e-4, rtol=0)
+    torch.testing.assert_close((x @ rotation) @ rotation.T, x, atol=1e-3, rtol=0)
+    full = torch.linalg.eigvalsh((x.T @ x / 40).double()).float()
+    torch.testing.assert_close(eigenvalues.sort().values, full[-39:], atol=1e-3, rtol=1e-3)
+    weight_decay = 1e-2
+    fitted = linear_module.fit_linear_probe(train, labels, num_classes=3,
+                                            weight_decays=(weight_decay,), max_iter=500)
+    reference = sklearn.LogisticRegression(C=1 / (weight_decay * 40), tol=1e-10,
+                                           max_iter=10_000).fit(x.double().numpy(),
+                                                                labels.numpy())
+    np.testing.assert_allclose(fitted.probe.weight.numpy(), reference.coef_, atol=2e-3)
+
+
 def test_holdout_split_is_a_seeded_stratified_partition() -> None:
     labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
     fit, held = holdout_split(labels, 0.1, seed=0)

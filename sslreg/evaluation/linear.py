@@ -187,20 +187,42 @@ class _Basis:
 
     mean: Tensor  # (D,)
     std: Tensor  # (D,)
-    rotation: Tensor  # (D, D) orthonormal eigenvectors, one per column
-    eigenvalues: Tensor  # (D,) covariance of the standardized features along each
-    rotated: Tensor  # (N, D) standardized features @ rotation
+    rotation: Tensor  # (D, R) orthonormal eigenvectors, one per column; R = D, or < N
+    eigenvalues: Tensor  # (R,) covariance of the standardized features along each
+    rotated: Tensor  # (N, R) standardized features @ rotation
 
     @classmethod
     def of(cls, features: Tensor, device: torch.device) -> _Basis:
         x = features.to(device, torch.float32)
         mean, std = _standardization(x)
         x = (x - mean) / std  # (N, D)
-        covariance = (x.T @ x / x.shape[0]).double()
-        eigenvalues, rotation = torch.linalg.eigh(covariance)
-        rotation = rotation.float()
-        return cls(mean=mean, std=std, rotation=rotation,
-                   eigenvalues=eigenvalues.clamp_min(0).float(), rotated=x @ rotation)
+        eigenvalues, rotation = _eigenbasis(x)
+        return cls(mean=mean, std=std, rotation=rotation, eigenvalues=eigenvalues,
+                   rotated=x @ rotation)
+
+
+def _eigenbasis(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (R,) and eigenvectors (D, R) of the covariance of ``x`` (N, D).
+
+    With more features than rows (raw pixels of colour images: 12 288 at 64 px), the
+    D x D eigendecomposition costs O(D^3), hours at 96 px. The covariance then has rank
+    below N, and its eigenvectors with non-zero eigenvalues come from the N x N Gram
+    matrix instead (x = U S V^T: V = x^T U / S). The probe loses nothing: with an L2
+    penalty its optimal weights lie in the span of the training rows, which this basis
+    spans.
+    """
+    rows, dims = x.shape
+    if dims <= rows:
+        eigenvalues, rotation = torch.linalg.eigh((x.T @ x / rows).double())
+        return eigenvalues.clamp_min(0).float(), rotation.float()
+    # In float64: float32 rounding would leave the centred rows' null direction an
+    # eigenvalue of about 1e-7 of the largest, and dividing by its root amplifies noise.
+    x64 = x.double()
+    gram, left = torch.linalg.eigh(x64 @ x64.T)  # eigenvalues S^2, vectors U
+    keep = gram > gram.max() * 1e-10
+    singular = gram[keep].sqrt()
+    rotation = (x64.T @ left[:, keep]) / singular
+    return (singular.square() / rows).float(), rotation.float()
 
 
 @torch.enable_grad()
