@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
+import os
 import shlex
 import statistics
 import sys
@@ -36,6 +36,7 @@ from sslreg.bench.runner import backbone_for
 from sslreg.bench.suite import load_suite
 from sslreg.config import OptimConfig
 from sslreg.data import imagefolder
+from sslreg.engine.device import device_name
 from sslreg.engine.optim import build_optimizer
 
 
@@ -110,9 +111,9 @@ NOTE = ("Each method runs on its CPU-budget backbone here; "
 def provenance(args: argparse.Namespace) -> str:
     command = "OMP_NUM_THREADS=1 python " + shlex.join(["benchmarks/data_shapes.py",
                                                          *sys.argv[1:]])
-    return (f"Measured {datetime.date.today().isoformat()} on {platform.machine()} "
-            f"{platform.processor() or platform.system()}, CPU, "
-            f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
+    return (f"Measured {datetime.date.today().isoformat()} on "
+            f"{device_name(torch.device('cpu'))} of a {os.cpu_count()}-core machine, "
+            f"torch {torch.__version__}, "
             f"batch {args.batch}, median of {args.steps} steps after 1 warm-up; "
             f"command: `{command}`.")
 
