@@ -103,8 +103,8 @@ def measure(name: str, backbone: str, shape: testing.DataShape, batch: int,
 NOTE = ("Each method runs on its CPU-budget backbone here; "
         "tests/test_conformance.py::test_method_conforms_on_every_data_shape runs every "
         "method on each backbone family it takes at 1x28, 3x32 and 3x96 px, and "
-        "tests/test_data_sources.py pretrains and evaluates every method on a 64 px "
-        "ImageFolder of mixed-size photos. Step times on this shared 2-core machine vary "
+        "tests/test_data_sources.py pretrains and evaluates every method on an "
+        "ImageFolder of mixed-size photos resized to 32, 64 and 96 px. Step times on this shared 2-core machine vary "
         "by tens of percent between runs: read them as costs, not a ranking.")
 
 

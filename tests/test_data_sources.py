@@ -330,25 +330,27 @@ seeds = [0]
 [budget.cpu]
 backbone = "resnet18-narrow"
 vit_backbone = "vit-mini"
-set = ["data_root={root}", "image_size=64", "train.epochs=1", "train.batch_size=8",
+set = ["data_root={root}", "image_size={size}", "train.epochs=1", "train.batch_size=8",
        "eval.val_fraction=0.25", "eval.curve_every=0"]
 [budget.gpu]
 backbone = "resnet18-narrow"
 vit_backbone = "vit-mini"
-set = ["data_root={root}", "image_size=64", "train.epochs=1", "train.batch_size=8",
+set = ["data_root={root}", "image_size={size}", "train.epochs=1", "train.batch_size=8",
        "eval.val_fraction=0.25", "eval.curve_every=0"]
 """
 
 
 @pytest.mark.slow
-def test_every_method_pretrains_and_evaluates_on_mixed_size_photos_at_64px(tmp_path):
+@pytest.mark.parametrize("size", [32, 64, 96])
+def test_every_method_pretrains_and_evaluates_on_mixed_size_photos(tmp_path, size):
+    # Photos of 40-90 px: 32 px shrinks every one, 96 px enlarges every one.
     datafiles.write_mixed_photos(tmp_path / "photos", per_class=12)
     suite = tmp_path / "photos.toml"
-    suite.write_text(MIXED_PHOTOS_SUITE.format(root=tmp_path / "photos"))
+    suite.write_text(MIXED_PHOTOS_SUITE.format(root=tmp_path / "photos", size=size))
     ran = CliRunner().invoke(cli, ["bench", str(suite), "--out", str(tmp_path / "runs"),
                                    "--quiet"])
     assert ran.exit_code == 0, ran.output
     runs = [row for row in open_index(tmp_path / "runs").rows() if row["status"] != "floor"]
     assert sorted(row["method"] for row in runs) == sorted(load_registry().methods.names())
     assert all(row["status"] == "evaluated" for row in runs), runs
-    assert {json.loads(row["config"])["image_size"] for row in runs} == {64}
+    assert {json.loads(row["config"])["image_size"] for row in runs} == {size}
