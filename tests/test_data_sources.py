@@ -25,6 +25,7 @@ from sslreg.config import RunConfig
 from sslreg.data import ImageDataset, checked_load, cifar, imagefolder, load_dataset, stl10
 from sslreg.data.dataset import resize_center_crop
 from sslreg.engine.splits import load_run_data
+from sslreg.engine.trainer import build_method
 from sslreg.errors import ConfigError, PluginError
 from sslreg.runs import RunDir, open_index
 
@@ -243,7 +244,7 @@ def test_label_using_method_refuses_unlabelled_pretraining(registry, tmp_path: P
                              dataset="imagefolder", data_root=str(tmp_path))
     with pytest.raises(ConfigError, match="method 'supervised' trains with labels but "
                                           "imagefolder/train has none"):
-        load_run_data(config, registry)
+        build_method(config, registry, load_run_data(config, registry))
 
 
 def test_evaluation_images_must_match_channels_and_size(registry, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import attrs
 
 from sslreg.config import RunConfig
 from sslreg.data import ImageDataset, checked_load
-from sslreg.errors import ConfigError, DataError
+from sslreg.errors import DataError
 
 # The validation split and the evaluation subsets are drawn with fixed seeds, so every
 # method and seed of a comparison trains, chooses and is scored on the same images.
@@ -53,14 +53,12 @@ def load_run_data(config: RunConfig, registry: Any) -> RunData:
     """The run's data; decoded files are kept for the process (they never change).
 
     Raises:
-        ConfigError: a method that trains with labels given unlabelled images.
         DataError: an unlabelled evaluation dataset, or evaluation images whose channels
             or size differ from the pretraining images.
     """
     source = _key(registry, config.dataset, config.data_root, config.image_size)
     target = _key(registry, config.eval_dataset, config.eval_data_root, config.image_size)
     pool = _load(*source, "train")
-    _check_labels_for_method(pool, config, registry)
     _require_labels(_load(*target, "train"), config)
     train, val = _train_val(*target, config.eval.val_fraction)
     _check_same_shape(pool, train)
@@ -72,13 +70,6 @@ def _key(registry: Any, name: str, root: str, image_size: int) -> tuple[Any, ...
     # Keyed by the spec (and so the loader): a test that registers another dataset under
     # a known name gets its own data.
     return registry.datasets.get(name), root or None, image_size
-
-
-def _check_labels_for_method(pool: ImageDataset, config: RunConfig, registry: Any) -> None:
-    if not pool.labelled and registry.methods.get(config.method).factory.uses_labels:
-        raise ConfigError(
-            f"method '{config.method}' trains with labels but {pool.name} has none; "
-            "pretrain it on a labelled dataset or choose a self-supervised method")
 
 
 def _require_labels(split: ImageDataset, config: RunConfig) -> None:

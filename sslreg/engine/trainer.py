@@ -21,7 +21,7 @@ from sslreg.engine.device import device_name, resolve_device, use_bf16
 from sslreg.engine.mfu import backbone_flops_per_image, mfu, peak_flops
 from sslreg.engine.optim import build_optimizer, lr_schedule
 from sslreg.engine.splits import RunData, load_run_data
-from sslreg.errors import DivergedError, SslregError
+from sslreg.errors import ConfigError, DivergedError, SslregError
 from sslreg.interfaces import Method, RunContext
 from sslreg.runs import RunDir, write_json
 from sslreg.views import normalize
@@ -72,6 +72,11 @@ def build_method(config: RunConfig, registry: Any, data: RunData) -> Method:
     backbone = registry.backbones.create(
         config.backbone, in_channels=channels, image_size=image_size)
     method = registry.methods.get(config.method).factory(config.method_config, backbone)
+    pool = data.train if data.pretrain is None else data.pretrain
+    if method.uses_labels and not pool.labelled:
+        raise ConfigError(
+            f"method '{config.method}' trains with labels but {pool.name} has none; "
+            "pretrain it on a labelled dataset or choose a self-supervised method")
     method.setup(RunContext(
         epochs=config.train.epochs,
         steps_per_epoch=len(data.pretraining(config)) // config.train.batch_size,
