@@ -111,6 +111,22 @@ class Method(nn.Module, abc.ABC):
         return {}
 
 
+@attrs.frozen(kw_only=True)
+class BackboneExport:
+    """A backbone's weights in another library's key names, for ``sslreg export``.
+
+    A backbone offers these through an optional ``exports()`` method returning a list of
+    them, one per library whose model has the same architecture. ``code`` is Python
+    that builds that library's model as ``model`` and loads the weights from the
+    safetensors file named by the variable ``path`` with ``strict=True``; the model card
+    shows it, and the export tests run it and compare features.
+    """
+
+    library: str  # e.g. "torchvision", "timm": also the export's file name
+    state_dict: dict[str, Tensor]
+    code: str
+
+
 @runtime_checkable
 class ViewPolicy(Protocol):
     """Batched, on-device augmentation: uint8 (B, C, H, W) -> list of float views.

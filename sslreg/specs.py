@@ -1,7 +1,7 @@
 """Frozen specs: what a plugin registers. One spec per registered name.
 
-Every spec has a ``name`` (lowercase, digits, ``-`` and ``_``) and a ``factory`` that
-builds the thing. The registry fills in ``plugin`` (who registered it).
+Every spec has a ``name`` (lowercase, digits, ``-`` and ``_``, optionally after one
+``namespace/`` prefix, as in ``timm/resnet50``) and a ``factory`` that builds the thing. The registry fills in ``plugin`` (who registered it).
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import attrs
 from attrs import field
 from attrs.validators import ge, instance_of, is_callable, optional
 
-_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+_NAME = re.compile(r"^([a-z][a-z0-9_\-]*/)?[a-z][a-z0-9_\-]*$")
 
 
 def _valid_name(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
     if not isinstance(value, str) or not _NAME.match(value):
         raise ValueError(
             f"{attribute.name} {value!r} must start with a lowercase letter and hold only "
-            "lowercase letters, digits, '-' and '_'"
+            "lowercase letters, digits, '-' and '_', with at most one 'namespace/' prefix"
         )
 
 

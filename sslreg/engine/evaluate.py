@@ -23,7 +23,7 @@ from sslreg.engine.splits import EVAL_SUBSET_SEED, RunData, load_run_data
 from sslreg.engine.trainer import build_method
 from sslreg.evaluation import evaluate_splits, extract_features, pixel_features
 from sslreg.interfaces import Method
-from sslreg.runs import RunDir, data_label, write_json
+from sslreg.runs import RunDir, data_label, path_safe, write_json
 from sslreg.runs.index import FLOOR_FILE, add_suite, open_index, provenance
 from sslreg.views import normalize
 
@@ -143,7 +143,7 @@ def floor_dir(out: Path | str, config: RunConfig, registry: Any,
     }
     digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
     data = data_label(config.dataset, config.eval.dataset, "-to-")
-    name = f"floor-{kind.replace(' ', '-')}-{data}-{description['backbone']}-" \
+    name = f"floor-{kind.replace(' ', '-')}-{data}-{path_safe(description['backbone'])}-" \
            f"seed{description['seed']}-{digest[:8]}"
     return RunDir(Path(out) / name), description
 

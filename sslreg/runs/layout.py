@@ -35,7 +35,7 @@ class RunDir:
     @classmethod
     def for_config(cls, out: Path | str, config: RunConfig) -> RunDir:
         data = data_label(config.dataset, config.eval.dataset, "-to-")
-        name = (f"{config.method}-{data}-{config.backbone}-"
+        name = (f"{path_safe(config.method)}-{data}-{path_safe(config.backbone)}-"
                 f"seed{config.train.seed}-{config.digest()[:8]}")
         return cls(Path(out) / name)
 
@@ -60,6 +60,12 @@ class RunDir:
 
     def load_config(self, registry: Any) -> RunConfig:
         return RunConfig.from_dict(self.read_json(self.config), registry)
+
+
+def path_safe(name: str) -> str:
+    """A registered name as one path component (``timm/resnet50`` -> ``timm-resnet50``);
+    the digest in every run directory's name keeps such names apart."""
+    return name.replace("/", "-")
 
 
 def data_label(pretrain: str, evaluation: str | None, arrow: str = " → ") -> str:
