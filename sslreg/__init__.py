@@ -1,5 +1,23 @@
-"""sslreg: a plugin-based experiment registry for self-supervised learning on images."""
+"""sslreg: a plugin-based experiment registry for self-supervised learning on images.
 
+The Python API (``sslreg.api``, re-exported here): :func:`pretrain`, :func:`evaluate`,
+:func:`load_run`, :func:`load_backbone`, :func:`export`, :func:`read_index`,
+:func:`run_suite`, :func:`leaderboard` and :func:`render_leaderboard`.
+"""
+
+from sslreg.api import (
+    Run,
+    configure,
+    evaluate,
+    export,
+    leaderboard,
+    load_backbone,
+    load_run,
+    pretrain,
+    read_index,
+    render_leaderboard,
+    run_suite,
+)
 from sslreg.config import EvalConfig, OptimConfig, RunConfig, TrainConfig
 from sslreg.errors import (
     CheckpointError,
@@ -41,6 +59,7 @@ __all__ = [
     "ObjectiveSpec",
     "OptimConfig",
     "PluginError",
+    "Run",
     "RunConfig",
     "RunContext",
     "SslregError",
@@ -49,7 +68,17 @@ __all__ = [
     "UnknownNameError",
     "ViewPolicy",
     "ViewSpec",
+    "configure",
+    "evaluate",
+    "export",
     "hookimpl",
+    "leaderboard",
+    "load_backbone",
     "load_registry",
+    "load_run",
+    "pretrain",
+    "read_index",
+    "render_leaderboard",
+    "run_suite",
     "__version__",
 ]

@@ -139,6 +139,22 @@ def eval_command(run_dir: str) -> None:
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Where to write (default: RUN_DIR/export).")
+@click.option("--format", "formats", multiple=True, metavar="NAME",
+              help="sslreg, torchvision or timm (repeatable; default: every format the "
+              "backbone has).")
+def export(run_dir: str, out: str | None, formats: tuple[str, ...]) -> None:
+    """Write RUN_DIR's evaluated backbone alone (safetensors, and torchvision's or timm's
+    key names where that library has the architecture) with a model card."""
+    from sslreg.engine.export import export_run
+
+    for path in export_run(run_dir, _registry(), out, formats):
+        click.echo(f"wrote {path}")
+
+
+@cli.command()
 @click.argument("suite", default="quick")
 @click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -184,7 +200,9 @@ def leaderboard(suite: str, out: str, fmt: str, plot_dir: str | None,
     if not Path(out).is_dir():
         raise SslregError(f"runs folder {out} does not exist; pass --out to the folder "
                           "`sslreg bench` wrote to")
-    name, reference, trials = _suite_reference(suite)
+    from sslreg.api import suite_reference
+
+    name, reference, trials = suite_reference(suite)
     frame = leaderboard_frame(out, name, split, readouts=method_readouts(_registry()))
     folder = Path(output).parent if output else None
     with tempfile.TemporaryDirectory(prefix="sslreg-figures-") as scratch:
@@ -234,21 +252,6 @@ def tune(suite: str, out: str, write_file: str | None, table_file: str | None,
         write_text(Path(table_file), f"## {loaded.name}: tuning trials\n\n{table}\n\n"
                    f"Made by `{command}`.\n")
         click.echo(f"wrote {table_file}", err=True)
-
-
-def _suite_reference(suite: str) -> tuple[str, Any, dict[str, int] | None]:
-    """The suite's name in the index, its reference table and the tuning trials of
-    this machine's budget, when SUITE is a built-in suite or a TOML file; any other
-    name is looked up in the index as it is."""
-    import torch
-
-    from sslreg.bench.suite import builtin_suites, load_suite
-
-    if suite in builtin_suites() or suite.endswith(".toml"):
-        loaded = load_suite(suite)
-        budget = loaded.budget(torch.cuda.is_available())
-        return loaded.name, loaded.reference, budget.tuned_settings.trials
-    return suite, None, None
 
 
 def _figures(frame: Any, folder: str | None) -> list[Path]:

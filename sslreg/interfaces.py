@@ -92,6 +92,12 @@ class Method(nn.Module, abc.ABC):
         state_dict carries it; a plain tensor attribute is lost on reload.
         """
 
+    @property
+    def evaluated_backbone(self) -> nn.Module:
+        """The backbone :meth:`features` reads, and ``sslreg export`` writes; a method
+        that evaluates another copy (DINO's teacher) overrides this."""
+        return self.backbone
+
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:
         """Frozen features for evaluation: (B, C, H, W) -> (B, D)."""

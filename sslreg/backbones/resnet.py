@@ -6,6 +6,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from sslreg.interfaces import BackboneExport
+
+# torchvision's resnet18 has 64 channels in its first stage; only that width maps onto it.
+TORCHVISION_WIDTH = 64
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 convs with a residual; a 1x1 conv on the shortcut when the shape changes."""
@@ -46,6 +51,7 @@ class ResNet18(nn.Module):
     def __init__(self, in_channels: int = 3, width: int = 64, stem_stride: int = 1,
                  zero_init_residual: bool = False) -> None:
         super().__init__()
+        self.in_channels, self.width, self.stem_stride = in_channels, width, stem_stride
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=False),
             nn.BatchNorm2d(width),
@@ -73,3 +79,41 @@ class ResNet18(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.stages(self.stem(x))).flatten(1)
+
+    def exports(self) -> list[BackboneExport]:
+        """torchvision's ``resnet18`` key names, at torchvision's width only."""
+        if self.width != TORCHVISION_WIDTH:
+            return []
+        return [BackboneExport(library="torchvision", state_dict=torchvision_keys(
+            self.state_dict()), code=torchvision_code(self.in_channels, self.stem_stride))]
+
+
+def torchvision_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``stem.0`` -> ``conv1``, ``stem.1`` -> ``bn1``, ``stages.i`` -> ``layer{i//2+1}.{i%2}``
+    and ``shortcut`` -> ``downsample``: torchvision's names for the same tensors."""
+    renamed = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "stem":
+            parts = [{"0": "conv1", "1": "bn1"}[parts[1]], *parts[2:]]
+        elif parts[0] == "stages":
+            block = int(parts[1])
+            parts = [f"layer{block // 2 + 1}", str(block % 2), *parts[2:]]
+            parts = ["downsample" if p == "shortcut" else p for p in parts]
+        renamed[".".join(parts)] = value
+    return renamed
+
+
+def torchvision_code(in_channels: int, stem_stride: int) -> str:
+    """torchvision's resnet18 with this network's small-image stem: a 3x3 first conv,
+    no max-pool, and no classifier (the pooled 512-d features come out)."""
+    return (
+        "import torch, torchvision\n"
+        "from safetensors.torch import load_file\n"
+        "model = torchvision.models.resnet18(weights=None)\n"
+        f"model.conv1 = torch.nn.Conv2d({in_channels}, 64, kernel_size=3, "
+        f"stride={stem_stride}, padding=1, bias=False)\n"
+        "model.maxpool = torch.nn.Identity()\n"
+        "model.fc = torch.nn.Identity()\n"
+        "model.load_state_dict(load_file(path), strict=True)\n"
+        "model.eval()\n")

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sslreg.interfaces import BackboneExport
+
 
 def sincos_positions(height: int, width: int, dim: int) -> Tensor:
     """(height * width, dim) fixed 2-D sine-cosine position embeddings, row-major.
@@ -98,7 +100,8 @@ class ViT(nn.Module):
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of the patch size "
                              f"{patch_size}")
-        self.in_channels = in_channels
+        self.in_channels, self.image_size = in_channels, image_size
+        self.depth, self.heads, self.mlp_ratio = depth, heads, mlp_ratio
         self.patch_size = patch_size
         self.embed_dim = self.output_dim = embed_dim
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch_size, patch_size)
@@ -163,3 +166,36 @@ class ViT(nn.Module):
         for block in self.blocks[:-1]:
             x = block(x)
         return self.blocks[-1].attn.weights(self.blocks[-1].norm1(x))
+
+    def exports(self) -> list[BackboneExport]:
+        """timm's ``VisionTransformer`` key names for this network at its image size."""
+        return [BackboneExport(library="timm", state_dict=self.timm_state_dict(),
+                               code=self.timm_code())]
+
+    def timm_state_dict(self) -> dict[str, Tensor]:
+        """The same tensors under timm's names, plus timm's learned-position table filled
+        with the fixed sine-cosine positions ([CLS] at position zero, as here)."""
+        names = {"patch_embed.weight": "patch_embed.proj.weight",
+                 "patch_embed.bias": "patch_embed.proj.bias"}
+        state = {}
+        for key, value in self.state_dict().items():
+            key = names.get(key, key).replace(".mlp.0.", ".mlp.fc1.").replace(".mlp.2.",
+                                                                              ".mlp.fc2.")
+            state[key] = value
+        side = self.image_size // self.patch_size
+        grid = sincos_positions(side, side, self.embed_dim)
+        state["pos_embed"] = torch.cat([torch.zeros(1, self.embed_dim), grid])[None]
+        return state
+
+    def timm_code(self) -> str:
+        return (
+            "from safetensors.torch import load_file\n"
+            "from timm.models.vision_transformer import VisionTransformer\n"
+            f"model = VisionTransformer(img_size={self.image_size}, "
+            f"patch_size={self.patch_size}, in_chans={self.in_channels}, "
+            f"embed_dim={self.embed_dim}, depth={self.depth}, num_heads={self.heads}, "
+            f"mlp_ratio={self.mlp_ratio}, num_classes=0, global_pool=\"token\")\n"
+            "# For the mean of the patch tokens (MAE's readout) instead of [CLS]:\n"
+            "# global_pool=\"avg\", fc_norm=False\n"
+            "model.load_state_dict(load_file(path), strict=True)\n"
+            "model.eval()\n")

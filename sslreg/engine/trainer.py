@@ -59,6 +59,9 @@ class Trainer:
     # and the devices' summed bf16 peak, for MFU; the peak is None on CPUs and unknown GPUs.
     flops_per_image: float = 0.0
     peak_flops: float | None = None
+    # What the backbone reads: channels, side and the normalisation of its input, kept in
+    # every checkpoint so an exported backbone says how to feed it.
+    inputs: dict[str, Any] = attrs.Factory(dict)
 
 
 # How many fixed validation images Method.visualize receives each epoch.
@@ -143,7 +146,15 @@ def build_trainer(config: RunConfig, registry: Any, run: RunDir,
         flops_per_image=backbone_flops_per_image(method.backbone, policy, pool.images[:2]
                                                  .to(device)),
         peak_flops=_peak(device),
+        inputs=input_spec(pool.images, data.stats),
     )
+
+
+def input_spec(images: torch.Tensor, stats: tuple[tuple[float, ...], tuple[float, ...]]
+               ) -> dict[str, Any]:
+    """Channels, side and per-channel mean and std (of pixel values in [0, 1])."""
+    return {"channels": int(images.shape[1]), "image_size": int(images.shape[-1]),
+            "mean": list(stats[0]), "std": list(stats[1])}
 
 
 def _peak(device: torch.device) -> float | None:
@@ -190,6 +201,7 @@ def checkpoint(trainer: Trainer) -> None:
         "images_seen": trainer.images_seen,
         "model": trainer.method.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
+        "inputs": trainer.inputs,
     })
 
 
