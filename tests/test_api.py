@@ -88,3 +88,16 @@ def test_pretrain_returns_a_run_and_the_index_reads_it(registry, tmp_path):
     assert row["val_linear_acc"] == run.val_metrics["linear_acc"]
     again = sslreg.evaluate(run, registry=registry)
     assert again["metrics"]["linear_acc"] == pytest.approx(run.metrics["linear_acc"])
+
+
+def test_evaluating_later_updates_the_index(registry, tmp_path):
+    run = sslreg.pretrain("simclr", dataset="synthetic", backbone="resnet18-narrow",
+                          epochs=1, batch_size=32, out=tmp_path, registry=registry,
+                          evaluate=False,
+                          overrides={"train.train_subset": 64, "eval.train_subset": 100,
+                                     "eval.val_subset": 50, "eval.test_subset": 50})
+    assert sslreg.read_index(tmp_path).iloc[0]["status"] == "trained"
+    result = sslreg.evaluate(run, registry=registry)
+    row = sslreg.read_index(tmp_path).iloc[0]
+    assert row["status"] == "evaluated"
+    assert row["linear_acc"] == result["metrics"]["linear_acc"]

@@ -53,8 +53,9 @@ def _evaluate(config: RunConfig, features: dict[str, torch.Tensor],
 
 
 def evaluate_run(run: RunDir, registry: Any, method: Method | None = None) -> dict[str, Any]:
-    """Score the final checkpoint of ``run`` and write ``result.json``: ``metrics`` are
-    the test split's (tables), ``val_metrics`` the validation split's (choices)."""
+    """Score the final checkpoint of ``run``, write ``result.json`` and update the run's
+    row in its folder's index: ``metrics`` are the test split's (tables),
+    ``val_metrics`` the validation split's (choices)."""
     config = run.load_config(registry)
     started = time.perf_counter()
     data = load_run_data(config, registry)
@@ -76,6 +77,7 @@ def evaluate_run(run: RunDir, registry: Any, method: Method | None = None) -> di
         "provenance": provenance(),
     }
     write_json(run.result, result)
+    open_index(run.path.parent).record(run)  # `sslreg eval` of a run the index lists
     return result
 
 
