@@ -161,12 +161,18 @@ def export(run_dir: str, out: str | None, formats: tuple[str, ...]) -> None:
 @click.option("--table", "table_file", type=click.Path(dir_okay=False),
               help="Also write the table, with the command and machine, to this file.")
 def bench(suite: str, out: str, quiet: bool, table_file: str | None) -> None:
-    """Pretrain and evaluate every method of SUITE (a name or a TOML file); print a table."""
+    """Pretrain and evaluate every method of SUITE (a name or a TOML file); print a table.
+
+    Runs under torchrun too: every process trains each run, rank 0 evaluates, writes
+    and prints."""
+    from sslreg import distributed
     from sslreg.bench import load_suite, run_suite
     from sslreg.bench.runner import provenance
 
     started = time.perf_counter()
     table = run_suite(load_suite(suite), _registry(), Path(out), progress=not quiet)
+    if not distributed.is_main():
+        return  # under torchrun, rank 0 alone prints and writes the table
     click.echo(table)
     if table_file:
         command = f"sslreg bench {suite} --out {out} --table {table_file}"

@@ -9,6 +9,10 @@ Conventions (every rank holds ``B / W`` of the global batch ``B``, ``W`` ranks):
 * Objectives that need the whole batch (contrastive negatives, batch statistics) gather
   across ranks with :func:`gather_with_grad`. Each rank's loss *value* is the loss of the
   whole global batch, the value one process would compute on all ``B`` images.
+* Objectives whose targets are normalised over the batch without gradient (DINO's
+  centre, SwAV's Sinkhorn codes) all-reduce the sums they need with
+  :func:`all_reduce_sum` / :func:`global_batch_mean`, so each rank's rows get what one
+  process would give them.
 * Gradients: summed over the ranks' losses, the backward gives each rank's inputs
   ``W`` times their rows of the single-process gradient; DDP then *averages* parameter
   gradients over the ``W`` ranks, so the parameters get exactly the single-process
@@ -18,6 +22,7 @@ Conventions (every rank holds ``B / W`` of the global batch ``B``, ``W`` ranks):
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 from collections.abc import Callable
 from typing import Any
@@ -43,13 +48,18 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched() -> bool:
+    """Whether torchrun started this process as one of several (before joining)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def init(device: torch.device) -> torch.device:
     """Join torchrun's process group when WORLD_SIZE > 1; return this rank's device.
 
     NCCL on CUDA, with the device chosen by LOCAL_RANK; gloo on the CPU. A group that is
     already initialised (by a caller or an earlier run in this process) is kept.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and world_size() == 1:
+    if not launched() and world_size() == 1:
         return device
     if not dist.is_available():
         raise SslregError("WORLD_SIZE > 1 but this torch build has no torch.distributed; "
@@ -65,8 +75,10 @@ def init(device: torch.device) -> torch.device:
 
 
 def _shutdown() -> None:
+    global _wait_group
     if dist.is_initialized():
         dist.destroy_process_group()
+    _wait_group = None
 
 
 def barrier() -> None:
@@ -162,6 +174,39 @@ def global_mean(loss: Tensor) -> Tensor:
     return loss + (total / world_size() - loss).detach()
 
 
+@torch.no_grad()
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """``tensor`` summed over the ranks, as a new tensor without gradient; ``tensor``
+    itself with one process (so one-process arithmetic stays bit for bit the same)."""
+    if world_size() == 1:
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total)
+    return total
+
+
+@torch.no_grad()
+def all_reduce_max(tensor: Tensor) -> Tensor:
+    """The elementwise maximum of ``tensor`` over the ranks, without gradient; ``tensor``
+    itself with one process."""
+    if world_size() == 1:
+        return tensor
+    peak = tensor.detach().clone()
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return peak
+
+
+@torch.no_grad()
+def global_batch_mean(rows: Tensor) -> Tensor:
+    """The mean over the global batch of this rank's ``rows`` (N, ...), shape (1, ...),
+    without gradient: what one process computes on all ``W * N`` rows. Every rank holds
+    as many rows (the global batch splits evenly), so the sum over the ranks divided by
+    ``W * N`` is that mean (DINO's centre, as its reference code computes it)."""
+    if world_size() == 1:
+        return rows.mean(dim=0, keepdim=True)
+    return all_reduce_sum(rows.sum(dim=0, keepdim=True)) / (len(rows) * world_size())
+
+
 def any_rank(flag: Tensor) -> Tensor:
     """``flag`` (a bool tensor) true on any rank, so every rank takes the same branch."""
     if world_size() == 1:
@@ -220,6 +265,38 @@ def data_parallel(method: nn.Module, device: torch.device) -> Callable[..., Any]
         return attrs.evolve(output, loss=loss)  # the loss as DDP returned it
 
     return step
+
+
+# How long the other ranks may wait while rank 0 alone evaluates (``sslreg bench``): a
+# linear probe can outlast NCCL's default timeout (10 minutes), which would abort them.
+MAIN_WAIT = datetime.timedelta(hours=24)
+_wait_group: Any = None
+
+
+def _waiting_group() -> Any:
+    """A gloo group with the long timeout, made at the first wait (every rank reaches it
+    at the same point) and kept while the process group lives."""
+    global _wait_group
+    if _wait_group is None:
+        _wait_group = dist.new_group(backend="gloo", timeout=MAIN_WAIT)
+    return _wait_group
+
+
+def main_value(value: Any) -> Any:
+    """Rank 0's ``value`` (any picklable object) on every rank, so every rank takes the
+    branch rank 0 chose (e.g. whether a run is already finished); ``value`` itself with
+    one process. Every rank waits here for rank 0, however long it takes."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, group=_waiting_group())
+    return box[0]
+
+
+def wait_for_main() -> None:
+    """Every rank waits for rank 0 (evaluating, writing), however long it takes."""
+    if world_size() > 1:
+        dist.barrier(group=_waiting_group())
 
 
 def on_main(function: Callable[..., Any], *args: Any) -> None:

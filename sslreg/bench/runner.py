@@ -14,18 +14,24 @@ import click
 import pandas as pd
 import torch
 
+from sslreg import distributed
 from sslreg.bench.leaderboard import leaderboard_frame, method_readouts, summary
 from sslreg.bench.suite import Budget, Suite, suite_sets, variants
 from sslreg.config import RunConfig
 from sslreg.engine import floors, pretrain
-from sslreg.engine.device import device_name
+from sslreg.engine.device import device_name, resolve_device
 from sslreg.engine.evaluate import readout_of
 from sslreg.errors import SslregError
 from sslreg.runs import RunDir, add_suite, open_index, write_json
 
 
 def run_suite(suite: Suite, registry: Any, out: Path, *, progress: bool = True) -> str:
-    """Pretrain and evaluate each (method, seed); return the comparison table as Markdown."""
+    """Pretrain and evaluate each (method, seed); return the comparison table as Markdown.
+
+    Under torchrun every rank trains every run, in the same order; rank 0 alone
+    evaluates, records the runs, scores the floors and renders the table (the other
+    ranks return ``""`` once it is done).
+    """
     budget = suite.budget(torch.cuda.is_available())
     methods = suite.select(registry.methods.names())
     if not methods:
@@ -36,6 +42,8 @@ def run_suite(suite: Suite, registry: Any, out: Path, *, progress: bool = True) 
     configs = [RunConfig.build(registry, m, suite_sets(suite, budget, m, s, v),
                                dataset=suite.dataset, backbone=backbones[m])
                for m, v, s in jobs]  # every config is checked before the first run
+    if distributed.launched():  # join torchrun's group now: every choice below is rank 0's
+        distributed.init(resolve_device(configs[0].train.device))
     started = time.perf_counter()
     for number, (job, config) in enumerate(zip(jobs, configs, strict=True), 1):
         method, variant, seed = job
@@ -43,13 +51,17 @@ def run_suite(suite: Suite, registry: Any, out: Path, *, progress: bool = True) 
         _say(f"[{number}/{len(jobs)}] {method} {label + ' ' if label else ''}seed {seed} "
              f"on {backbones[method]} ({time.perf_counter() - started:.0f} s elapsed)")
         _run_one(config, registry, out, progress, (suite.name, label))
-    for config in floor_configs(configs, registry):
-        _say(f"floors: raw pixels and random init ({config.backbone}, "
-             f"{config.method}'s readout), seed {config.train.seed}")
-        floors(config, registry, out, suite=suite.name)
-    _say(f"suite {suite.name} done in {time.perf_counter() - started:.0f} s")
-    return render_table(leaderboard_frame(out, suite.name,
-                                          readouts=method_readouts(registry)), suite)
+    table = ""
+    if distributed.is_main():  # evaluation only, no training: rank 0 alone
+        for config in floor_configs(configs, registry):
+            _say(f"floors: raw pixels and random init ({config.backbone}, "
+                 f"{config.method}'s readout), seed {config.train.seed}")
+            floors(config, registry, out, suite=suite.name)
+        _say(f"suite {suite.name} done in {time.perf_counter() - started:.0f} s")
+        table = render_table(leaderboard_frame(out, suite.name,
+                                               readouts=method_readouts(registry)), suite)
+    distributed.wait_for_main()  # the index is complete when any rank returns
+    return table
 
 
 def floor_configs(configs: list[RunConfig], registry: Any) -> list[RunConfig]:
@@ -79,18 +91,25 @@ def _run_one(config: RunConfig, registry: Any, out: Path, progress: bool,
     """Pretrain and evaluate one run (unless finished before) and record it in the
     index; ``suite`` is the suite's name and the run's variant in it."""
     run = RunDir.for_config(out, config)
+    main = distributed.is_main()
     try:
-        if not run.result.exists():  # finished runs are skipped on a re-run
+        # Finished runs are skipped on a re-run. Rank 0 decides, so every rank trains the
+        # same runs; the others wait here while it evaluates the previous run.
+        if not distributed.main_value(run.result.exists()):
             pretrain(config, registry, out, resume=True, progress=progress)
+        if not main:
+            return  # rank 0 evaluated the run and records it
         run.read_json(run.result)
     except SslregError as error:
         _say(f"  {config.method} failed: {error}")
-        _record_failure(run, config, suite, f"failed: {error}")
+        if main:
+            _record_failure(run, config, suite, f"failed: {error}")
         return
     except Exception as error:  # one broken method must not stop the suite
         _say(f"  {config.method} crashed: {type(error).__name__}: {error}")
         _say(traceback.format_exc(limit=3))
-        _record_failure(run, config, suite, f"crashed: {type(error).__name__}: {error}")
+        if main:
+            _record_failure(run, config, suite, f"crashed: {type(error).__name__}: {error}")
         return
     add_suite(run, *suite)
     open_index(out).record(run)
@@ -136,12 +155,14 @@ def render_table(frame: pd.DataFrame, suite: Suite) -> str:
 
 
 def _say(message: str) -> None:
-    click.echo(message, err=True)
+    if distributed.is_main():  # one voice under torchrun
+        click.echo(message, err=True)
 
 
 def provenance(command: str, seconds: float) -> str:
     """One line saying how and where a table was made, for files that keep it."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return (f"Made by `{command}` in {seconds:.0f} s on {device_name(device)} "
+    where = distributed.describe(device_name(device))  # "2 x ..." under torchrun
+    return (f"Made by `{command}` in {seconds:.0f} s on {where} "
             f"({os.cpu_count()} CPU cores), torch {torch.__version__}, "
             f"{datetime.date.today().isoformat()}.")

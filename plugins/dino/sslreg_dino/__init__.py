@@ -7,8 +7,10 @@ Self-Supervised Vision Transformers." ICCV 2021. https://arxiv.org/abs/2104.1429
 The student sees every crop (two global, ``num_local`` local), the teacher only the two
 global ones; the loss (``dino`` objective, :mod:`sslreg_dino.loss`) is the cross-entropy
 between the teacher's ``softmax((t - center) / teacher_temp)`` and the student's
-``softmax(s / 0.1)`` over every pair of different crops. Works on convnets and ViTs; on a
-ViT, :meth:`DINO.visualize` draws the [CLS] token's last-layer attention.
+``softmax(s / 0.1)`` over every pair of different crops. The centre is an EMA of the
+teacher's mean output over the global batch: under torchrun every rank's rows, as the
+reference code all-reduces it. Works on convnets and ViTs; on a ViT,
+:meth:`DINO.visualize` draws the [CLS] token's last-layer attention.
 
 Views: the ``multicrop`` policy, main_dino.py's DataAugmentationDINO (global crops with
 BYOL's asymmetric blur and solarize, local crops blurred with p 0.5; no blur at <= 32 px,
@@ -30,6 +32,7 @@ from attrs.validators import ge, gt, instance_of, le, lt, optional
 from torch import Tensor, nn
 
 from sslreg import Method, MethodSpec, ObjectiveSpec, RunContext, StepOutput, hookimpl
+from sslreg.distributed import global_batch_mean
 from sslreg.nn import cosine_momentum, ema_update, make_target
 from sslreg_dino.loss import DINOLoss, teacher_probabilities
 
@@ -160,8 +163,9 @@ class DINO(Method):
     touches parameters only).
 
     State kept for resume: ``center`` (1, out_dim), the EMA of the teacher's batch-mean
-    output, and ``steps``, the optimizer steps taken (the teacher-temperature warm-up
-    and the frozen-prototype epochs are read from it).
+    output (the mean over the global batch under torchrun, the same on every rank), and
+    ``steps``, the optimizer steps taken (the teacher-temperature warm-up and the
+    frozen-prototype epochs are read from it).
     """
 
     def __init__(self, config: DINOConfig, backbone: nn.Module) -> None:
@@ -245,8 +249,10 @@ class DINO(Method):
     @torch.no_grad()
     def update_center(self, teacher: Tensor) -> None:
         """center <- m * center + (1 - m) * mean of ``teacher`` (B, out_dim) over the
-        batch (paper eq. 4), m = ``center_momentum``."""
-        batch_center = teacher.float().mean(dim=0, keepdim=True)  # (1, out_dim)
+        batch (paper eq. 4), m = ``center_momentum``. Under torchrun the mean covers the
+        global batch, every rank's rows (the reference code all-reduces it), so every
+        rank keeps the centre one process would."""
+        batch_center = global_batch_mean(teacher.float())  # (1, out_dim)
         self.center.lerp_(batch_center, 1.0 - self.config.center_momentum)
 
     def on_step_end(self, progress: float) -> None:

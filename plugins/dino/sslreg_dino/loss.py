@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sslreg.distributed import global_mean
+
 
 class DINOLoss(nn.Module):
     """H(P_t(x), P_s(x')) averaged over every (teacher crop, student crop) pair with
@@ -22,7 +24,8 @@ class DINOLoss(nn.Module):
     receives no gradient; ``P_s = softmax(student / student_temp)``. Centring keeps one
     prototype from dominating, sharpening keeps the distribution from going uniform:
     together they avoid collapse (sec. 3.1). The loss is stateless: the caller owns the
-    center and the temperature schedule.
+    center and the temperature schedule. Under torchrun each rank passes its rows and
+    gets the loss of the global batch as the value (:func:`sslreg.distributed.global_mean`).
 
     Shapes:
         student: a sequence of V tensors (N, K), every crop's logits; the teacher's crops
@@ -49,7 +52,9 @@ class DINOLoss(nn.Module):
         if not terms:
             raise ValueError("dino needs two crops at least: there is no pair of different "
                              "crops")
-        return torch.stack(terms).mean()
+        # Under torchrun the value is the global batch's (every rank's rows); the
+        # gradient stays this rank's, as sslreg.distributed's convention wants.
+        return global_mean(torch.stack(terms).mean())
 
     @staticmethod
     def _check(student: Sequence[Tensor], teacher: Sequence[Tensor]) -> None:

@@ -17,6 +17,12 @@ solo-learn's CIFAR-10 config (``scripts/pretrain/cifar/swav.yaml``) use; prototy
 for the first 1/400 of the run's steps (``FREEZE_FRACTION``); no queue (the reference
 code's default ``queue_length=0``, right for small datasets; its batch-256 script adds a
 3840-long queue from epoch 15: ``--set method.queue_length=3840``).
+
+Under torchrun the codes are those of the global batch: Sinkhorn-Knopp sums the mass
+of Q and of each prototype over the ranks (the reference code's
+``distributed_sinkhorn``), and each rank keeps the codes of its own rows. The queue is
+per rank, as in the reference code, each rank holding ``queue_length / W`` of its own
+past projections: together they are the ``queue_length`` one process would hold.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from attrs import field
 from attrs.validators import ge, gt, instance_of, le
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, ObjectiveSpec, StepOutput, hookimpl
+from sslreg import Method, MethodSpec, ObjectiveSpec, StepOutput, distributed, hookimpl
 from sslreg.nn import mlp
 from sslreg_swav.loss import SwAVLoss, sinkhorn
 
@@ -129,13 +135,22 @@ class SwAV(Method):
         return self._steps < self.freeze_steps
 
     @property
+    def queue_rows(self) -> int:
+        """The rows of the queue this rank uses: all of them in one process, 1/W of them
+        under torchrun (the reference code's ``queue_length // world_size``), so the
+        ranks' queues together hold what one process's does. The buffer keeps its full
+        length, so checkpoints load whatever the number of processes."""
+        return self.config.queue_length // distributed.world_size()
+
+    @property
     def queue_started(self) -> bool:
         start = self.config.queue_start_epoch * self.context.steps_per_epoch
-        return self.config.queue_length > 0 and self._steps >= start
+        return self.queue_rows > 0 and self._steps >= start
 
     @property
     def queue_full(self) -> bool:
-        return self.queue_started and self._filled == self.config.queue_length
+        # >=: a checkpoint from fewer processes may have filled more rows than this uses.
+        return self.queue_started and self._filled >= self.queue_rows
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
@@ -176,8 +191,9 @@ class SwAV(Method):
         full (as the reference code), else ``None``."""
         if not self.queue_full:
             return None
-        weight = self.prototypes.weight
-        return [cosine_scores(self.queue[i], weight) for i in range(GLOBAL_CROPS)]  # 2 x (L, K)
+        weight, rows = self.prototypes.weight, self.queue_rows
+        return [cosine_scores(self.queue[i, :rows], weight)
+                for i in range(GLOBAL_CROPS)]  # 2 x (L, K), L / W under torchrun
 
     def on_step_end(self, progress: float) -> None:
         if self.queue_started and self._pending is not None:
@@ -188,11 +204,13 @@ class SwAV(Method):
 
     @torch.no_grad()
     def enqueue(self, projections: Tensor) -> None:
-        """Push (2, B, D) projections in front of the queue, dropping the oldest."""
-        n = min(projections.shape[1], self.config.queue_length)
-        self.queue[:, n:] = self.queue[:, :-n].clone()
+        """Push (2, B, D) projections in front of this rank's rows of the queue, dropping
+        the oldest."""
+        rows = self.queue_rows
+        n = min(projections.shape[1], rows)
+        self.queue[:, n:rows] = self.queue[:, :rows - n].clone()
         self.queue[:, :n] = projections[:, :n]
-        self._filled = min(self._filled + n, self.config.queue_length)
+        self._filled = min(self._filled + n, rows)
         self.queue_filled.fill_(self._filled)
 
 

@@ -2,7 +2,8 @@
 
 Caron et al. "Unsupervised Learning of Visual Features by Contrasting Cluster
 Assignments." NeurIPS 2020. https://arxiv.org/abs/2006.09882 (sec. 3.1, eq. 1-3 and
-appendix A.1; the reference code's ``distributed_sinkhorn`` on one process).
+appendix A.1; the reference code's ``distributed_sinkhorn``, over every rank's rows
+under torchrun).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from sslreg.distributed import all_reduce_max, all_reduce_sum, global_mean, world_size
 
 
 @torch.no_grad()
@@ -26,16 +29,24 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tens
     to exactly 1 and each prototype is used about B/K times (exactly in the limit of many
     rounds). Computed in float32 without gradient: the codes are targets.
 
+    Under torchrun each rank passes its rows of the global batch and gets their codes:
+    the total mass and each prototype's mass are summed over the ranks and B is the
+    global batch, as the reference code's ``distributed_sinkhorn`` does, so the codes
+    are the rows one process would compute on the whole batch. (A sample's own mass
+    needs only its own row.)
+
     Shapes:
-        scores: (B, K) cosine scores of B samples against K prototypes. Returns (B, K).
+        scores: (B, K) cosine scores of B samples against K prototypes. Returns (B, K);
+        under torchrun, this rank's (B / W, K) in and out.
     """
     logits = scores.float() / epsilon  # (B, K)
-    # exp(x - max) equals exp(x) up to a constant, which the first normalisation removes.
-    q = torch.exp(logits - logits.max()).T  # (K, B)
-    q /= q.sum()
-    prototypes, samples = q.shape
+    # exp(x - max) equals exp(x) up to a constant, which the first normalisation removes;
+    # every rank must subtract the same constant, hence the maximum over the ranks.
+    q = torch.exp(logits - all_reduce_max(logits.max())).T  # (K, B)
+    q /= all_reduce_sum(q.sum())
+    prototypes, samples = q.shape[0], q.shape[1] * world_size()
     for _ in range(iterations):
-        q /= q.sum(dim=1, keepdim=True) * prototypes  # each prototype's mass: 1/K
+        q /= all_reduce_sum(q.sum(dim=1, keepdim=True)) * prototypes  # each prototype: 1/K
         q /= q.sum(dim=0, keepdim=True) * samples  # each sample's mass: 1/B
     return (q * samples).T  # (B, K)
 
@@ -48,7 +59,9 @@ class SwAVLoss(nn.Module):
     which only widen the batch the equipartition is taken over). Each assigned crop's
     code is predicted from every other crop v by p_v = softmax(scores_v / temperature):
     the cross-entropy -sum_k q_k log p_v,k, averaged over the batch, over the V - 1
-    predicting crops, then over the assigned crops, as the reference code does.
+    predicting crops, then over the assigned crops, as the reference code does. Under
+    torchrun each rank passes its rows (and its own queue): the codes are normalised
+    over every rank's rows and queues, and the value is the global batch's loss.
 
     Args:
         temperature: softmax temperature of the predictions, > 0; the paper's 0.1.
@@ -93,7 +106,8 @@ class SwAVLoss(nn.Module):
             others = [v for v in range(len(scores)) if v != i]
             subloss = sum(-(q * log_p[v]).sum(dim=1).mean() for v in others)
             loss = loss + subloss / len(others)
-        return loss / self.crops_for_assign
+        # Under torchrun the value is the global batch's; the gradient stays this rank's.
+        return global_mean(loss / self.crops_for_assign)
 
     def codes(self, scores: Tensor, queue_scores: Tensor | None = None) -> Tensor:
         """(B, K) codes of one crop; a queue's (Q, K) scores join the Sinkhorn batch and
