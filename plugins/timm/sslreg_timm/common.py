@@ -36,4 +36,5 @@ def loading_code(name: str, options: dict[str, Any]) -> str:
             "from safetensors.torch import load_file\n"
             "\n"
             f"model = timm.create_model({arguments})\n"
-            "model.load_state_dict(load_file(path), strict=True)\n")
+            "model.load_state_dict(load_file(path), strict=True)\n"
+            "model.eval()  # BatchNorm reads its running statistics, as in evaluation\n")
