@@ -24,6 +24,7 @@ from sslreg.evaluation import (
     pixel_features,
     subset_probe,
 )
+from sslreg.evaluation import label_efficient
 from sslreg.evaluation import linear as linear_module
 from sslreg.evaluation.linear import fit_candidates, holdout_split
 
@@ -460,14 +461,16 @@ def test_label_efficient_l2_is_chosen_on_validation_never_on_test() -> None:
     val_x, _ = blobs(300, 20, 3, 0.7, seed=2)
     test_x, _ = blobs(300, 20, 3, 0.7, seed=3)
     subsets = label_subsets(labels, num_classes=3, count=1, seed=0, shots=4)
-    probes = fit_candidates(train[subsets[0]], labels[subsets[0]], num_classes=3)
+    probes = fit_candidates(train[subsets[0]], labels[subsets[0]], num_classes=3,
+                            weight_decays=label_efficient.WEIGHT_DECAYS)
     # Validation labels agree with the weakest L2 strength's probe, test labels with the
     # strongest's: the choice must follow validation.
-    val_y, test_y = probes[1e-6].predict(val_x), probes[1e-2].predict(test_x)
-    assert not torch.equal(probes[1e-2].predict(val_x), val_y)
+    val_y, test_y = probes[1e-6].predict(val_x), probes[10.0].predict(test_x)
+    assert not torch.equal(probes[10.0].predict(val_x), val_y)
     result = subset_probe(train, labels, subsets, (val_x, val_y), (test_x, test_y),
                           num_classes=3)
     assert result.weight_decay == 1e-6 and result.val_accuracy == 1.0
+    assert list(result.val_by_weight_decay) == sorted(label_efficient.WEIGHT_DECAYS)
     assert result.test_accuracy < 1.0
     blind = subset_probe(train, labels, subsets, (val_x, val_y),
                          (torch.randn(300, 20), test_y.flip(0)), num_classes=3)
