@@ -171,3 +171,25 @@ def test_eval_set_adds_label_efficient_metrics_to_a_finished_run(tmp_path):
                           "cannot set train.epochs", "would change the run itself")
     assert_one_line_error(run("eval", str(run_dir), "--set", "eval.knn_k=5"),
                           "cannot set eval.knn_k", "eval.shots")
+
+
+def test_eval_set_scores_a_floor_again_and_says_when_shots_exceed_a_class(tmp_path):
+    from sslreg import RunConfig, load_registry
+    from sslreg.engine import floors
+
+    registry = load_registry()
+    config = RunConfig.build(registry, "simclr", ["eval.train_subset=200",
+                                                  "eval.test_subset=100"],
+                             dataset="synthetic", backbone="resnet18-narrow")
+    floors(config, registry, tmp_path)
+    folders = sorted(tmp_path.iterdir())
+    (pixels,) = tmp_path.glob("floor-raw-pixels-*")
+    again = run("eval", str(pixels), "--set", "eval.shots=2")
+    assert again.exit_code == 0, again.output
+    result = RunDir(pixels).read_json(RunDir(pixels).result)
+    assert "shot2_acc" in result["metrics"] and "shot2_acc" in result["val_metrics"]
+    assert sorted(tmp_path.iterdir()) == folders  # scored in place
+    # About 20 training images per class: 50 shots cannot be drawn.
+    assert_one_line_error(run("eval", str(pixels), "--set", "eval.shots=50"),
+                          "50-shot probes need 50 training images of every class",
+                          "raise eval.train_subset")
