@@ -356,6 +356,16 @@ def _parse_field(target: Any, section: str, name: str, text: str) -> Any:
         ) from None
 
 
+def spelled(value: Any) -> str:
+    """``value`` as ``--set`` spells it, the inverse of :func:`parse_value`: booleans
+    lowercase, tuples and lists joined with commas."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return ",".join(spelled(v) for v in value)
+    return str(value)
+
+
 def parse_value(text: str, hint: Any) -> Any:
     """Parse command-line text into the type a field declares."""
     origin = typing.get_origin(hint)
