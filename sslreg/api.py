@@ -122,7 +122,8 @@ def evaluate(run: Run | Path | str, registry: Any | None = None) -> dict[str, An
     and returns ``result.json``."""
     from sslreg.engine import evaluate_run
 
-    return evaluate_run(RunDir(load_run(run, registry).path), _registry(registry))
+    registry = _registry(registry)  # plugins loaded once for both steps
+    return evaluate_run(RunDir(load_run(run, registry).path), registry)
 
 
 def load_backbone(run: Run | Path | str, *, device: str = "cpu",

@@ -17,8 +17,8 @@ from sslreg.interfaces import Method
 class Pixels(Method):
     """A method whose features are a random linear map of the pixels to 2 numbers."""
 
-    def training_step(self, views: list[Tensor]):  # never pretrained here
-        raise NotImplementedError
+    def training_step(self, views: list[Tensor]):
+        raise AssertionError("fine-tuning must not call the pretraining step")
 
 
 def brightness(n: int, seed: int) -> ImageDataset:
