@@ -290,7 +290,7 @@ def _figures(frame: Any, folder: str | None) -> list[Path]:
 @click.option("--method", help="Only runs of this method.")
 @click.option("--suite", help="Only runs that this suite ran.")
 @click.option("--status", help="Only runs with this status (evaluated, trained, running, "
-              "diverged, failed...).")
+              "interrupted, diverged, failed...).")
 @click.option("--rebuild", is_flag=True, help="Rebuild the index from the run directories.")
 def runs(out: str, method: str | None, suite: str | None, status: str | None,
          rebuild: bool) -> None:

@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -262,6 +263,27 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(registry, t
     assert row["status"].startswith(f"failed: cannot write checkpoint {run.checkpoint}")
     resumed = train(registry, config, tmp_path / "b", resume=True)
     assert_same_weights(straight, resumed)
+
+
+def test_an_index_that_cannot_be_written_does_not_hide_why_a_run_stopped(registry, tmp_path,
+                                                                         monkeypatch, capsys):
+    from sslreg.runs.index import RunIndex
+
+    config = tiny_config(registry, extra=["train.checkpoint_every=1"])
+    full_disk_on(monkeypatch, torch, "save", lambda state, handle: state["step"] == 2)
+
+    def refused(self, run, status=None):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(RunIndex, "record", refused)
+    with pytest.raises(WriteError, match="No space left on device"):
+        train(registry, config, tmp_path)
+    run = RunDir.for_config(tmp_path, config)
+    assert (f"warning: {run.path.name} is not recorded in the run index (database or disk "
+            "is full); `sslreg runs --rebuild`") in capsys.readouterr().err
+    monkeypatch.undo()
+    assert load_checkpoint(run.checkpoint)["step"] == 1
+    assert open_index(tmp_path).rebuild() == 1  # the directory is the truth
 
 
 def test_disk_full_while_writing_result_json_is_one_line_and_resumable(registry, tmp_path,

@@ -3,7 +3,8 @@
     <out>/<method>-<dataset>-<backbone>-seed<N>-<digest>/
     (<dataset> reads <pretrain>-to-<eval> when eval.dataset names another dataset)
         config.json     the resolved RunConfig
-        checkpoint.pt   the last completed epoch (written atomically)
+        checkpoint.pt   the last checkpoint: an epoch end, or mid-epoch every
+                        train.checkpoint_every (written atomically)
         train.json      status, epochs done, wall time, images/s, device
         result.json     final metrics: ``metrics`` (test split), ``val_metrics``
                         (validation), and the ``provenance`` they were made with
