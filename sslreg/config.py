@@ -39,8 +39,8 @@ def checkpoint_cadence(text: str) -> tuple[int, float]:
     ``"500"`` is every 500 steps, ``"10m"`` every 10 minutes, ``"0"`` epoch ends only."""
     match = _CADENCE.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f"checkpoint_every must be a step count (500), a time (30s, 10m, "
-                         f"1h) or 0 (epoch ends only), got {text!r}")
+        raise ValueError("checkpoint_every must be a step count (500), a time (30s, 10m, "
+                         "1h) or 0 (epoch ends only)")
     steps, amount, unit = match.groups()
     if steps is not None:
         return int(steps), 0.0
