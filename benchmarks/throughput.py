@@ -1,8 +1,10 @@
 """SimCLR throughput, sslreg against lightly: the two views alone, then whole training steps.
 
 Run: ``python benchmarks/throughput.py [--device auto|cpu|cuda] [--batch-sizes 256,512]
-[--backbones resnet18-narrow,resnet18] [--steps N] [--warmup N] [--workers N] [--out FILE]``.
-The peer needs the optional group: ``pip install -e ".[peer]"``.
+[--backbones resnet18-narrow,resnet18] [--steps N] [--warmup N] [--workers N] [--out FILE]
+[--compile] [--no-views] [--no-lightly] [--json FILE] [--dry-run]``.
+The peer needs the optional group: ``pip install -e ".[peer]"``; without it the script
+exits with that line, unless ``--no-lightly`` asks for sslreg's rows alone.
 
 Images are 1x28x28 uint8 (Fashion-MNIST sized: sslreg's synthetic shapes, no files needed);
 images/s counts source images, each giving two views.
@@ -16,6 +18,13 @@ images/s counts source images, each giving two views.
   DataLoader, with lightly's ``NTXentLoss`` and ``LARS`` and the same autocast and memory
   format, so the ratio measures the pipelines rather than the precision. MFU is model
   FLOPs (backbone + projector, 3x forward per view) over the GPU's dense bf16 peak.
+- ``--compile`` compiles the backbone on both sides: ours through ``train.compile=true``
+  (the engine's ``backbone.compile()``), lightly's with the same ``backbone.compile()``;
+  the compilation happens in the untimed warm-up steps.
+- ``--json FILE`` also writes the rows and the setting as JSON (for
+  ``benchmarks/gpu_check.sh``); ``--dry-run`` parses the arguments, builds every config
+  and both sides' models on the CPU at batch 8 and takes one step each, times nothing
+  and writes no table (``--json`` then says ``"dry_run": true`` and holds no rows).
 
 Prints a Markdown table and writes it, with a provenance line, to
 ``benchmarks/results/throughput-<cpu|gpu>.md`` (or ``--out``).
@@ -28,8 +37,10 @@ import contextlib
 import dataclasses
 import datetime
 import gc
+import importlib
 import importlib.metadata
 import itertools
+import json
 import math
 import os
 import platform
@@ -92,6 +103,7 @@ class Row:
     images_per_s: float
     mfu: float | None = None
     peak_memory_mb: float | None = None
+    compiled: bool = False  # the backbone under torch.compile
 
 
 def synchronize(device: torch.device) -> None:
@@ -129,11 +141,11 @@ def peak_memory_mb(device: torch.device) -> float | None:
 
 
 def simclr_config(registry: Any, backbone: str, batch: int, device: torch.device,
-                  steps: int = 1) -> RunConfig:
+                  steps: int = 1, compile: bool = False) -> RunConfig:
     """SimCLR's defaults at this batch, with a schedule long enough for ``steps``."""
     epochs = max(1, math.ceil(steps / POOL_BATCHES))
     overrides = [f"train.batch_size={batch}", f"train.device={device}",
-                 f"train.epochs={epochs}"]
+                 f"train.epochs={epochs}", f"train.compile={str(compile).lower()}"]
     return RunConfig.build(registry, "simclr", overrides, backbone=backbone,
                            dataset="synthetic")
 
@@ -177,10 +189,10 @@ def batches_like_run_epoch(trainer: Trainer, generator: torch.Generator) -> Iter
 
 
 def our_training(registry: Any, backbone: str, device: torch.device, batch: int, steps: int,
-                 warmup: int) -> Row:
+                 warmup: int, compile: bool = False) -> Row:
     """SimCLR steps through the engine's own ``build_trainer`` and ``train_step``."""
     fresh_memory(device)
-    config = simclr_config(registry, backbone, batch, device, warmup + steps)
+    config = simclr_config(registry, backbone, batch, device, warmup + steps, compile)
     # build_trainer writes nothing: the run directory is only named.
     run = RunDir(Path(tempfile.gettempdir()) / "sslreg-throughput")
     images = pool(batch)
@@ -199,7 +211,7 @@ def our_training(registry: Any, backbone: str, device: torch.device, batch: int,
     rate = batch * steps / seconds
     flops = model_flops_per_image(registry, backbone, config)
     return Row("train step", "sslreg", backbone, batch, rate,
-               mfu(rate, flops, peak_flops(device)), peak_memory_mb(device))
+               mfu(rate, flops, peak_flops(device)), peak_memory_mb(device), compile)
 
 
 def require_lightly() -> None:
@@ -318,7 +330,7 @@ def lightly_optimizer(model: nn.Module, config: RunConfig, device: torch.device)
 
 
 def lightly_training(registry: Any, backbone: str, device: torch.device, batch: int,
-                     steps: int, warmup: int, workers: int) -> Row:
+                     steps: int, warmup: int, workers: int, compile: bool = False) -> Row:
     """SimCLR as a lightly user writes it, on sslreg's backbone module."""
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
@@ -327,6 +339,8 @@ def lightly_training(registry: Any, backbone: str, device: torch.device, batch: 
     config = simclr_config(registry, backbone, batch, device)
     settings = config.method_config
     net = registry.backbones.create(backbone, in_channels=1, image_size=IMAGE_SIZE)
+    if compile:
+        net.compile()  # in place, as the engine compiles ours
     head = SimCLRProjectionHead(net.output_dim, settings.proj_hidden_dim, settings.proj_dim)
     model = nn.Sequential(net, head).to(device).train()
     if device.type == "cuda":
@@ -356,7 +370,7 @@ def lightly_training(registry: Any, backbone: str, device: torch.device, batch: 
     rate = batch * steps / seconds
     flops = model_flops_per_image(registry, backbone, config)
     return Row("train step", "lightly", backbone, batch, rate,
-               mfu(rate, flops, peak_flops(device)), peak_memory_mb(device))
+               mfu(rate, flops, peak_flops(device)), peak_memory_mb(device), compile)
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> list[Row]:
@@ -365,19 +379,67 @@ def measure(args: argparse.Namespace, device: torch.device) -> list[Row]:
         registry.backbones.get(backbone)
     rows = []
     view_batches = VIEW_BATCHES_PER_STEP * args.steps
-    for batch in args.batch_sizes:
+    for batch in args.batch_sizes if args.views else ():
         rows.append(our_views(registry, device, batch, view_batches, args.warmup))
         report(rows[-1])
-        rows.append(lightly_views(registry, device, batch, view_batches, args.warmup,
-                                  args.workers))
-        report(rows[-1])
+        if args.lightly:
+            rows.append(lightly_views(registry, device, batch, view_batches, args.warmup,
+                                      args.workers))
+            report(rows[-1])
     for backbone, batch in itertools.product(args.backbones, args.batch_sizes):
-        rows.append(our_training(registry, backbone, device, batch, args.steps, args.warmup))
+        rows.append(our_training(registry, backbone, device, batch, args.steps, args.warmup,
+                                 args.compile))
         report(rows[-1])
-        rows.append(lightly_training(registry, backbone, device, batch, args.steps,
-                                     args.warmup, args.workers))
-        report(rows[-1])
+        if args.lightly:
+            rows.append(lightly_training(registry, backbone, device, batch, args.steps,
+                                         args.warmup, args.workers, args.compile))
+            report(rows[-1])
     return rows
+
+
+# The dry run's batch: big enough for BatchNorm and NT-Xent, small enough for the CPU.
+DRY_RUN_BATCH = 8
+
+
+def dry_run(args: argparse.Namespace, device: torch.device) -> list[str]:
+    """Build what a real run builds, on the CPU at a tiny batch; time nothing.
+
+    Every config is built at the real batch for the device asked for (``device``, which
+    need not be present), with ``train.compile`` as asked; then each backbone's sslreg
+    step and, unless ``--no-lightly``, lightly's view loader (with up to 2 of its
+    workers) and step are built and stepped once on the CPU, uncompiled. Returns what
+    was checked, one line each.
+    """
+    registry = load_registry()
+    checked = []
+    for backbone, batch in itertools.product(args.backbones, args.batch_sizes):
+        registry.backbones.get(backbone)
+        simclr_config(registry, backbone, batch, device, args.warmup + args.steps,
+                      args.compile)
+        checked.append(f"config: simclr, {backbone}, batch {batch}, train.device={device}, "
+                       f"train.compile={str(args.compile).lower()}")
+    cpu = torch.device("cpu")
+    if args.views:
+        our_views(registry, cpu, DRY_RUN_BATCH, 1, 0)
+        checked.append(f"views: sslreg's policy, one batch of {DRY_RUN_BATCH} on the cpu")
+        if args.lightly:
+            workers = min(args.workers, 2)
+            lightly_views(registry, cpu, DRY_RUN_BATCH, 1, 0, workers)
+            checked.append(f"views: lightly's DataLoader with {workers} workers, one batch "
+                           f"of {DRY_RUN_BATCH} on the cpu")
+    for backbone in args.backbones:
+        our_training(registry, backbone, cpu, DRY_RUN_BATCH, 1, 0)
+        checked.append(f"train step: sslreg, {backbone}, one step of {DRY_RUN_BATCH} on the "
+                       "cpu (uncompiled)")
+        if args.lightly:
+            lightly_training(registry, backbone, cpu, DRY_RUN_BATCH, 1, 0, 0)
+            checked.append(f"train step: lightly, {backbone}, one step of {DRY_RUN_BATCH} "
+                           "on the cpu (uncompiled)")
+    if args.compile:
+        importlib.import_module("torch._dynamo")  # what backbone.compile() needs
+
+        checked.append("compile: torch._dynamo imports; nothing compiled in a dry run")
+    return checked
 
 
 def report(row: Row) -> None:
@@ -395,9 +457,14 @@ def megabytes(value: float | None) -> str:
 
 def paired(rows: list[Row]) -> list[tuple[Row, Row]]:
     """(sslreg, lightly) pairs of the same stage, backbone and batch."""
+    return [(ours, theirs) for ours, theirs in sides(rows) if theirs is not None]
+
+
+def sides(rows: list[Row]) -> list[tuple[Row, Row | None]]:
+    """Each sslreg row with lightly's of the same stage, backbone and batch, or None."""
     ours = [row for row in rows if row.side == "sslreg"]
     theirs = {(r.stage, r.backbone, r.batch): r for r in rows if r.side == "lightly"}
-    return [(row, theirs[(row.stage, row.backbone, row.batch)]) for row in ours]
+    return [(row, theirs.get((row.stage, row.backbone, row.batch))) for row in ours]
 
 
 def table(rows: list[Row]) -> list[str]:
@@ -406,7 +473,13 @@ def table(rows: list[Row]) -> list[str]:
         "| lightly MFU | sslreg peak MB | lightly peak MB |",
         "|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for ours, theirs in paired(rows):
+    for ours, theirs in sides(rows):
+        if theirs is None:  # --no-lightly: nothing to compare with, nothing made up
+            lines.append(
+                f"| {ours.stage} | {ours.backbone} | {ours.batch} | {ours.images_per_s:,.0f} "
+                f"| not run | - | {percent(ours.mfu)} | not run "
+                f"| {megabytes(ours.peak_memory_mb)} | not run |")
+            continue
         lines.append(
             f"| {ours.stage} | {ours.backbone} | {ours.batch} | {ours.images_per_s:,.0f} "
             f"| {theirs.images_per_s:,.0f} | {ours.images_per_s / theirs.images_per_s:.1f}x "
@@ -419,7 +492,9 @@ def cpu_views_goal(rows: list[Row], device: torch.device) -> str:
     ratios = [o.images_per_s / t.images_per_s for o, t in paired(rows) if o.stage == "views"]
     goal = f"views >= {CPU_VIEWS_GOAL:.0f}x lightly on the project's 2-core CPU machine"
     if device.type != "cpu" or not ratios:
-        return f"{goal}: not measured here (this run is on {device.type})"
+        why = ("no views with lightly's in this run" if device.type == "cpu"
+               else f"this run is on {device.type}")
+        return f"{goal}: not measured here ({why})"
     verdict = "met" if min(ratios) >= CPU_VIEWS_GOAL else "not met"
     where = "" if os.cpu_count() == 2 else f" (but this machine has {os.cpu_count()} cores)"
     return f"{goal}: {verdict}, {min(ratios):.1f}x at worst{where}"
@@ -431,7 +506,8 @@ def h100_goal(rows: list[Row], device: torch.device) -> str:
     pairs = [(o, t) for o, t in paired(rows) if o.backbone == "resnet18"]
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     if not pairs or device.type != "cuda":
-        return f"{goal}: not measured here (this run: {gpu})"
+        why = f"this run: {gpu}" if device.type != "cuda" else f"{gpu}, lightly not run"
+        return f"{goal}: not measured here ({why})"
     best, theirs = max(pairs, key=lambda pair: pair[0].images_per_s)
     ratio = best.images_per_s / theirs.images_per_s
     met = best.images_per_s >= H100_IMAGES_GOAL and ratio >= H100_RATIO_GOAL
@@ -455,20 +531,36 @@ def machine(device: torch.device) -> str:
     return cpu
 
 
+def lightly_version() -> str | None:
+    try:
+        return importlib.metadata.version("lightly")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def command_line() -> str:
+    return shlex.join(["python", *sys.argv])
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def provenance(device: torch.device) -> str:
-    command = shlex.join(["python", *sys.argv])
-    lightly = importlib.metadata.version("lightly")
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"Provenance: `{command}` on {machine(device)}; torch {torch.__version__}, "
-            f"lightly {lightly}; {date}.")
+    lightly = lightly_version() or "not installed"
+    return (f"Provenance: `{command_line()}` on {machine(device)}; torch {torch.__version__}, "
+            f"lightly {lightly}; {utc_now()}.")
 
 
 def render(rows: list[Row], args: argparse.Namespace, device: torch.device) -> str:
-    lines = [f"## SimCLR throughput: sslreg / lightly ({device.type})", "", *table(rows), ""]
+    compiled = ", backbone compiled" if args.compile else ""
+    lines = [f"## SimCLR throughput: sslreg / lightly ({device.type}{compiled})", "",
+             *table(rows), ""]
     lines += [
         "Images/s counts source images of 1x28x28, each giving two views; ratio = sslreg / "
-        f"lightly. Timed training steps per row: {args.steps}, after {args.warmup} warm-up "
-        f"(views: {VIEW_BATCHES_PER_STEP * args.steps} batches); lightly's DataLoader has "
+        f"lightly. Timed training steps per row: {args.steps}, after {args.warmup} warm-up"
+        + (f" (views: {VIEW_BATCHES_PER_STEP * args.steps} batches)" if args.views else "")
+        + "; lightly's DataLoader has "
         f"{args.workers} workers; the batches they made ahead during the warm-up are "
         "thrown away before timing.",
         "sslreg: the simclr view policy on the device and the engine's train_step; lightly: "
@@ -476,7 +568,10 @@ def render(rows: list[Row], args: argparse.Namespace, device: torch.device) -> s
         "LARS on the same backbone and projector sizes, with the same precision and memory "
         "format. MFU = (backbone + projector forward FLOPs x 3 x 2 views) x images/s over "
         "the GPU's dense bf16 peak; '-' where the peak is not known (CPU, unknown GPU). "
-        "Peak memory is CUDA's max allocated, '-' on the CPU.",
+        "Peak memory is CUDA's max allocated, '-' on the CPU."
+        + (" lightly: not run (--no-lightly)." if not args.lightly else "")
+        + (" Both sides' backbones compiled (torch.compile), in the untimed warm-up."
+           if args.compile else ""),
         "",
         f"Goal (issue 5): {cpu_views_goal(rows, device)}.",
         f"Goal (issue 5): {h100_goal(rows, device)}.",
@@ -484,6 +579,33 @@ def render(rows: list[Row], args: argparse.Namespace, device: torch.device) -> s
         provenance(device),
     ]
     return "\n".join(lines) + "\n"
+
+
+def to_json(rows: list[Row] | None, args: argparse.Namespace, device: torch.device,
+            checked: list[str] | None = None) -> dict[str, Any]:
+    """The setting and the rows (none in a dry run), for machines to read."""
+    cuda = device.type == "cuda" and torch.cuda.is_available()
+    return {
+        "dry_run": rows is None,
+        "command": command_line(),
+        "date": utc_now(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if cuda else None,
+        "peak_flops": peak_flops(device) if cuda else None,
+        "machine": machine(device if cuda else torch.device("cpu")),
+        "torch": torch.__version__,
+        "lightly": lightly_version() if args.lightly else None,
+        "lightly_run": args.lightly,
+        "compile": args.compile,
+        "views": args.views,
+        "batch_sizes": args.batch_sizes,
+        "backbones": args.backbones,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "workers": args.workers,
+        "rows": None if rows is None else [dataclasses.asdict(row) for row in rows],
+        "checked": checked or [],
+    }
 
 
 def names(text: str) -> list[str]:
@@ -505,6 +627,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="lightly's DataLoader workers (default: all CPU cores)")
     parser.add_argument("--out", type=Path, default=None,
                         help="Markdown file; default benchmarks/results/throughput-<cpu|gpu>.md")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the backbone on both sides (train.compile=true)")
+    parser.add_argument("--no-views", dest="views", action="store_false",
+                        help="only the training steps, not the views alone")
+    parser.add_argument("--no-lightly", dest="lightly", action="store_false",
+                        help="sslreg's rows alone; lightly's cells say 'not run'")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the setting and the rows to this JSON file")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build every config and both sides' models on the CPU at batch "
+                        f"{DRY_RUN_BATCH}, one step each; time nothing, write no table")
     return parser.parse_args(argv)
 
 
@@ -524,16 +657,48 @@ def with_defaults(args: argparse.Namespace, device: torch.device) -> argparse.Na
     return args
 
 
+def requested_device(name: str) -> torch.device:
+    """The device named, for a dry run: parsed and checked for its kind, not required."""
+    if name == "auto":
+        return resolve_device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"error: bad --device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"error: bad --device {name!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"written to {path}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    require_lightly()
+    if args.lightly:
+        require_lightly()
     try:
-        device = resolve_device(args.device)
-        args = with_defaults(args, device)
-        rows = measure(args, device)
+        if args.dry_run:
+            device = requested_device(args.device)
+            args = with_defaults(args, device)
+            checked = dry_run(args, device)
+        else:
+            device = resolve_device(args.device)
+            args = with_defaults(args, device)
+            rows = measure(args, device)
     except SslregError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    if args.dry_run:
+        print("DRY RUN: nothing timed; checked:\n" + "\n".join(f"- {c}" for c in checked))
+        if args.json:
+            write_json(args.json, to_json(None, args, device, checked))
+        return
+    if args.json:
+        write_json(args.json, to_json(rows, args, device))
     text = render(rows, args, device)
     print(text, end="")
     args.out.parent.mkdir(parents=True, exist_ok=True)

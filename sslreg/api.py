@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from sslreg.config import RunConfig
+from sslreg.config import RunConfig, spelled
 from sslreg.errors import SslregError
 from sslreg.runs import RunDir
 
@@ -71,16 +71,8 @@ def _set_strings(overrides: Overrides) -> list[str]:
         raise SslregError(f"overrides must be a mapping or a list of 'section.key=value' "
                           f"strings, got the string {overrides!r}")
     if isinstance(overrides, Mapping):
-        return [f"{key}={_spelled(value)}" for key, value in overrides.items()]
+        return [f"{key}={spelled(value)}" for key, value in overrides.items()]
     return list(overrides)
-
-
-def _spelled(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (tuple, list)):
-        return ",".join(_spelled(v) for v in value)
-    return str(value)
 
 
 def configure(method: str, *, dataset: str = "fashion-mnist", backbone: str = "resnet18",

@@ -140,16 +140,30 @@ def pretrain(method: str, dataset: str, backbone: str, epochs: int | None,
 
 @cli.command(name="eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-def eval_command(run_dir: str) -> None:
-    """Evaluate RUN_DIR's final checkpoint (linear probe and kNN); write result.json."""
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="A metric-only evaluation key, e.g. eval.shots=1,5,10, "
+              "eval.label_fractions=0.01,0.1 or eval.finetune_epochs=5 (repeatable).")
+def eval_command(run_dir: str, overrides: tuple[str, ...]) -> None:
+    """Evaluate RUN_DIR's final checkpoint (linear probe and kNN, plus the label-efficient
+    probes and fine-tuning its eval keys ask for), or score a floor's directory again;
+    rewrite result.json (and config.json with --set) and the folder's run index."""
+    from sslreg.config import apply_metric_overrides
     from sslreg.engine import evaluate_run
-    from sslreg.runs import RunDir
+    from sslreg.engine.evaluate import evaluate_floor
+    from sslreg.runs import RunDir, open_index
+    from sslreg.runs.index import FLOOR_FILE
 
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise SslregError(f"{run_dir} is not a directory; pass a run directory made by "
                           "`sslreg pretrain`")
-    result = evaluate_run(run, _registry())
+    registry = _registry()
+    config = apply_metric_overrides(run.load_config(registry), overrides)
+    if (run.path / FLOOR_FILE).exists():
+        result = evaluate_floor(run, registry, config)
+    else:
+        result = evaluate_run(run, registry, config=config)
+    open_index(run.path.parent).record(run)
     _print_result(result)
     click.echo(f"wrote {run.result}")
 

@@ -102,6 +102,23 @@ def _same_length_as_k(instance: Any, attribute: attrs.Attribute, value: tuple) -
         raise ValueError(f"{attribute.name} needs one temperature per k in knn_k")
 
 
+def _float_tuple(value: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in value)
+
+
+def _fractions(_instance: Any, attribute: attrs.Attribute, value: tuple) -> None:
+    if not all(0 < v < 1 for v in value) or len(set(value)) != len(value):
+        raise ValueError(f"{attribute.name} must be distinct fractions in (0, 1) such as "
+                         f"0.01,0.1; got {value}")
+
+
+def _shots(_instance: Any, attribute: attrs.Attribute, value: tuple) -> None:
+    whole = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not whole or not all(v >= 1 for v in value) or len(set(value)) != len(value):
+        raise ValueError(f"{attribute.name} must be distinct whole numbers >= 1 (images per "
+                         f"class) such as 1,5,10; got {value}")
+
+
 @attrs.frozen(kw_only=True)
 class EvalConfig:
     """Frozen-backbone evaluation: linear probe and weighted kNN."""
@@ -130,6 +147,28 @@ class EvalConfig:
     # pretraining dataset (and its data_root). Validation is carved from its train split.
     dataset: str = field(default="", validator=instance_of(str))
     data_root: str = field(default="", validator=instance_of(str))
+    # Label-efficient probes on the same frozen features: the linear probe fit on a
+    # fraction of every class of the training split (label_fractions, e.g. 0.01,0.1) or
+    # on k images of every class (shots, e.g. 1,5,10), each on label_subsets fixed
+    # subsets, its L2 strength chosen on the validation split. () = none.
+    label_fractions: tuple[float, ...] = field(default=(), converter=_float_tuple,
+                                               validator=_fractions)
+    shots: tuple[int, ...] = field(default=(), converter=tuple, validator=_shots)
+    label_subsets: int = field(default=5, validator=[instance_of(int), ge(1)])
+    # Fine-tuning (0 epochs = off): a copy of the network and a linear head trained end
+    # to end with the labels, crop-and-flip views, cosine schedule; SimCLR's fine-tuning
+    # recipe (SGD with momentum 0.9, lr 0.05 per 256 images, no weight decay).
+    finetune_epochs: int = field(default=0, validator=[instance_of(int), ge(0)])
+    finetune_lr: float = field(default=0.05, converter=float, validator=gt(0))
+    finetune_batch_size: int = field(default=256, validator=[instance_of(int), ge(2)])
+    finetune_optimizer: str = field(default="sgd", validator=in_(OPTIMIZERS))
+
+
+# Evaluation keys that only add metrics (label-efficient probes, fine-tuning): they
+# change no pretraining and no existing metric, so no digest holds them (not even away
+# from their defaults). Turning them on re-evaluates a run; its directory keeps its name.
+METRIC_ONLY_KEYS = ("label_fractions", "shots", "label_subsets", "finetune_epochs",
+                    "finetune_lr", "finetune_batch_size", "finetune_optimizer")
 
 
 def _zero_or_at_least_8(_instance: Any, attribute: attrs.Attribute, value: int) -> None:
@@ -248,8 +287,11 @@ class RunConfig:
 
     def keyed_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` without the newer keys that are at their "as before" value,
-        so hashes of configs written before those keys existed do not change."""
+        so hashes of configs written before those keys existed do not change, and
+        without the evaluation keys that only add metrics (:data:`METRIC_ONLY_KEYS`)."""
         data = self.to_dict()
+        for key in METRIC_ONLY_KEYS:
+            del data["eval"][key]
         for path, default in _NEW_KEYS.items():
             *sections, key = path
             holder = data
@@ -269,6 +311,22 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
                               "method.temperature=0.2")
         config = set_value(config, key.strip(), text.strip())
     return config
+
+
+def apply_metric_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
+    """:func:`apply_overrides` for re-evaluating a finished run: only the evaluation
+    keys that add metrics (:data:`METRIC_ONLY_KEYS`); any other key would change what
+    the run is, so it is refused with one line."""
+    allowed = [f"eval.{key}" for key in METRIC_ONLY_KEYS]
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key in allowed or key not in valid_keys(config):
+            continue  # an unknown or malformed key gets apply_overrides' own message
+        why = "is part of the run's digest" if key.startswith("eval.") else \
+            "would change the run itself"
+        raise ConfigError(f"cannot set {key} when re-evaluating a run (it {why}); "
+                          f"sslreg eval --set takes only {', '.join(allowed)}")
+    return apply_overrides(config, overrides)
 
 
 def set_value(config: RunConfig, key: str, text: str) -> RunConfig:
@@ -328,6 +386,16 @@ def _parse_field(target: Any, section: str, name: str, text: str) -> Any:
         raise ConfigError(
             f"bad value {prefix}{name}={text!r}: expected {_type_name(hint)}"
         ) from None
+
+
+def spelled(value: Any) -> str:
+    """``value`` as ``--set`` spells it, the inverse of :func:`parse_value`: booleans
+    lowercase, tuples and lists joined with commas."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return ",".join(spelled(v) for v in value)
+    return str(value)
 
 
 def parse_value(text: str, hint: Any) -> Any:

@@ -323,3 +323,64 @@ def test_a_suite_reads_its_tuned_settings_and_the_leaderboard_counts_trials(tmp_
     tuned.write_text('[method.simclr]\nset = ["optim.lr=1.2"]\n')
     with pytest.raises(ConfigError, match="trials >= 1"):
         parse_suite(text)
+
+
+def _board_frame(label_efficient: bool):
+    import pandas as pd
+
+    rows = []
+    for method, base in (("simclr", 0.7), ("(raw pixels)", 0.8), ("(random init)", 0.6)):
+        for seed in (0,) if method == "(raw pixels)" else (0, 1):
+            row = {"method": method, "variant": "", "seed": seed, "linear_acc": base,
+                   "backbone": "-" if method == "(raw pixels)" else "resnet18-narrow",
+                   "status": "floor" if method.startswith("(") else "evaluated"}
+            if label_efficient:
+                row.update({"linear_1pct_acc": base - 0.2, "linear_10pct_acc": base - 0.1,
+                            "shot10_acc": base - 0.15 + seed * 0.02, "shot1_acc": base - 0.3})
+                if method != "(raw pixels)":
+                    row["finetune_acc"] = base + 0.1
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_label_efficient_columns_show_only_when_some_row_has_them():
+    from sslreg.bench.leaderboard import FORMATS, render, summary
+
+    titles = ["1% linear", "10% linear", "1-shot", "10-shot", "fine-tune"]
+    table = summary(_board_frame(True)).set_index("method")
+    columns = list(table.columns)
+    assert [c for c in columns if c in titles] == titles  # fractions, shots, fine-tune
+    assert columns.index("linear") < columns.index("1% linear")
+    assert table.loc["simclr", "10-shot"] == "56.0 ± 1.4"  # mean ± std over seeds
+    assert table.loc["(raw pixels)", "1% linear"] == "60.0"  # the floors have them too
+    assert table.loc["(raw pixels)", "fine-tune"] == "-"
+    assert table.loc["(random init)", "fine-tune"] == "70.0 ± 0.0"
+    for fmt in FORMATS:
+        shown = render(_board_frame(True), fmt)
+        escaped = [t.replace("%", "\\%") if fmt == "latex" else t for t in titles]
+        assert all(title in shown for title in escaped), fmt
+        plain = render(_board_frame(False), fmt)
+        assert not any(title in plain for title in [*escaped, "shot", "fine"]), fmt
+
+
+def test_label_efficient_sets_evaluate_finished_runs_and_floors_again_without_training(
+        tmp_path):
+    from sslreg.runs import open_index
+
+    plain = SUITE.replace('["simclr", "vit-simclr"]', '["simclr"]')
+    run_suite(parse_suite(plain), load_registry(), tmp_path, progress=False)
+    (checkpoint,) = tmp_path.glob("simclr-*/checkpoint.pt")
+    folders, before = sorted(tmp_path.iterdir()), checkpoint.stat().st_mtime_ns
+    sets = ('"eval.test_subset=50", "eval.label_fractions=0.1", "eval.shots=1,2", '
+            '"eval.finetune_epochs=1", "eval.finetune_batch_size=32"')
+    table = run_suite(parse_suite(plain.replace('"eval.test_subset=50"', sets)),
+                      load_registry(), tmp_path, progress=False)
+    assert checkpoint.stat().st_mtime_ns == before, "the finished run was trained again"
+    assert sorted(tmp_path.iterdir()) == folders  # the same run and floor directories
+    rows = {r["method"]: r for r in open_index(tmp_path).rows()}
+    wanted = {"linear_10pct_acc", "shot1_acc", "shot2_acc"}
+    assert wanted | {"finetune_acc"} <= set(rows["simclr"]["metrics"])
+    assert wanted | {"finetune_acc"} <= set(rows["(random init)"]["val_metrics"])
+    assert wanted <= set(rows["(raw pixels)"]["metrics"])  # pixels are not fine-tuned
+    assert "finetune_acc" not in rows["(raw pixels)"]["metrics"]
+    assert all(title in table for title in ("10% linear", "1-shot", "2-shot", "fine-tune"))

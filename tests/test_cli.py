@@ -125,7 +125,7 @@ def test_eval_of_a_folder_that_is_not_a_run(tmp_path):
 
 def test_bench_unknown_suite():
     assert_one_line_error(run("bench", "quik"), "unknown suite 'quik'",
-                          "fmnist, fmnist-cpu, quick, smoke")
+                          "fmnist, fmnist-cpu, quick, quick-label-efficient, smoke")
 
 
 def test_bench_writes_the_table_with_its_provenance(tmp_path):
@@ -144,3 +144,52 @@ def test_bench_writes_the_table_with_its_provenance(tmp_path):
     assert f"Made by `sslreg bench {suite} --out {tmp_path / 'runs'} --table {table}` in " \
         in text
     assert "CPU cores), torch " in text
+
+
+def test_eval_set_adds_label_efficient_metrics_to_a_finished_run(tmp_path):
+    from sslreg import load_registry
+    from sslreg.runs import open_index
+
+    assert run("pretrain", "--method", "simclr", *TINY, "--out", str(tmp_path)).exit_code == 0
+    (run_dir,) = [path for path in tmp_path.iterdir() if path.is_dir()]
+    folder = RunDir(run_dir)
+    trained = folder.checkpoint.stat().st_mtime_ns
+    again = run("eval", str(run_dir), "--set", "eval.shots=1,5",
+                "--set", "eval.label_fractions=0.1")
+    assert again.exit_code == 0, again.output
+    assert "test shot5_acc: " in again.output and "val linear_10pct_acc: " in again.output
+    result = folder.read_json(folder.result)
+    assert result["label_efficient"]["shot1_acc"]["subsets"] == 5
+    assert result["label_efficient"]["shot5_acc"]["images"] == 50  # 10 classes x 5
+    config = folder.load_config(load_registry())
+    assert config.eval.shots == (1, 5)  # config.json says what the result holds
+    assert RunDir.for_config(tmp_path, config).path == run_dir  # the same directory
+    assert folder.checkpoint.stat().st_mtime_ns == trained
+    (row,) = [r for r in open_index(tmp_path).rows() if r["run"] == run_dir.name]
+    assert "shot5_acc" in row["metrics"]  # the index is up to date for leaderboards
+    assert_one_line_error(run("eval", str(run_dir), "--set", "train.epochs=3"),
+                          "cannot set train.epochs", "would change the run itself")
+    assert_one_line_error(run("eval", str(run_dir), "--set", "eval.knn_k=5"),
+                          "cannot set eval.knn_k", "eval.shots")
+
+
+def test_eval_set_scores_a_floor_again_and_says_when_shots_exceed_a_class(tmp_path):
+    from sslreg import RunConfig, load_registry
+    from sslreg.engine import floors
+
+    registry = load_registry()
+    config = RunConfig.build(registry, "simclr", ["eval.train_subset=200",
+                                                  "eval.test_subset=100"],
+                             dataset="synthetic", backbone="resnet18-narrow")
+    floors(config, registry, tmp_path)
+    folders = sorted(tmp_path.iterdir())
+    (pixels,) = tmp_path.glob("floor-raw-pixels-*")
+    again = run("eval", str(pixels), "--set", "eval.shots=2")
+    assert again.exit_code == 0, again.output
+    result = RunDir(pixels).read_json(RunDir(pixels).result)
+    assert "shot2_acc" in result["metrics"] and "shot2_acc" in result["val_metrics"]
+    assert sorted(tmp_path.iterdir()) == folders  # scored in place
+    # About 20 training images per class: 50 shots cannot be drawn.
+    assert_one_line_error(run("eval", str(pixels), "--set", "eval.shots=50"),
+                          "50-shot probes need 50 training images of every class",
+                          "raise eval.train_subset")

@@ -56,6 +56,40 @@ def test_round_trip_and_digest(registry):
     assert apply_overrides(config, ["train.device=cpu"]).digest() == config.digest()
 
 
+def test_metric_only_eval_keys_stay_out_of_the_digest(registry):
+    from sslreg.config import METRIC_ONLY_KEYS, apply_metric_overrides
+
+    config = RunConfig.build(registry, "simclr", ["eval.train_subset=500"])
+    sets = ["eval.label_fractions=0.01,0.1", "eval.shots=1,5,10", "eval.label_subsets=3",
+            "eval.finetune_epochs=5", "eval.finetune_lr=0.1", "eval.finetune_batch_size=64",
+            "eval.finetune_optimizer=adamw"]
+    assert {s.split("=")[0] for s in sets} == {f"eval.{k}" for k in METRIC_ONLY_KEYS}
+    more = apply_metric_overrides(config, sets)
+    assert more.eval.label_fractions == (0.01, 0.1) and more.eval.shots == (1, 5, 10)
+    assert more.digest() == config.digest()  # away from their defaults too
+    assert RunConfig.from_dict(more.to_dict(), registry) == more
+    for item, fragment in [("train.epochs=3", "would change the run itself"),
+                           ("eval.knn_k=5", "is part of the run's digest"),
+                           ("eval.shotz=5", "unknown key 'eval.shotz'")]:
+        with pytest.raises(ConfigError, match=fragment):
+            apply_metric_overrides(config, [item])
+
+
+@pytest.mark.parametrize("item, message", [
+    ("eval.label_fractions=1", "distinct fractions in (0, 1)"),
+    ("eval.label_fractions=0.1,0.1", "distinct fractions in (0, 1)"),
+    ("eval.shots=0", "distinct whole numbers >= 1"),
+    ("eval.shots=2.5", "expected tuple[int, ...]"),
+    ("eval.label_subsets=0", "'label_subsets' must be >= 1"),
+    ("eval.finetune_epochs=-1", "'finetune_epochs' must be >= 0"),
+    ("eval.finetune_optimizer=adam", "'finetune_optimizer' must be in"),
+])
+def test_bad_label_efficient_values_are_refused_with_one_line(registry, item, message):
+    with pytest.raises(ConfigError) as error:
+        RunConfig.build(registry, "simclr", [item])
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
 def test_parse_value_types():
     assert parse_value("yes", bool) is True
     assert parse_value("1,2", tuple[int, ...]) == (1, 2)

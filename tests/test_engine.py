@@ -221,3 +221,27 @@ def test_adamw_takes_the_configured_betas_and_eps():
     assert all(group["eps"] == 1e-6 for group in optimizer.param_groups)
     with pytest.raises(ValueError, match="eps"):
         OptimConfig(eps=0)
+
+
+def test_a_run_is_evaluated_again_after_its_method_config_gained_a_key(registry, tmp_path):
+    """Its directory is named by the digest its checkpoint was written under; a key
+    added to the method's config since (DINO's and SwAV's local_size) changes the digest
+    recomputed from config.json, not the run. Another run's checkpoint is refused."""
+    import json
+    import shutil
+
+    from sslreg.engine import evaluate_run
+
+    config = tiny_config(registry, extra=["train.epochs=1"])
+    run = pretrain(config, registry, tmp_path, evaluate=False, progress=False)
+    stored = json.loads(run.config.read_text())
+    stored["method_config"]["temperature"] = 0.25  # as if a default had been added
+    run.config.write_text(json.dumps(stored))
+    assert run.load_config(registry).digest() != config.digest()
+    assert "linear_acc" in evaluate_run(run, registry)["metrics"]
+    other = RunDir(tmp_path / "simclr-synthetic-resnet18-narrow-seed0-00000000")
+    other.path.mkdir()
+    shutil.copy(run.config, other.config)
+    shutil.copy(run.checkpoint, other.checkpoint)
+    with pytest.raises(CheckpointError, match="was written for config"):
+        evaluate_run(other, registry)

@@ -18,11 +18,15 @@ from sslreg.evaluation import (
     knn_accuracy,
     knn_predict,
     knn_predict_many,
+    label_efficient_probes,
+    label_subsets,
     linear_probe,
     pixel_features,
+    subset_probe,
 )
+from sslreg.evaluation import label_efficient
 from sslreg.evaluation import linear as linear_module
-from sslreg.evaluation.linear import holdout_split
+from sslreg.evaluation.linear import fit_candidates, holdout_split
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -402,3 +406,73 @@ def test_raw_pixel_floor_on_fashion_mnist() -> None:
     probe = linear_probe(train, train_labels, test, test_labels, num_classes=10)
     assert probe.accuracy > 0.80
     assert knn_accuracy(train, train_labels, test, test_labels, num_classes=10) > 0.75
+
+
+# --- label-efficient probes -----------------------------------------------------------
+
+
+def test_label_subsets_are_stratified_fixed_and_nested() -> None:
+    # Class c has 100 * (c + 1) images, shuffled among the others.
+    labels = torch.cat([torch.full((100 * (c + 1),), c) for c in range(3)])
+    labels = labels[torch.randperm(600, generator=torch.Generator().manual_seed(0))]
+    one = label_subsets(labels, num_classes=3, count=4, seed=7, fraction=0.01)
+    ten = label_subsets(labels, num_classes=3, count=4, seed=7, fraction=0.1)
+    shots = label_subsets(labels, num_classes=3, count=4, seed=7, shots=5)
+    for subsets, per_class in ((one, [1, 2, 3]), (ten, [10, 20, 30]), (shots, [5, 5, 5])):
+        for rows in subsets:
+            assert torch.bincount(labels[rows], minlength=3).tolist() == per_class
+            assert len(set(rows.tolist())) == len(rows)  # no image twice
+    assert all(torch.equal(a, b) for a, b in zip(
+        one, label_subsets(labels, num_classes=3, count=4, seed=7, fraction=0.01), strict=True))
+    assert len({tuple(rows.tolist()) for rows in ten}) == 4  # each subset its own draw
+    for small, large in zip(one, ten, strict=True):  # subset i of 1% lies in that of 10%
+        assert set(small.tolist()) <= set(large.tolist())
+    # A fraction never drops a class: round(0.001 * n) = 0 still takes one image.
+    (tiny,) = label_subsets(labels, num_classes=3, count=1, seed=0, fraction=0.001)
+    assert torch.bincount(labels[tiny], minlength=3).tolist() == [1, 1, 1]
+
+
+def test_more_shots_than_a_class_has_is_a_clear_error() -> None:
+    labels = torch.tensor([0] * 10 + [1] * 3 + [2] * 10)
+    with pytest.raises(ValueError, match="5-shot probes need 5 training images of every "
+                                         "class, but class 1 has 3 of the 23"):
+        label_subsets(labels, num_classes=3, count=2, seed=0, shots=5)
+
+
+def test_one_shot_on_separated_clusters_is_near_perfect_and_noise_is_at_chance() -> None:
+    train, labels = blobs(600, 16, 4, 8.0, seed=1)
+    val, test = blobs(400, 16, 4, 8.0, seed=2), blobs(2000, 16, 4, 8.0, seed=3)
+    results = label_efficient_probes(train, labels, val, test, num_classes=4,
+                                     fractions=(0.1,), shots=(1, 5), count=3, seed=0)
+    assert list(results) == ["linear_10pct_acc", "shot1_acc", "shot5_acc"]
+    assert results["shot1_acc"].images == 4 and results["shot5_acc"].images == 20
+    assert all(r.test_accuracy > 0.98 and r.subsets == 3 for r in results.values())
+    generator = torch.Generator().manual_seed(0)
+    noise = [(torch.randn(n, 16, generator=generator), torch.randint(4, (n,), generator=generator))
+             for n in (600, 400, 4000)]
+    chance = label_efficient_probes(*noise[0], noise[1], noise[2], num_classes=4,
+                                    shots=(5,), count=3, seed=0)["shot5_acc"]
+    # 0.25 +- 5 standard errors of the mean over 3 x 4000 test images.
+    assert abs(chance.test_accuracy - 0.25) < 0.03
+
+
+def test_label_efficient_l2_is_chosen_on_validation_never_on_test() -> None:
+    train, labels = blobs(200, 20, 3, 0.7, seed=1)
+    val_x, _ = blobs(300, 20, 3, 0.7, seed=2)
+    test_x, _ = blobs(300, 20, 3, 0.7, seed=3)
+    subsets = label_subsets(labels, num_classes=3, count=1, seed=0, shots=4)
+    probes = fit_candidates(train[subsets[0]], labels[subsets[0]], num_classes=3,
+                            weight_decays=label_efficient.WEIGHT_DECAYS)
+    # Validation labels agree with the weakest L2 strength's probe, test labels with the
+    # strongest's: the choice must follow validation.
+    val_y, test_y = probes[1e-6].predict(val_x), probes[10.0].predict(test_x)
+    assert not torch.equal(probes[10.0].predict(val_x), val_y)
+    result = subset_probe(train, labels, subsets, (val_x, val_y), (test_x, test_y),
+                          num_classes=3)
+    assert result.weight_decay == 1e-6 and result.val_accuracy == 1.0
+    assert list(result.val_by_weight_decay) == sorted(label_efficient.WEIGHT_DECAYS)
+    assert result.test_accuracy < 1.0
+    blind = subset_probe(train, labels, subsets, (val_x, val_y),
+                         (torch.randn(300, 20), test_y.flip(0)), num_classes=3)
+    assert blind.weight_decay == result.weight_decay
+    assert blind.val_by_weight_decay == result.val_by_weight_decay

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,10 @@ FORMATS = ("md", "csv", "latex", "html")
 # self-supervised methods and before the floors.
 CEILINGS = ("supervised",)
 ACCURACIES = {"linear_acc": "linear", "knn20_acc": "kNN k=20", "knn200_acc": "kNN k=200"}
+# Label-efficient probes and fine-tuning (eval.label_fractions, eval.shots,
+# eval.finetune_epochs): a column each, only where some row has the metric.
+_FRACTION = re.compile(r"linear_(\d+(?:\.\d+)?)pct_acc")
+_SHOTS = re.compile(r"shot(\d+)_acc")
 # Each run minus the random-init floor of its backbone, seed and readout, in points.
 FLOOR_GAPS = {"linear_acc": "linear − floor", "knn20_acc": "kNN20 − floor"}
 COSTS = {"wall_time_s": "train s", "images_per_s": "img/s", "peak_memory_mb": "peak MB",
@@ -96,7 +101,7 @@ def summary(frame: pd.DataFrame, reference: Reference | None = None,
     if trials:
         methods = table.index.get_level_values("method")
         table["trials"] = [str(trials[m]) if m in trials else "-" for m in methods]
-    for column, title in ACCURACIES.items():
+    for column, title in {**ACCURACIES, **label_efficient_columns(frame)}.items():
         if column in frame and frame[column].notna().any():
             table[title] = grouped[column].agg(mean_std(column))
     if reference is not None:
@@ -117,6 +122,19 @@ def summary(frame: pd.DataFrame, reference: Reference | None = None,
     table["method"] = [row_label(m, v) for m, v in zip(table["method"], table["variant"],
                                                      strict=True)]
     return table.drop(columns="variant").reset_index(drop=True)
+
+
+def label_efficient_columns(frame: pd.DataFrame) -> dict[str, str]:
+    """``{metric: title}`` of the label-efficient metrics in ``frame``: fractions
+    (``1% linear``), then shots (``5-shot``), each ascending, then ``fine-tune``."""
+    fractions = sorted((float(m[1]), m[0]) for m in map(_FRACTION.fullmatch, frame.columns)
+                       if m)
+    shots = sorted((int(m[1]), m[0]) for m in map(_SHOTS.fullmatch, frame.columns) if m)
+    columns = {name: f"{value:g}% linear" for value, name in fractions}
+    columns.update({name: f"{value}-shot" for value, name in shots})
+    if "finetune_acc" in frame:
+        columns["finetune_acc"] = "fine-tune"
+    return columns
 
 
 def gaps_over_floor(frame: pd.DataFrame, column: str) -> pd.Series:

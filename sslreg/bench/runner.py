@@ -20,7 +20,7 @@ from sslreg.bench.suite import Budget, Suite, suite_sets, variants
 from sslreg.config import RunConfig
 from sslreg.engine import floors, pretrain
 from sslreg.engine.device import device_name, resolve_device
-from sslreg.engine.evaluate import readout_of
+from sslreg.engine.evaluate import evaluate_run, readout_of, up_to_date
 from sslreg.errors import SslregError
 from sslreg.runs import RunDir, add_suite, open_index, write_json
 
@@ -89,7 +89,9 @@ def backbone_for(registry: Any, method: str, budget: Budget) -> str:
 def _run_one(config: RunConfig, registry: Any, out: Path, progress: bool,
              suite: tuple[str, str]) -> None:
     """Pretrain and evaluate one run (unless finished before) and record it in the
-    index; ``suite`` is the suite's name and the run's variant in it."""
+    index; ``suite`` is the suite's name and the run's variant in it. A finished run
+    whose result lacks metrics the config asks for (label-efficient probes,
+    fine-tuning) is evaluated again, not retrained."""
     run = RunDir.for_config(out, config)
     main = distributed.is_main()
     try:
@@ -97,6 +99,9 @@ def _run_one(config: RunConfig, registry: Any, out: Path, progress: bool,
         # same runs; the others wait here while it evaluates the previous run.
         if not distributed.main_value(run.result.exists()):
             pretrain(config, registry, out, resume=True, progress=progress)
+        elif main and not up_to_date(run.read_json(run.result), config):
+            _say(f"  evaluating {run.path.name} again for the metrics it lacks")
+            evaluate_run(run, registry, config=config)
         if not main:
             return  # rank 0 evaluated the run and records it
         run.read_json(run.result)

@@ -26,7 +26,7 @@ import attrs
 import torch
 from torch import nn
 
-from sslreg.config import RunConfig
+from sslreg.config import RunConfig, spelled
 from sslreg.engine.checkpoint import load_checkpoint
 from sslreg.engine.splits import load_run_data
 from sslreg.engine.trainer import build_method, input_spec
@@ -193,7 +193,7 @@ def pretrain_command(config: RunConfig, registry: Any, out: Path | str) -> str:
 def differences(base: RunConfig, config: RunConfig) -> list[tuple[str, str]]:
     """``(section.key, value as --set spells it)`` for each value ``config`` changes."""
     old, new = _flat(base), _flat(config)
-    return [(key, _spelled(value)) for key, value in new.items()
+    return [(key, spelled(value)) for key, value in new.items()
             if old.get(key) != value and key != "train.device"]
 
 
@@ -205,14 +205,6 @@ def _flat(config: RunConfig) -> dict[str, Any]:
     for section, values in sections.items():
         flat.update({f"{section}.{key}": value for key, value in values.items()})
     return flat
-
-
-def _spelled(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (tuple, list)):
-        return ",".join(_spelled(v) for v in value)
-    return str(value)
 
 
 def card_facts(trained: TrainedRun, registry: Any, exports: list[BackboneExport],

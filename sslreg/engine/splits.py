@@ -22,6 +22,8 @@ from sslreg.errors import DataError
 # method and seed of a comparison trains, chooses and is scored on the same images.
 VAL_SEED = 0
 EVAL_SUBSET_SEED = 0
+# Label subset i of the label-efficient probes is drawn with seed LABEL_SUBSET_SEED + i.
+LABEL_SUBSET_SEED = EVAL_SUBSET_SEED + 1000
 
 
 @attrs.frozen

@@ -14,6 +14,14 @@ from torch import Tensor
 
 from sslreg.evaluation.features import extract_features, pixel_features
 from sslreg.evaluation.knn import knn_accuracy, knn_predict, knn_predict_many
+from sslreg.evaluation.label_efficient import (
+    SubsetProbeResult,
+    fraction_name,
+    label_efficient_probes,
+    label_subsets,
+    shots_name,
+    subset_probe,
+)
 from sslreg.evaluation.linear import (
     FittedProbe,
     LinearProbeResult,
@@ -24,15 +32,21 @@ from sslreg.evaluation.linear import (
 __all__ = [
     "FittedProbe",
     "LinearProbeResult",
+    "SubsetProbeResult",
     "evaluate_features",
     "evaluate_splits",
     "extract_features",
     "fit_linear_probe",
+    "fraction_name",
     "knn_accuracy",
     "knn_predict",
     "knn_predict_many",
+    "label_efficient_probes",
+    "label_subsets",
     "linear_probe",
     "pixel_features",
+    "shots_name",
+    "subset_probe",
 ]
 
 

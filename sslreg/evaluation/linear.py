@@ -26,6 +26,8 @@ TOLERANCE_CHANGE = 1e-7
 # A softmax's Hessian weights the feature covariance by about p(1 - p); 0.1 is its
 # typical size, used to balance covariance against weight decay in the preconditioner.
 CURVATURE = 0.1
+# The L2 strengths every probe chooses from.
+WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
 
 @attrs.frozen
@@ -64,7 +66,7 @@ def linear_probe(
     *,
     num_classes: int,
     holdout_fraction: float = 0.1,
-    weight_decays: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
+    weight_decays: Sequence[float] = WEIGHT_DECAYS,
     max_iter: int = 100,
     seed: int = 0,
     device: torch.device | str = "cpu",
@@ -121,7 +123,7 @@ def fit_linear_probe(
     *,
     num_classes: int,
     holdout_fraction: float = 0.1,
-    weight_decays: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
+    weight_decays: Sequence[float] = WEIGHT_DECAYS,
     max_iter: int = 100,
     seed: int = 0,
     device: torch.device | str = "cpu",
@@ -168,13 +170,26 @@ def _search(
     num_classes: int, weight_decays: Sequence[float], max_iter: int, device: torch.device,
 ) -> tuple[dict[float, float], dict[float, _Probe]]:
     """Fit one probe per candidate on ``fit_rows`` and score each on ``holdout_rows``."""
-    candidates = sorted({float(wd) for wd in weight_decays})
-    basis = _Basis.of(features[fit_rows.to(features.device)], device)
-    fitted = _fit(basis, labels[fit_rows.to(labels.device)], num_classes, candidates, max_iter)
+    probes = fit_candidates(features[fit_rows.to(features.device)],
+                            labels[fit_rows.to(labels.device)], num_classes=num_classes,
+                            weight_decays=weight_decays, max_iter=max_iter, device=device)
     hold_x = features[holdout_rows.to(features.device)]
     hold_y = labels[holdout_rows.to(labels.device)]
-    probes = dict(zip(candidates, fitted, strict=True))
     return {wd: probe.accuracy(hold_x, hold_y) for wd, probe in probes.items()}, probes
+
+
+def fit_candidates(
+    features: Tensor, labels: Tensor, *, num_classes: int,
+    weight_decays: Sequence[float] = WEIGHT_DECAYS, max_iter: int = 100,
+    device: torch.device | str = "cpu",
+) -> dict[float, _Probe]:
+    """One probe per L2 strength, each fit on all of ``features`` (N, D) in one joint
+    L-BFGS run: ``{weight_decay: probe}``, in increasing strength. The caller chooses
+    among them on data the probes never saw."""
+    candidates = sorted({float(wd) for wd in weight_decays})
+    basis = _Basis.of(features, torch.device(device))
+    fitted = _fit(basis, labels, num_classes, candidates, max_iter)
+    return dict(zip(candidates, fitted, strict=True))
 
 
 @attrs.frozen
