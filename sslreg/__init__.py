@@ -26,8 +26,10 @@ from sslreg.errors import (
     DivergedError,
     DuplicateNameError,
     PluginError,
+    RunInterrupted,
     SslregError,
     UnknownNameError,
+    WriteError,
 )
 from sslreg.hookspecs import hookimpl
 from sslreg.interfaces import Method, Monitor, RunContext, StepOutput, ViewPolicy
@@ -62,12 +64,14 @@ __all__ = [
     "Run",
     "RunConfig",
     "RunContext",
+    "RunInterrupted",
     "SslregError",
     "StepOutput",
     "TrainConfig",
     "UnknownNameError",
     "ViewPolicy",
     "ViewSpec",
+    "WriteError",
     "configure",
     "evaluate",
     "export",

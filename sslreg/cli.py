@@ -10,18 +10,27 @@ from typing import Any
 
 import click
 
-from sslreg.errors import SslregError
+from sslreg.errors import RunInterrupted, SslregError
 from sslreg.runs import write_text
 
 
 class Cli(click.Group):
-    """A group that turns :class:`SslregError` into one clear line and exit status 1."""
+    """A group that turns :class:`SslregError` into one clear line and exit status 1,
+    and a run stopped by a signal into one line and 128 + the signal (143: requeue)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except SslregError as error:
             raise click.ClickException(str(error)) from None
+        except RunInterrupted as error:
+            from sslreg import distributed
+
+            if not distributed.is_main():  # under torchrun, rank 0 alone says it
+                raise click.exceptions.Exit(error.exit_code) from None
+            stopped = click.ClickException(str(error))
+            stopped.exit_code = error.exit_code
+            raise stopped from None
 
 
 @click.group(cls=Cli)
@@ -94,14 +103,21 @@ def new_plugin(name: str, parent: str) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. method.temperature=0.2 (repeatable).")
 @click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False))
-@click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint, at "
+              "the step it was written (a run without one starts).")
 @click.option("--no-eval", is_flag=True, help="Skip the final linear probe and kNN.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def pretrain(method: str, dataset: str, backbone: str, epochs: int | None,
              batch_size: int | None, seed: int | None, device: str | None,
              data_root: str | None, overrides: tuple[str, ...], out: str, resume: bool,
              no_eval: bool, quiet: bool) -> None:
-    """Pretrain METHOD, checkpoint every epoch, then evaluate the final checkpoint."""
+    """Pretrain METHOD, checkpoint every epoch and every train.checkpoint_every (10m by
+    default), then evaluate the final checkpoint.
+
+    SIGTERM (a scheduler's pre-emption) or Ctrl-C finishes the current step, writes a
+    checkpoint, records the run as interrupted and exits with status 143 after SIGTERM
+    (130 after SIGINT): requeue the job with the same command and --resume. A second
+    Ctrl-C stops at once, keeping the last checkpoint."""
     from sslreg.config import RunConfig
     from sslreg.engine import pretrain as run_pretrain
 
@@ -288,7 +304,7 @@ def _figures(frame: Any, folder: str | None) -> list[Path]:
 @click.option("--method", help="Only runs of this method.")
 @click.option("--suite", help="Only runs that this suite ran.")
 @click.option("--status", help="Only runs with this status (evaluated, trained, running, "
-              "diverged, failed...).")
+              "interrupted, diverged, failed...).")
 @click.option("--rebuild", is_flag=True, help="Rebuild the index from the run directories.")
 def runs(out: str, method: str | None, suite: str | None, status: str | None,
          rebuild: bool) -> None:

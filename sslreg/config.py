@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -26,6 +27,28 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def _float_pair(value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
+
+
+# train.checkpoint_every: a step count ("500"), a time ("30s", "10m", "1h") or "0".
+_CADENCE = re.compile(r"(\d+)|(\d+(?:\.\d+)?)([smh])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def checkpoint_cadence(text: str) -> tuple[int, float]:
+    """``(steps, seconds)`` between mid-epoch checkpoints, 0 where that kind is off:
+    ``"500"`` is every 500 steps, ``"10m"`` every 10 minutes, ``"0"`` epoch ends only."""
+    match = _CADENCE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError("checkpoint_every must be a step count (500), a time (30s, 10m, "
+                         "1h) or 0 (epoch ends only)")
+    steps, amount, unit = match.groups()
+    if steps is not None:
+        return int(steps), 0.0
+    return 0, float(amount) * _SECONDS[unit]
+
+
+def _cadence(_instance: Any, _attribute: attrs.Attribute, value: str) -> None:
+    checkpoint_cadence(value)
 
 
 def _betas(_instance: Any, attribute: attrs.Attribute, value: tuple) -> None:
@@ -68,6 +91,10 @@ class TrainConfig:
     # torch.compile the backbone (train.compile=true); off by default: unmeasured on a
     # GPU so far, and compiling costs a minute on the CPU for runs of a few minutes.
     compile: bool = field(default=False, validator=instance_of(bool))
+    # Also checkpoint inside an epoch, so a killed run loses at most this much: a step
+    # count ("500"), a time ("30s", "10m", "1h") or "0" (epoch ends only). It never
+    # changes results, so it stays out of the digest.
+    checkpoint_every: str = field(default="10m", converter=str, validator=_cadence)
 
 
 def _same_length_as_k(instance: Any, attribute: attrs.Attribute, value: tuple) -> None:
@@ -154,6 +181,9 @@ TOP_LEVEL = ("dataset", "backbone", "views", "data_root", "image_size")
 # Keys added after runs were recorded, with the value that means "as before": at that
 # value they are left out of the digest, so existing runs keep their directories.
 _NEW_KEYS = {("image_size",): 0, ("eval", "dataset"): "", ("eval", "data_root"): ""}
+# Keys that never change what a run computes: left out of the digest, so a run can be
+# resumed on another device or with another checkpoint cadence.
+_NOT_RESULTS = ("device", "checkpoint_every")
 
 
 @attrs.frozen(kw_only=True)
@@ -247,9 +277,11 @@ class RunConfig:
             raise ConfigError(f"config does not match this sslreg version: {error}") from None
 
     def digest(self) -> str:
-        """A short hash of everything that changes the result (not the device)."""
+        """A short hash of everything that changes the result (not the device, not the
+        checkpoint cadence)."""
         data = self.keyed_dict()
-        data["train"].pop("device")
+        for key in _NOT_RESULTS:
+            data["train"].pop(key)
         text = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 

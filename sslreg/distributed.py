@@ -216,6 +216,28 @@ def any_rank(flag: Tensor) -> Tensor:
     return count > 0
 
 
+def max_over_ranks(*values: int) -> tuple[int, ...]:
+    """Each host-side value's maximum over the ranks, so every rank takes the same branch
+    at the same step (a signal or a clock only one rank saw). The values themselves with
+    one process: no collective, no device synchronisation. With several, one small
+    all-reduce on the CPU (gloo) group, which does not wait for the device's queue."""
+    if world_size() == 1:
+        return values
+    peak = torch.tensor(values, dtype=torch.int64)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=_waiting_group())
+    return tuple(peak.tolist())
+
+
+def all_objects(value: Any) -> list[Any]:
+    """Every rank's ``value`` (any picklable object) in rank order, on every rank;
+    ``[value]`` with one process."""
+    if world_size() == 1:
+        return [value]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, value, group=_waiting_group())
+    return gathered
+
+
 def sync_batchnorm(method: nn.Module, device: torch.device) -> nn.Module:
     """BatchNorm over the global batch, as one process on all B images would compute it.
 

@@ -37,3 +37,24 @@ class CheckpointError(SslregError):
 
 class DivergedError(SslregError):
     """Training produced a non-finite loss."""
+
+
+class WriteError(SslregError, OSError):
+    """A file could not be written (disk full, read-only folder); the file that was there
+    before is kept. Also an ``OSError``, for callers that handle those."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGTERM or SIGINT after finishing its step and writing a
+    checkpoint. A ``KeyboardInterrupt``, so code that goes on after ordinary errors (a
+    suite's next run) stops too; the command line exits with :attr:`exit_code`."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
+
+    @property
+    def exit_code(self) -> int:
+        # 128 + the signal, what a shell reports for a process the signal ended: 143
+        # after SIGTERM (a scheduler's pre-emption: requeue), 130 after Ctrl-C.
+        return 128 + self.signal_number

@@ -175,7 +175,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(registry, tmp_path
         return output
 
     monkeypatch.setattr(trainer_module, "train_step", poisoned)
-    with pytest.raises(DivergedError, match="non-finite.*last good checkpoint \\(epoch 1\\)"):
+    with pytest.raises(DivergedError,
+                       match="non-finite.*last good checkpoint \\(epoch 1, step 4\\)"):
         pretrain(config, registry, tmp_path, evaluate=False, progress=False)
     run = RunDir.for_config(tmp_path, config)
     state = load_checkpoint(run.checkpoint)

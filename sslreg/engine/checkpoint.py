@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sslreg.errors import CheckpointError
+from sslreg.errors import CheckpointError, WriteError
 
 FORMAT_VERSION = 1
 
@@ -23,8 +25,51 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as error:  # disk full, quota, read-only: the old file is untouched
+        raise WriteError(f"cannot write checkpoint {path} ({error.strerror or error}); the "
+                         "previous checkpoint is kept") from None
     finally:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    # The rename survives a power cut only once the folder's entry is on disk (a killed
+    # process needs none of this: its writes are in the page cache). Best effort: some
+    # file systems refuse to fsync a folder.
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+# Temporary files of the atomic writers: ``.<name>.<pid>.tmp`` (checkpoint.pt, *.json).
+_TEMPORARY = re.compile(r"\.(.+)\.(\d+)\.tmp")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete what writers killed mid-write left in ``folder`` (their process is gone);
+    nothing reads these files, they only take space. Returns what was deleted."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        match = _TEMPORARY.fullmatch(path.name)
+        if match and not _alive(int(match.group(2))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def load_checkpoint(path: Path, *, expected_digest: str | None = None,

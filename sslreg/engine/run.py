@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +12,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 from sslreg import distributed
 from sslreg.config import RunConfig
+from sslreg.engine.checkpoint import remove_stale_temporaries
 from sslreg.engine.evaluate import evaluate_run
 from sslreg.engine.splits import RunData, load_run_data
 from sslreg.engine.trainer import build_trainer, fit, restore
-from sslreg.errors import SslregError
+from sslreg.errors import SslregError, WriteError
 from sslreg.runs import RunDir, write_json
 from sslreg.runs.index import open_index
 from sslreg.views import normalize
@@ -25,6 +28,7 @@ def prepare_run_dir(run: RunDir, config: RunConfig, resume: bool) -> None:
         raise SslregError(f"run directory {run.path} already exists; pass --resume to continue "
                           "it, or move it away to start over")
     run.path.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run.path)  # half-written files of a killed process
     run.tensorboard.mkdir(exist_ok=True)
     write_json(run.config, config.to_dict())
 
@@ -53,10 +57,27 @@ def pretrain(config: RunConfig, registry: Any, out: Path | str, *, resume: bool 
                 result = evaluate_run(run, registry, method=trainer.method)
                 log_hparams(writer, config, result)
                 log_embeddings(writer, trainer, config, registry)
-    finally:  # finished, diverged or interrupted: the index says which
+    except WriteError as error:  # disk full: what was written before is intact
         if main:
-            open_index(out).record(run)
+            record_stopped(out, run, f"failed: {error}")
+        raise WriteError(f"{error}; free space, then continue with --resume") from None
+    except BaseException:  # diverged or interrupted: train.json says which
+        if main:
+            record_stopped(out, run)
+        raise
+    if main:
+        open_index(out).record(run)
     return run
+
+
+def record_stopped(out: Path | str, run: RunDir, status: str | None = None) -> None:
+    """Record a run that stopped early in the index, without hiding why it stopped: the
+    index is a cache of the run directories, and a full disk may refuse it too."""
+    try:
+        open_index(out).record(run, status)
+    except (sqlite3.Error, OSError) as error:
+        print(f"warning: {run.path.name} is not recorded in the run index ({error}); "
+              "`sslreg runs --rebuild` records it from its directory", file=sys.stderr)
 
 
 # How many test images the TensorBoard projector shows (with their labels and pictures).

@@ -1,9 +1,11 @@
 """The pretraining loop: views on the device, one step per batch, EMA/queue hooks,
-monitors and logging every N steps, an atomic checkpoint per epoch, and resume."""
+monitors and logging every N steps, atomic checkpoints (each epoch and every
+``train.checkpoint_every``), a clean stop on SIGTERM / SIGINT, and exact resume."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from typing import Any
 
@@ -18,10 +20,11 @@ from sslreg.data import ImageDataset
 from sslreg.engine.checkpoint import load_checkpoint, save_checkpoint
 from sslreg.engine.curve import CurveProbe, curve_point, curve_probe, due, log_curve_point
 from sslreg.engine.device import device_name, resolve_device, use_bf16
+from sslreg.engine.interrupt import Cadence, StopRequest, signal_name
 from sslreg.engine.mfu import backbone_flops_per_image, mfu, peak_flops
 from sslreg.engine.optim import build_optimizer, lr_schedule
 from sslreg.engine.splits import RunData, load_run_data
-from sslreg.errors import ConfigError, DivergedError, SslregError
+from sslreg.errors import ConfigError, DivergedError, RunInterrupted, SslregError
 from sslreg.interfaces import Method, RunContext
 from sslreg.runs import RunDir, write_json
 from sslreg.views import normalize
@@ -44,8 +47,14 @@ class Trainer:
     device: torch.device
     bf16: bool
     steps_per_epoch: int
-    epoch: int = 0
-    step: int = 0
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps completed over the whole run
+    # Steps completed inside ``epoch`` (not 0 only when resuming a mid-epoch checkpoint),
+    # and this rank's view generator state there.
+    epoch_step: int = 0
+    resumed_views: torch.Tensor | None = None
+    # (epoch, step) of the checkpoint on disk, for the divergence message.
+    saved: tuple[int, int] | None = None
     elapsed: float = 0.0  # training seconds over all sessions of this run
     images_seen: int = 0
     preview: torch.Tensor | None = None  # normalised validation images for Method.visualize
@@ -62,6 +71,9 @@ class Trainer:
     # What the backbone reads: channels, side and the normalisation of its input, kept in
     # every checkpoint so an exported backbone says how to feed it.
     inputs: dict[str, Any] = attrs.Factory(dict)
+    # When a mid-epoch checkpoint is due (train.checkpoint_every), and the stop signal.
+    cadence: Cadence = attrs.Factory(lambda: Cadence(0, 0.0))
+    stop: StopRequest = attrs.Factory(StopRequest)
 
 
 # How many fixed validation images Method.visualize receives each epoch.
@@ -147,6 +159,7 @@ def build_trainer(config: RunConfig, registry: Any, run: RunDir,
                                                  .to(device)),
         peak_flops=_peak(device),
         inputs=input_spec(pool.images, data.stats),
+        cadence=Cadence.parse(config.train.checkpoint_every),
     )
 
 
@@ -182,57 +195,117 @@ def restore(trainer: Trainer) -> None:
         raise SslregError(f"checkpoint {trainer.run.checkpoint} does not fit this model "
                           f"({str(error).splitlines()[0][:160]})") from None
     trainer.epoch, trainer.step = state["epoch"], state["step"]
+    trainer.epoch_step = state.get("epoch_step", 0)  # older checkpoints: epoch ends only
     trainer.elapsed, trainer.images_seen = state["elapsed"], state["images_seen"]
-    if trainer.run.train_info.exists():
+    trainer.saved = (trainer.epoch, trainer.step)
+    trainer.resumed_views = restore_random(trainer, state.get("random"))
+    if "curve" in state:
+        trainer.monitor_warnings = list(state["monitor_warnings"])
+        trainer.curve_points = [list(point) for point in state["curve"]]
+    elif trainer.run.train_info.exists():  # a checkpoint written before they were kept
         info = trainer.run.read_json(trainer.run.train_info)
         trainer.monitor_warnings = list(info.get("monitor_warnings", []))
         trainer.curve_points = [p for p in info.get("curve", []) if p[0] <= trainer.epoch]
 
 
-def checkpoint(trainer: Trainer) -> None:
+def random_states(trainer: Trainer, views_rng: torch.Generator | None) -> list[dict]:
+    """Every rank's random streams: the global ones (MAE's masks, MoCo's shuffle, CLIP's
+    captions draw from them) and, inside an epoch, the view generator's."""
+    mine = {"torch": torch.get_rng_state(),
+            "cuda": (torch.cuda.get_rng_state(trainer.device)
+                     if trainer.device.type == "cuda" else None),
+            "views": None if views_rng is None else views_rng.get_state()}
+    return distributed.all_objects(mine)  # rank 0 writes every rank's
+
+
+def restore_random(trainer: Trainer, states: list[dict] | None) -> torch.Tensor | None:
+    """Put this rank's random streams back; returns its view generator state (None at an
+    epoch end). Checkpoints from before they were kept, or written by another number of
+    processes, leave the streams as built (the run goes on, not bit for bit)."""
+    if states is None or len(states) != distributed.world_size():
+        if states is not None and trainer.epoch_step:
+            say(f"note: the checkpoint was written by {len(states)} processes, resumed by "
+                f"{distributed.world_size()}: the rest of epoch {trainer.epoch + 1} draws "
+                "other views than an uninterrupted run would")
+        return None
+    mine = states[distributed.rank()]
+    torch.set_rng_state(mine["torch"].cpu())
+    if mine["cuda"] is not None and trainer.device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"].cpu(), trainer.device)
+    return None if mine["views"] is None else mine["views"].cpu()
+
+
+def say(message: str) -> None:
+    """One line on stderr, from rank 0 only."""
+    if distributed.is_main():
+        tqdm.write(message, file=sys.stderr)
+
+
+def checkpoint(trainer: Trainer, views_rng: torch.Generator | None = None,
+               epoch_step: int = 0) -> None:
+    """Everything needed to continue exactly from here: at an epoch end (``epoch_step``
+    0), or after ``epoch_step`` steps of epoch ``trainer.epoch`` with the view
+    generator's state. Called by every rank (their random streams are gathered); rank 0
+    writes."""
+    states = random_states(trainer, views_rng)
+    trainer.cadence.restart()
     if not distributed.is_main():  # the ranks hold the same weights; rank 0 writes them
+        trainer.saved = (trainer.epoch, trainer.step)
         return
     save_checkpoint(trainer.run.checkpoint, {
         "config_digest": trainer.config.digest(),
         "method": trainer.config.method,
         "epoch": trainer.epoch,
+        "epoch_step": epoch_step,
         "step": trainer.step,
         "elapsed": trainer.elapsed,
         "images_seen": trainer.images_seen,
         "model": trainer.method.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
+        "random": states,
+        "monitor_warnings": list(trainer.monitor_warnings),
+        "curve": [list(point) for point in trainer.curve_points],
         "inputs": trainer.inputs,
     })
+    trainer.saved = (trainer.epoch, trainer.step)
 
 
 def fit(trainer: Trainer, writer: SummaryWriter, *, progress: bool = True) -> dict[str, Any]:
-    """Train from the current epoch to the last, checkpointing after each epoch."""
+    """Train from the checkpointed step to the last epoch, checkpointing after each epoch
+    and every ``train.checkpoint_every``. SIGTERM or SIGINT stops after the current step
+    with a checkpoint, train.json saying ``interrupted``, and :class:`RunInterrupted`."""
     epochs = trainer.config.train.epochs
-    for epoch in range(trainer.epoch, epochs):
-        started = time.perf_counter()
-        bar = tqdm(total=trainer.steps_per_epoch, desc=f"{trainer.config.method} epoch "
-                   f"{epoch + 1}/{epochs}", disable=not progress, leave=False, unit="step")
-        with bar:
-            run_epoch(trainer, epoch, writer, bar)
-        trainer.elapsed += time.perf_counter() - started
-        trainer.epoch = epoch + 1
-        log_pictures(trainer, writer)
-        log_curve(trainer, writer)
-        checkpoint(trainer)
-        write_train_info(trainer, status="running" if trainer.epoch < epochs else "trained")
+    trainer.cadence.restart()
+    with trainer.stop.installed():
+        for epoch in range(trainer.epoch, epochs):
+            bar = tqdm(total=trainer.steps_per_epoch, initial=trainer.epoch_step,
+                       desc=f"{trainer.config.method} epoch {epoch + 1}/{epochs}",
+                       disable=not progress, leave=False, unit="step")
+            with bar:
+                run_epoch(trainer, epoch, writer, bar)
+            trainer.epoch, trainer.epoch_step = epoch + 1, 0
+            log_pictures(trainer, writer)
+            log_curve(trainer, writer)
+            checkpoint(trainer)
+            status = "running" if trainer.epoch < epochs else "trained"
+            write_train_info(trainer, status=status)
+            stop_if_asked(trainer, status)
     return write_train_info(trainer, status="trained")
 
 
 def run_epoch(trainer: Trainer, epoch: int, writer: SummaryWriter, bar: tqdm) -> None:
+    """The steps of ``epoch`` from ``trainer.epoch_step`` on (0 unless resuming inside
+    it); a mid-epoch checkpoint when one is due or a stop was asked for."""
     config = trainer.config.train
     order_seed, view_seed = _epoch_seeds(config.seed, epoch)
     order = torch.randperm(len(trainer.images), device=trainer.device,
                            generator=_generator(trainer.device, order_seed))
-    views_rng = _generator(trainer.device, distributed.rank_seed(view_seed))
+    views_rng = _views_generator(trainer, view_seed)
     non_finite = torch.zeros((), dtype=torch.bool, device=trainer.device)
-    window_start, window_images = time.perf_counter(), 0
+    started = window_start = time.perf_counter()
+    window_images = 0
     trainer.method.train()
-    for index in range(trainer.steps_per_epoch):
+    for index in range(trainer.epoch_step, trainer.steps_per_epoch):
         rows = order[index * config.batch_size:(index + 1) * config.batch_size]
         mine = distributed.shard(rows)  # this rank's slice of the global batch
         labels = None if trainer.labels is None else trainer.labels[mine]
@@ -248,6 +321,57 @@ def run_epoch(trainer: Trainer, epoch: int, writer: SummaryWriter, bar: tqdm) ->
             rate = window_images / (time.perf_counter() - window_start)
             log_step(trainer, writer, output, rate, bar)
             window_start, window_images = time.perf_counter(), 0
+        if last:  # the epoch-end checkpoint follows at once
+            break
+        # One process: two attribute reads and a clock, no device synchronisation.
+        stop, due = distributed.max_over_ranks(trainer.stop.signal_number,
+                                               trainer.cadence.due(trainer.step))
+        if stop or due:
+            paused = time.perf_counter()
+            trainer.elapsed += paused - started
+            _stop_if_non_finite(trainer, non_finite)  # never checkpoint a non-finite loss
+            checkpoint(trainer, views_rng, epoch_step=index + 1)
+            if stop:
+                raise interrupted(trainer, stop, "interrupted", epoch_step=index + 1)
+            started = time.perf_counter()
+            window_start += started - paused  # the write is not training time
+    trainer.elapsed += time.perf_counter() - started
+
+
+def _views_generator(trainer: Trainer, view_seed: int) -> torch.Generator:
+    """The epoch's view generator: seeded by (seed, epoch, rank), or where a mid-epoch
+    checkpoint left it."""
+    views_rng = _generator(trainer.device, distributed.rank_seed(view_seed))
+    if trainer.epoch_step and trainer.resumed_views is not None:
+        views_rng.set_state(trainer.resumed_views)
+    elif trainer.epoch_step:  # the states were not restored: not exact, but varied
+        views_rng.manual_seed((distributed.rank_seed(view_seed) + trainer.epoch_step)
+                              % 2**63)
+    trainer.resumed_views = None
+    return views_rng
+
+
+def stop_if_asked(trainer: Trainer, status: str) -> None:
+    """After an epoch's checkpoint: stop here if any rank got a stop signal."""
+    (stop,) = distributed.max_over_ranks(trainer.stop.signal_number)
+    if stop:  # a run stopped after its last step is trained: train.json keeps saying so
+        raise interrupted(trainer, stop, "interrupted" if status == "running" else status,
+                          epoch_step=0)
+
+
+def interrupted(trainer: Trainer, signal_number: int, status: str, *,
+                epoch_step: int) -> RunInterrupted:
+    """Record the stop in train.json (the index reads it) and say where the run stopped;
+    every rank leaves together, after rank 0 has written (torchrun ends the others when
+    one rank exits)."""
+    write_train_info(trainer, status=status)
+    distributed.wait_for_main()
+    where = (f"epoch {trainer.epoch + 1}, step {epoch_step} of {trainer.steps_per_epoch}"
+             if epoch_step else f"the end of epoch {trainer.epoch}")
+    return RunInterrupted(
+        f"interrupted by {signal_name(signal_number)} at step {trainer.step} ({where}); "
+        f"checkpoint written to {trainer.run.checkpoint}; continue with --resume",
+        signal_number)
 
 
 def train_step(trainer: Trainer, batch: torch.Tensor, labels: torch.Tensor | None,
@@ -301,8 +425,9 @@ def log_curve(trainer: Trainer, writer: SummaryWriter) -> None:
 def _stop_if_non_finite(trainer: Trainer, non_finite: torch.Tensor) -> None:
     if bool(distributed.any_rank(non_finite)):  # every rank stops, or none
         write_train_info(trainer, status="diverged")
-        kept = (f"the last good checkpoint (epoch {trainer.epoch}) is kept at "
-                f"{trainer.run.checkpoint}" if trainer.epoch else "no checkpoint was written")
+        kept = ("no checkpoint was written" if trainer.saved is None else
+                f"the last good checkpoint (epoch {trainer.saved[0]}, step "
+                f"{trainer.saved[1]}) is kept at {trainer.run.checkpoint}")
         raise DivergedError(f"the loss became non-finite before step {trainer.step}; {kept}; "
                             "lower optim.lr or check the method's settings")
 

@@ -3,7 +3,8 @@
     <out>/<method>-<dataset>-<backbone>-seed<N>-<digest>/
     (<dataset> reads <pretrain>-to-<eval> when eval.dataset names another dataset)
         config.json     the resolved RunConfig
-        checkpoint.pt   the last completed epoch (written atomically)
+        checkpoint.pt   the last checkpoint: an epoch end, or mid-epoch every
+                        train.checkpoint_every (written atomically)
         train.json      status, epochs done, wall time, images/s, device
         result.json     final metrics: ``metrics`` (test split), ``val_metrics``
                         (validation), and the ``provenance`` they were made with
@@ -17,13 +18,14 @@ saying which floor and what it is keyed by, and no checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from sslreg.config import RunConfig
-from sslreg.errors import SslregError
+from sslreg.errors import SslregError, WriteError
 
 
 class RunDir:
@@ -82,7 +84,13 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def write_text(path: Path, text: str) -> None:
     """Atomically replace ``path`` with ``text``: a reader sees the old file or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError as error:  # disk full, quota, read-only: the old file is untouched
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise WriteError(f"cannot write {path} ({error.strerror or error}); the previous "
+                         "file is kept") from None
