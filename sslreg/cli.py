@@ -196,43 +196,57 @@ def bench(suite: str, out: str, quiet: bool, table_file: str | None, workers: in
     worker prints the table once every run is done. Runs under torchrun too: every
     process trains each run, rank 0 claims, evaluates, writes and prints."""
     from sslreg import distributed
-    from sslreg.bench import load_suite, run_suite
-    from sslreg.bench.runner import (leaderboard_frame, method_readouts, plan, provenance,
-                                     render_table)
+    from sslreg.bench import load_suite
+    from sslreg.bench.runner import provenance
 
     _check_bench_options(workers, executor, scheduling)
     started = time.perf_counter()
     loaded = load_suite(suite)
-    registry = _registry()
-    if workers or executor:
-        runs = len(plan(loaded, registry)[0])  # a bad suite is refused before any worker
-    if workers:
-        from sslreg.bench.workers import run_local_workers
+    table, failed = _bench(suite, loaded, out, quiet, workers, executor, scheduling)
+    if not distributed.is_main() or no_table:
+        return  # under torchrun, rank 0 alone prints and writes the table
+    if table:
+        click.echo(table)
+    if table and table_file:
+        how = f" --workers {workers}" if workers else ""
+        how += f" --executor {executor}" if executor else ""
+        command = f"sslreg bench {suite} --out {out}{how} --table {table_file}"
+        note = provenance(command, time.perf_counter() - started)
+        write_text(Path(table_file), f"{table}\n\n{note}\n")
+        click.echo(f"wrote {table_file}")
+    if failed:
+        raise SslregError(f"{len(failed)} of {workers} workers failed ({', '.join(failed)}); "
+                          "their lines are above, prefixed [wK]")
 
-        statuses = run_local_workers(suite, out, workers)
-        frame = leaderboard_frame(out, loaded.name, readouts=method_readouts(registry))
-        table = render_table(frame, loaded)
-    elif executor:
+
+def _bench(suite: str, loaded: Any, out: str, quiet: bool, workers: int | None,
+           executor: str | None, scheduling: dict[str, Any]) -> tuple[str, list[str]]:
+    """Run the suite as this one worker, as ``workers`` local ones or as executor jobs;
+    returns the table and the local workers that failed."""
+    from sslreg.bench import run_suite
+    from sslreg.bench.runner import leaderboard_frame, method_readouts, plan, render_table
+
+    registry = _registry()
+    if not (workers or executor):
+        return run_suite(loaded, registry, Path(out), progress=not quiet), []
+    runs = len(plan(loaded, registry)[0])  # a bad suite is refused before any worker
+    if executor:
         from sslreg.bench.executor import ExecutorOptions, submit_suite
 
         options = ExecutorOptions(cluster=executor, folder=scheduling.pop("slurm_folder"),
                                   time_min=scheduling.pop("time_min") or 240, **scheduling)
-        table = submit_suite(suite, loaded.name, out, runs, options)
-    else:
-        table = run_suite(loaded, registry, Path(out), progress=not quiet)
-    if not distributed.is_main() or no_table:
-        return  # under torchrun, rank 0 alone prints and writes the table
-    click.echo(table)
-    if table_file:
-        command = " ".join(["sslreg", *sys.argv[1:]])
-        note = provenance(command, time.perf_counter() - started)
-        write_text(Path(table_file), f"{table}\n\n{note}\n")
-        click.echo(f"wrote {table_file}")
-    failed = [f"w{k} exited with status {code}" for k, code in enumerate(statuses)
-              if code] if workers else []
-    if failed:
-        raise SslregError(f"{len(failed)} of {workers} workers failed ({', '.join(failed)}); "
-                          "their lines are above, prefixed [wK]")
+        return submit_suite(suite, loaded.name, out, runs, options), []
+    from sslreg.bench.workers import run_local_workers
+
+    statuses = run_local_workers(suite, out, workers)
+    failed = [f"w{k} exited with status {code}" for k, code in enumerate(statuses) if code]
+    try:
+        frame = leaderboard_frame(out, loaded.name, readouts=method_readouts(registry))
+    except SslregError:
+        if not failed:
+            raise
+        return "", failed  # every worker failed before recording a run: say that instead
+    return render_table(frame, loaded), failed
 
 
 def _check_bench_options(workers: int | None, executor: str | None,

@@ -255,6 +255,26 @@ def test_the_submitit_local_executor_splits_the_suite_between_its_jobs(tmp_path)
 
 
 @pytest.mark.slow
+def test_an_executor_job_of_two_processes_trains_each_run_on_both(tmp_path):
+    """--processes-per-job 2: the job's processes form one torch distributed group, as
+    torchrun's would (gloo on the CPU); rank 0 claims, both train, rank 0 records."""
+    pytest.importorskip("submitit")
+    (tmp_path / "two.toml").write_text(suite_text(["simclr", "byol"]))
+    out = tmp_path / "runs"
+    code, stdout, stderr = finish(start(bench_command(tmp_path / "two.toml", out,
+                                                      "--executor", "local", "--jobs", "1",
+                                                      "--processes-per-job", "2",
+                                                      "--time", "10")))
+    assert code == 0, stderr[-3000:]
+    assert "1 local jobs" in stderr and "2 process(es)" in stderr
+    assert stdout.count("| simclr") == 1 and stdout.count("| byol") == 1, stdout
+    for run in runs_of(out):
+        assert len(claims(run)) == 1
+        info = RunDir(run).read_json(RunDir(run).train_info)
+        assert info["device"].startswith("2 x cpu"), info["device"]
+
+
+@pytest.mark.slow
 def test_a_preempted_executor_job_is_requeued_and_resumes_its_run(tmp_path):
     """SIGUSR2 is what SLURM sends before pre-empting (submitit's signal): the job
     checkpoints, is requeued as a new process, and the run resumes from its epoch."""

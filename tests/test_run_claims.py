@@ -196,3 +196,20 @@ def test_a_rebuild_takes_back_live_leases_and_leaves_expired_ones(tmp_path):
     assert {run: worker for run, (worker, _) in index.claims().items()} == {"a": "alive"}
     assert index.claim(["b"], "next", lease_s=60) == (True, "dead")
     assert RunIndex(tmp_path).claim(["a"], "next", lease_s=60) == (False, "alive")
+
+
+def test_on_a_network_file_system_the_index_uses_the_rollback_journal(tmp_path, monkeypatch):
+    from sslreg.runs import index as index_module
+
+    assert index_module.filesystem_type(tmp_path) not in index_module.NETWORK_FILESYSTEMS
+    assert index_module.journal_mode(tmp_path) == "wal"
+    monkeypatch.setattr(index_module, "filesystem_type", lambda path: "nfs4")
+    fake_run(tmp_path, "a")
+    index = open_index(tmp_path)
+    with sqlite3.connect(index.path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert index.claim(["a"], "w1", 60) == (True, None)
+    assert index.claim(["a"], "w2", 60) == (False, "w1")
+    monkeypatch.setenv("SSLREG_INDEX_JOURNAL", "memory")
+    with pytest.raises(SslregError, match="choose wal or delete"):
+        index.rows()

@@ -109,12 +109,12 @@ class Heartbeat:
             self.held.difference_update(names)
 
     def beat(self) -> None:
-        """Renew every held lease once; say so once per directory another worker took."""
+        """Renew every held lease once; say so once per directory another worker took.
+        ``drop`` waits for a beat in progress, so a released claim is never renewed."""
         with self._lock:
             names = sorted(self.held)
-        if not names:
-            return
-        for name in self.index.renew(names, self.worker.id, self.worker.lease_s):
+            lost = self.index.renew(names, self.worker.id, self.worker.lease_s) if names else []
+        for name in lost:
             if name not in self.lost:
                 self.lost.add(name)
                 # Only after an index was rebuilt without the lease file (a window of

@@ -57,11 +57,50 @@ CREATE TABLE IF NOT EXISTS claims (
 LEASE_FILE = "lease.json"
 # How long a writer waits for another's lock before giving up with one line.
 TIMEOUT_S = 60.0
+# File systems shared between machines. SQLite's WAL keeps its index in shared memory,
+# which processes on different machines do not share (SQLite: "WAL does not work over a
+# network filesystem"); there the index uses the rollback journal and file locks.
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs",
+    "fuse.glusterfs", "fuse.ceph", "fuse.sshfs", "9p", "afs", "panfs", "wekafs"})
 
 
 def timeout_s() -> float:
     """The lock timeout: ``$SSLREG_INDEX_TIMEOUT_S`` (seconds) or :data:`TIMEOUT_S`."""
     return float(os.environ.get("SSLREG_INDEX_TIMEOUT_S", TIMEOUT_S))
+
+
+def journal_mode(out: Path) -> str:
+    """``wal`` on a local disk (readers never wait for writers), ``delete`` (SQLite's
+    rollback journal) on a network file system; ``$SSLREG_INDEX_JOURNAL`` overrides.
+    Every process on one runs folder decides the same way, since they all see the same
+    file system."""
+    chosen = os.environ.get("SSLREG_INDEX_JOURNAL", "").lower()
+    if chosen and chosen not in ("wal", "delete"):
+        raise SslregError(f"$SSLREG_INDEX_JOURNAL={chosen} is not a journal mode the index "
+                          "can use; choose wal or delete")
+    if chosen:
+        return chosen
+    return "delete" if filesystem_type(out) in NETWORK_FILESYSTEMS else "wal"
+
+
+@functools.cache
+def filesystem_type(path: Path) -> str:
+    """The type of the file system holding ``path`` (its deepest mount point in
+    ``/proc/mounts``), or "" where that cannot be read."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return ""
+    path, deepest, kind = Path(os.path.realpath(path)), -1, ""
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(fields[1].replace("\\040", " "))
+        if (point == path or point in path.parents) and len(point.parts) > deepest:
+            deepest, kind = len(point.parts), fields[2]
+    return kind
 
 
 class RunIndex:
@@ -84,7 +123,7 @@ class RunIndex:
         connection = sqlite3.connect(self.path, timeout=wait, isolation_level=None)
         try:
             connection.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
-            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute(f"PRAGMA journal_mode = {journal_mode(self.out)}")
             yield connection
         except sqlite3.OperationalError as error:
             if _locked(error):
