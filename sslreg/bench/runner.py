@@ -49,10 +49,7 @@ def run_suite(suite: Suite, registry: Any, out: Path, *, progress: bool = True,
     if distributed.launched():  # join torchrun's group now: every choice below is rank 0's
         distributed.init(resolve_device(configs[0].train.device))
     worker = worker or this_worker()
-    tasks = [Task(f"[{n}/{len(jobs)}] {m} {', '.join(v) + ' ' if v else ''}seed {s} on "
-                  f"{backbones[m]}", (RunDir.for_config(out, c),), c, ", ".join(v))
-             for n, ((m, v, s), c) in enumerate(zip(jobs, configs, strict=True), 1)]
-    tasks += [floor_task(config, registry, out) for config in floor_configs(configs, registry)]
+    tasks = suite_tasks(jobs, configs, backbones, registry, out)
     started = time.perf_counter()
     if distributed.is_main():
         open_index(out)  # a missing or damaged index is rebuilt before any claim
@@ -112,6 +109,15 @@ class Task:
     @property
     def names(self) -> list[str]:
         return [d.path.name for d in self.dirs]
+
+
+def suite_tasks(jobs: list[tuple[str, tuple[str, ...], int]], configs: list[RunConfig],
+                backbones: dict[str, str], registry: Any, out: Path) -> list[Task]:
+    """The suite's runs in order, then its floors."""
+    tasks = [Task(f"[{n}/{len(jobs)}] {m} {', '.join(v) + ' ' if v else ''}seed {s} on "
+                  f"{backbones[m]}", (RunDir.for_config(out, c),), c, ", ".join(v))
+             for n, ((m, v, s), c) in enumerate(zip(jobs, configs, strict=True), 1)]
+    return tasks + [floor_task(c, registry, out) for c in floor_configs(configs, registry)]
 
 
 def floor_task(config: RunConfig, registry: Any, out: Path) -> Task:
