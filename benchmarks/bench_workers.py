@@ -3,7 +3,7 @@
 exactly once (one claim in its claims.jsonl, released `evaluated`; two TensorBoard event
 files: one training session, one evaluation).
 
-    python benchmarks/bench_workers.py --workers 1 2 4 --threads 2 1 1 \\
+    python benchmarks/bench_workers.py --workers 1 2 4 1 --threads 1 1 1 2 \\
         --out /tmp/bench-workers --write benchmarks/results/bench-workers-cpu.md
 
 ``--threads`` is OMP_NUM_THREADS per worker, one value per ``--workers`` value.
@@ -80,6 +80,15 @@ def measure(workers: int, threads: int, suite: Path, out: Path) -> dict:
                        f"--workers {workers} --quiet"}
 
 
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine()
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.machine()
+
+
 def report(rows: list[dict], command: str) -> str:
     base = rows[0]["wall"]
     lines = ["| workers | threads each | wall s | vs first | CPU s (user+sys) | runs | "
@@ -90,8 +99,8 @@ def report(rows: list[dict], command: str) -> str:
                      f"{base / r['wall']:.2f}x | {r['cpu']:.0f} | {r['runs']} | "
                      f"{'yes' if r['once'] else 'NO'} | {', '.join(map(str, r['per_worker']))} | "
                      f"{r['load'][0]:.1f} → {r['load'][1]:.1f} |")
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-               f"no GPU" if not torch.cuda.is_available() else torch.cuda.get_device_name())
+    machine = (f"{cpu_model()}, {os.cpu_count()} cores, no GPU"
+               if not torch.cuda.is_available() else torch.cuda.get_device_name())
     return "\n".join([
         "## Bench workers sharing one suite (CPU)", "",
         f"Made by `{command}` on {datetime.date.today().isoformat()}: {machine}, "

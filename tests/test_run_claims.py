@@ -213,3 +213,16 @@ def test_on_a_network_file_system_the_index_uses_the_rollback_journal(tmp_path, 
     monkeypatch.setenv("SSLREG_INDEX_JOURNAL", "memory")
     with pytest.raises(SslregError, match="choose wal or delete"):
         index.rows()
+
+
+def test_a_bad_lease_or_timeout_in_the_environment_is_one_line(tmp_path, monkeypatch):
+    from sslreg.bench.claims import this_worker
+
+    monkeypatch.setenv("SSLREG_LEASE_S", "soon")
+    with pytest.raises(SslregError, match=r"\$SSLREG_LEASE_S=soon is not a number of seconds"):
+        this_worker()
+    monkeypatch.setenv("SSLREG_LEASE_S", "5")
+    assert this_worker().lease_s == 5.0
+    monkeypatch.setenv("SSLREG_INDEX_TIMEOUT_S", "0")
+    with pytest.raises(SslregError, match="above 0"):
+        open_index(tmp_path)

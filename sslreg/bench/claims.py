@@ -23,6 +23,7 @@ import attrs
 import click
 
 from sslreg.runs import RunIndex
+from sslreg.runs.index import env_seconds
 
 # A claim lives this long without a heartbeat: long enough that a busy machine's
 # heartbeat is never late, short enough that a dead worker's run waits at most a minute.
@@ -50,11 +51,10 @@ def this_worker() -> Worker:
     (set by ``--workers`` and ``--executor`` for the workers they start) makes workers
     of one launch agree on which failures are final; ``$SSLREG_LEASE_S`` and
     ``$SSLREG_POLL_S`` shorten the lease and the poll (tests)."""
-    env = os.environ
     return Worker(id=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
-                  since=float(env.get("SSLREG_BENCH_SINCE") or time.time()),
-                  lease_s=float(env.get("SSLREG_LEASE_S") or LEASE_S),
-                  poll_s=float(env.get("SSLREG_POLL_S") or POLL_S))
+                  since=env_seconds("SSLREG_BENCH_SINCE", time.time()),
+                  lease_s=env_seconds("SSLREG_LEASE_S", LEASE_S),
+                  poll_s=env_seconds("SSLREG_POLL_S", POLL_S))
 
 
 def log_claim(directory: Path, worker: Worker, event: str, **details: Any) -> None:

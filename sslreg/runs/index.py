@@ -67,7 +67,22 @@ NETWORK_FILESYSTEMS = frozenset({
 
 def timeout_s() -> float:
     """The lock timeout: ``$SSLREG_INDEX_TIMEOUT_S`` (seconds) or :data:`TIMEOUT_S`."""
-    return float(os.environ.get("SSLREG_INDEX_TIMEOUT_S", TIMEOUT_S))
+    return env_seconds("SSLREG_INDEX_TIMEOUT_S", TIMEOUT_S)
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A positive number of seconds from the environment variable ``name``, or
+    ``default`` when it is unset or empty; anything else is one line."""
+    text = os.environ.get(name, "")
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise SslregError(f"${name}={text} is not a number of seconds above 0")
+    return value
 
 
 def journal_mode(out: Path) -> str:
