@@ -116,7 +116,6 @@ def test_workers_in_threads_split_a_suite_and_return_the_same_complete_table(tmp
     assert RunIndex(tmp_path).claims() == {}
 
 
-@pytest.mark.slow
 def test_two_workers_split_a_suite_and_train_every_run_exactly_once(tmp_path):
     (tmp_path / "six.toml").write_text(SIX_RUNS)
     out = tmp_path / "runs"
@@ -140,7 +139,6 @@ def test_two_workers_split_a_suite_and_train_every_run_exactly_once(tmp_path):
     assert sorted(r["status"] for r in rows) == ["evaluated"] * 6 + ["floor"] * 3
 
 
-@pytest.mark.slow
 def test_a_killed_workers_claim_expires_and_another_worker_resumes_its_run(tmp_path):
     (tmp_path / "one.toml").write_text(suite_text(["simclr"], epochs=4, train=256))
     out = tmp_path / "runs"
@@ -172,7 +170,6 @@ def test_a_killed_workers_claim_expires_and_another_worker_resumes_its_run(tmp_p
     assert (info["epochs_done"], info["steps"]) == (4, 4 * 256 // 32)
 
 
-@pytest.mark.slow
 def test_the_workers_option_starts_n_workers_and_prints_the_table_once(tmp_path):
     (tmp_path / "four.toml").write_text(suite_text(["simclr", "byol"], seeds=(0, 1)))
     out = tmp_path / "runs"
@@ -236,7 +233,6 @@ def test_workers_spread_over_the_visible_gpus_and_share_the_cores(monkeypatch):
     assert env_of(1, 4, [], 12.5)["OMP_NUM_THREADS"] == "3"  # the user's choice stays
 
 
-@pytest.mark.slow
 def test_the_submitit_local_executor_splits_the_suite_between_its_jobs(tmp_path):
     pytest.importorskip("submitit")
     (tmp_path / "four.toml").write_text(suite_text(["simclr", "byol"], seeds=(0, 1)))
