@@ -184,31 +184,118 @@ def export(run_dir: str, out: str | None, formats: tuple[str, ...]) -> None:
         click.echo(f"wrote {path}")
 
 
+# Options that only a job scheduler reads (--executor).
+EXECUTOR_OPTIONS = ("jobs", "partition", "time_min", "gpus_per_job", "processes_per_job",
+                    "mem_gb", "slurm_folder")
+
+
 @cli.command()
 @click.argument("suite", default="quick")
 @click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--table", "table_file", type=click.Path(dir_okay=False),
               help="Also write the table, with the command and machine, to this file.")
-def bench(suite: str, out: str, quiet: bool, table_file: str | None) -> None:
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Start N workers on this machine that split the suite's runs (one GPU "
+              "each, round-robin, where there are GPUs).")
+@click.option("--executor", type=click.Choice(["slurm", "local"]), default=None,
+              help="Submit the suite's workers as a job array through submitit: slurm, or "
+              "local (the same path on this machine).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="--executor: how many jobs in the array (default: one per run).")
+@click.option("--partition", default=None, help="--executor slurm: the partition.")
+@click.option("--time", "time_min", type=click.IntRange(min=1), default=None,
+              help="--executor: minutes per job (default 240; requeued at the limit).")
+@click.option("--gpus-per-job", type=click.IntRange(min=0), default=None,
+              help="--executor: GPUs per job (default: 1 on SLURM, 0 locally); a run "
+              "claimed by a job trains on all of them.")
+@click.option("--processes-per-job", type=click.IntRange(min=1), default=None,
+              help="--executor: processes per job, one torch distributed group (default: "
+              "one per GPU, at least 1).")
+@click.option("--mem-gb", type=click.IntRange(min=1), default=None,
+              help="--executor: memory per job in GB (default: the cluster's).")
+@click.option("--slurm-folder", type=click.Path(file_okay=False), default=None,
+              help="--executor: where submitit keeps job files and logs (default: OUT/slurm).")
+@click.option("--no-table", is_flag=True, hidden=True)  # a worker of --workers: the parent prints
+def bench(suite: str, out: str, quiet: bool, table_file: str | None, workers: int | None,
+          executor: str | None, no_table: bool, **scheduling: Any) -> None:
     """Pretrain and evaluate every method of SUITE (a name or a TOML file); print a table.
 
-    Runs under torchrun too: every process trains each run, rank 0 evaluates, writes
-    and prints."""
+    Any number of `sslreg bench SUITE --out DIR` processes, here or on machines sharing
+    DIR, split the suite's runs: each run is claimed before it is trained, and each
+    worker prints the table once every run is done. Runs under torchrun too: every
+    process trains each run, rank 0 claims, evaluates, writes and prints."""
     from sslreg import distributed
-    from sslreg.bench import load_suite, run_suite
+    from sslreg.bench import load_suite
     from sslreg.bench.runner import provenance
 
+    _check_bench_options(workers, executor, scheduling)
     started = time.perf_counter()
-    table = run_suite(load_suite(suite), _registry(), Path(out), progress=not quiet)
-    if not distributed.is_main():
+    loaded = load_suite(suite)
+    table, failed = _bench(suite, loaded, out, quiet, workers, executor, scheduling)
+    if not distributed.is_main() or no_table:
         return  # under torchrun, rank 0 alone prints and writes the table
-    click.echo(table)
-    if table_file:
-        command = f"sslreg bench {suite} --out {out} --table {table_file}"
+    if table:
+        click.echo(table)
+    if table and table_file:
+        how = f" --workers {workers}" if workers else ""
+        how += f" --executor {executor}" if executor else ""
+        command = f"sslreg bench {suite} --out {out}{how} --table {table_file}"
         note = provenance(command, time.perf_counter() - started)
         write_text(Path(table_file), f"{table}\n\n{note}\n")
         click.echo(f"wrote {table_file}")
+    if failed:
+        raise SslregError(f"{len(failed)} of {workers} workers failed ({', '.join(failed)}); "
+                          "their lines are above, prefixed [wK]")
+
+
+def _bench(suite: str, loaded: Any, out: str, quiet: bool, workers: int | None,
+           executor: str | None, scheduling: dict[str, Any]) -> tuple[str, list[str]]:
+    """Run the suite as this one worker, as ``workers`` local ones or as executor jobs;
+    returns the table and the local workers that failed."""
+    from sslreg.bench import run_suite
+    from sslreg.bench.runner import leaderboard_frame, method_readouts, plan, render_table
+
+    registry = _registry()
+    if not (workers or executor):
+        return run_suite(loaded, registry, Path(out), progress=not quiet), []
+    runs = len(plan(loaded, registry)[0])  # a bad suite is refused before any worker
+    if executor:
+        from sslreg.bench.executor import ExecutorOptions, submit_suite
+
+        options = ExecutorOptions(cluster=executor, folder=scheduling.pop("slurm_folder"),
+                                  time_min=scheduling.pop("time_min") or 240, **scheduling)
+        return submit_suite(suite, loaded.name, out, runs, options), []
+    from sslreg.bench.workers import run_local_workers
+
+    statuses = run_local_workers(suite, out, workers)
+    failed = [f"w{k} exited with status {code}" for k, code in enumerate(statuses) if code]
+    try:
+        frame = leaderboard_frame(out, loaded.name, readouts=method_readouts(registry))
+    except SslregError:
+        if not failed:
+            raise
+        return "", failed  # every worker failed before recording a run: say that instead
+    return render_table(frame, loaded), failed
+
+
+def _check_bench_options(workers: int | None, executor: str | None,
+                         scheduling: dict[str, Any]) -> None:
+    """Refuse combinations that cannot mean anything, in one line each."""
+    from sslreg import distributed
+
+    given = [f"--{k.replace('_min', '').replace('_', '-')}" for k in EXECUTOR_OPTIONS
+             if scheduling.get(k) is not None]
+    if given and not executor:
+        raise SslregError(f"{', '.join(given)} only applies with --executor slurm (or local)")
+    if workers and executor:
+        raise SslregError("--workers starts workers on this machine and --executor submits "
+                          "them as jobs; choose one (--jobs sets how many jobs)")
+    if (workers or executor) and distributed.launched():
+        raise SslregError("under torchrun, sslreg bench is one worker; start several "
+                          "torchrun commands (or --executor with --gpus-per-job) instead")
+    if executor == "local" and scheduling.get("partition"):
+        raise SslregError("--partition is a SLURM option; --executor local has none")
 
 
 @cli.command()
