@@ -10,8 +10,9 @@ then takes one warm-up step and ``--steps`` timed training steps on random uint8
 (views, forward, backward, the method's own optimizer at its peak rate, ``on_step_end``),
 on the CPU. The last shape of each method is an ImageFolder of photos of mixed sizes and
 aspect ratios, colour and grey, written to a temporary folder and loaded by the
-``imagefolder`` loader at ``image_size=64`` (shorter side resized, centre-cropped). Prints (and writes with ``--out``) a Markdown table: method, backbone,
-shape, pass/fail with the first line of the error, median step time in ms.
+``imagefolder`` loader at ``image_size=64`` (shorter side resized, centre-cropped).
+Prints (and writes with ``--out``) a Markdown table: method, backbone, shape,
+pass/fail with the first line of the error, median step time in ms.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ NOTE = ("Each method runs on its CPU-budget backbone here; "
         "tests/test_conformance.py::test_method_conforms_on_every_data_shape runs every "
         "method on each backbone family it takes at 1x28, 3x32 and 3x96 px, and "
         "tests/test_data_sources.py pretrains and evaluates every method on an "
-        "ImageFolder of mixed-size photos resized to 32, 64 and 96 px. Step times on this shared 2-core machine vary "
+        "ImageFolder of mixed-size photos resized to 32, 64 and 96 px. Step times on this "
+        "shared 2-core machine vary "
         "by tens of percent between runs: read them as costs, not a ranking.")
 
 

@@ -1,8 +1,8 @@
 """Export -> load -> equal features, for every registered backbone and every format it has.
 
-For each backbone: a short real SimCLR run on Fashion-MNIST, ``sslreg export``, then each exported file is
-loaded by the code its model card shows (torchvision, timm, or sslreg's own registry)
-and its features on real, normalised test images are compared with the run's backbone
+For each backbone: a short real SimCLR run on Fashion-MNIST, ``sslreg export``, then each
+exported file is loaded by the code its model card shows (torchvision, timm, or sslreg's
+own registry) and its features on real, normalised test images are compared with the run's backbone
 through ``sslreg.load_backbone``. Prints a Markdown table; ``--out`` also writes it.
 
     OMP_NUM_THREADS=1 python benchmarks/export_roundtrip.py --out benchmarks/results/export-cpu.md

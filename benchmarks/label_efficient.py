@@ -31,8 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
 from eval_speed import fashion_mnist_relu  # benchmarks/ is the script's own folder
+
 from sslreg.data.dataset import stratified_split
 from sslreg.engine.device import device_name
 from sslreg.engine.splits import EVAL_SUBSET_SEED, LABEL_SUBSET_SEED

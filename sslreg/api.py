@@ -200,8 +200,7 @@ def render_leaderboard(suite: str = "quick", out: Path | str = "runs", *,
                        format: str = "md", split: str = "test",
                        registry: Any | None = None) -> str:
     """The leaderboard as text: ``md``, ``csv``, ``latex`` or ``html``."""
-    from sslreg.bench.leaderboard import (FORMATS, document, leaderboard_frame,
-                                          method_readouts)
+    from sslreg.bench.leaderboard import FORMATS, document, leaderboard_frame, method_readouts
 
     if format not in FORMATS:
         raise SslregError(f"unknown format '{format}'; choose from: {', '.join(FORMATS)}")

@@ -315,8 +315,7 @@ def leaderboard(suite: str, out: str, fmt: str, plot_dir: str | None,
     """Render SUITE's leaderboard from the run index: mean ± std over seeds per method,
     cost columns, the ceiling and the floors, and published numbers where the suite
     quotes them."""
-    from sslreg.bench.leaderboard import (FORMATS, document, leaderboard_frame,
-                                          method_readouts)
+    from sslreg.bench.leaderboard import FORMATS, document, leaderboard_frame, method_readouts
 
     if fmt not in FORMATS:
         raise SslregError(f"unknown format '{fmt}'; choose from: {', '.join(FORMATS)}")
@@ -359,7 +358,8 @@ def tune(suite: str, out: str, write_file: str | None, table_file: str | None,
     default, seed 0, the suite's budget), choose on the validation split, print the
     trials and the chosen settings."""
     from sslreg.bench import load_suite
-    from sslreg.bench.tune import trials_table, tune as run_tuning, tuned_toml
+    from sslreg.bench.tune import trials_table, tuned_toml
+    from sslreg.bench.tune import tune as run_tuning
 
     loaded = load_suite(suite)
     frame = run_tuning(loaded, _registry(), Path(out), progress=not quiet)

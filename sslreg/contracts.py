@@ -308,23 +308,29 @@ def check_dataset(name: str, root: str | Path | None = None, registry: Any = Non
     one-line DataError naming a labelled one to evaluate on. An empty folder as root
     either still loads (data that needs no files) or raises :class:`sslreg.DataError`
     whose message names the fix."""
-    from sslreg.data import ImageDataset, load_dataset
+    from sslreg.data import load_dataset
 
     registry = registry or load_registry()
     spec = registry.datasets.get(name)
-    for split in ("train", "test"):
-        try:
-            data = load_dataset(registry, name, split, root)
-        except DataError as error:
-            if split == "train" or train.labelled:
-                raise
-            assert "eval.dataset" in str(error), \
-                f"{name}: its refused test split does not name eval.dataset: {error}"
-            continue
-        assert isinstance(data, ImageDataset), f"{name}/{split}: not an ImageDataset"
-        assert len(data) > 0, f"{name}/{split}: no images"
-        train = data
+    train = load_dataset(registry, name, "train", root)
+    _check_split(name, "train", train)
+    try:
+        test = load_dataset(registry, name, "test", root)
+    except DataError as error:
+        if train.labelled:
+            raise
+        assert "eval.dataset" in str(error), \
+            f"{name}: its refused test split does not name eval.dataset: {error}"
+    else:
+        _check_split(name, "test", test)
     _check_missing_data_error(name, spec)
+
+
+def _check_split(name: str, split: str, data: Any) -> None:
+    from sslreg.data import ImageDataset
+
+    assert isinstance(data, ImageDataset), f"{name}/{split}: not an ImageDataset"
+    assert len(data) > 0, f"{name}/{split}: no images"
 
 
 def _check_missing_data_error(name: str, spec: Any) -> None:

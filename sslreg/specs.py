@@ -1,7 +1,8 @@
 """Frozen specs: what a plugin registers. One spec per registered name.
 
 Every spec has a ``name`` (lowercase, digits, ``-`` and ``_``, optionally after one
-``namespace/`` prefix, as in ``timm/resnet50``) and a ``factory`` that builds the thing. The registry fills in ``plugin`` (who registered it).
+``namespace/`` prefix, as in ``timm/resnet50``) and a ``factory`` that builds the thing.
+The registry fills in ``plugin`` (who registered it).
 """
 
 from __future__ import annotations

@@ -44,9 +44,16 @@ import attrs
 import torch
 
 from sslreg.config import OptimConfig, RunConfig
-from sslreg.contracts import (backbone_names, check_backbone, check_dataset,  # noqa: F401
-                              check_monitor, check_view_policy, dataset_names,
-                              monitor_names, view_policy_names)
+from sslreg.contracts import (  # noqa: F401
+    backbone_names,
+    check_backbone,
+    check_dataset,
+    check_monitor,
+    check_view_policy,
+    dataset_names,
+    monitor_names,
+    view_policy_names,
+)
 from sslreg.interfaces import Method, RunContext, StepOutput
 from sslreg.plugins import load_registry, pm
 

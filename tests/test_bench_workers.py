@@ -217,7 +217,8 @@ def test_a_worker_killed_under_the_workers_option_loses_nothing(tmp_path):
 
 
 def test_workers_spread_over_the_visible_gpus_and_share_the_cores(monkeypatch):
-    from sslreg.bench.workers import gpu_slots, worker_env as env_of
+    from sslreg.bench.workers import gpu_slots
+    from sslreg.bench.workers import worker_env as env_of
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     assert gpu_slots() == ["3", "5"]

@@ -7,11 +7,11 @@ import importlib.util
 from pathlib import Path
 
 import attrs
+import datafiles
 import pytest
 import torch
 from torch import nn
 
-import datafiles
 from sslreg import DataError, PluginError, contracts, hookimpl, load_registry, testing
 from sslreg.backbones import ResNet18, ViT
 from sslreg.specs import BackboneSpec, DatasetSpec, MonitorSpec, ViewSpec

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import pickle
 import struct
@@ -11,13 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from datafiles import cifar_batch as _cifar_batch
 from datafiles import pattern as _pattern
 from datafiles import write_fashion as _write_fashion
-from datafiles import write_idx as _write_idx
 from datafiles import write_png as _write_png
+
 from sslreg import DataError, load_registry
 from sslreg.data import (
     ImageDataset,

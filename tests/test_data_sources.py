@@ -10,6 +10,7 @@ import pickle
 import struct
 from pathlib import Path
 
+import datafiles
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +18,6 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import datafiles
 from sslreg import DataError, DatasetSpec, load_registry
 from sslreg.bench.leaderboard import summary
 from sslreg.cli import cli

@@ -387,7 +387,7 @@ def test_torchrun_bench_two_processes(tmp_path):
     from sslreg.runs.index import open_index
 
     finished = {}
-    for attempt in ("first", "again"):
+    for _attempt in ("first", "again"):
         done = subprocess.run(command, env=env, capture_output=True, text=True,
                               timeout=2 * TIMEOUT_S)
         assert done.returncode == 0, done.stderr[-3000:]

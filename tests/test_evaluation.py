@@ -18,13 +18,13 @@ from sslreg.evaluation import (
     knn_accuracy,
     knn_predict,
     knn_predict_many,
+    label_efficient,
     label_efficient_probes,
     label_subsets,
     linear_probe,
     pixel_features,
     subset_probe,
 )
-from sslreg.evaluation import label_efficient
 from sslreg.evaluation import linear as linear_module
 from sslreg.evaluation.linear import fit_candidates, holdout_split
 

@@ -23,8 +23,14 @@ from sslreg.bench.suite import Budget, Suite, suite_sets, variants
 from sslreg.config import RunConfig
 from sslreg.engine import floors, pretrain
 from sslreg.engine.device import device_name, resolve_device
-from sslreg.engine.evaluate import (RANDOM_INIT, RAW_PIXELS, evaluate_run, floor_dir,
-                                   readout_of, up_to_date)
+from sslreg.engine.evaluate import (
+    RANDOM_INIT,
+    RAW_PIXELS,
+    evaluate_run,
+    floor_dir,
+    readout_of,
+    up_to_date,
+)
 from sslreg.errors import SslregError
 from sslreg.runs import RunDir, RunIndex, add_suite, open_index, write_json
 

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from sslreg.data.dataset import (SPLITS, ImageDataset, check_split, crop_offsets,
-                                 resized_shape)
+from sslreg.data.dataset import SPLITS, ImageDataset, check_split, crop_offsets, resized_shape
 from sslreg.errors import DataError
 
 NAME = "imagefolder"

@@ -15,7 +15,7 @@ from sslreg_mae import (
     visible_count,
 )
 
-from sslreg import ConfigError, RunConfig, load_registry, testing
+from sslreg import ConfigError, RunConfig, load_registry
 
 
 def _method(**options) -> MAE:

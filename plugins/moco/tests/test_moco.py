@@ -13,7 +13,6 @@ from sslreg import ConfigError, RunConfig, load_registry, testing
 from sslreg.nn.split_bn import SplitBatchNorm, convert_split_batchnorm, split_count
 
 
-
 def _method(**options) -> MoCo:
     net = load_registry().backbones.create("resnet18-narrow", in_channels=1, image_size=28)
     return MoCo(MoCoConfig(**options), net)

@@ -12,6 +12,7 @@ def registry():
     registered in-process for the module's tests (and unregistered after them, so other
     test files see the registry they expect)."""
     import sslreg_timm
+
     from sslreg.plugins import load_plugins, load_registry, pm
 
     load_plugins()
