@@ -6,15 +6,18 @@ index, so the jobs split the suite between them, and it leaves, freeing its GPUs
 it finds nothing more to claim. The last job to finish sees the suite complete and
 prints the table. A job with several processes (``--gpus-per-job 4``) is one torch
 distributed group, as torchrun would start it: every run it claims is trained on all of
-its GPUs. Pre-emption and time limits: SLURM signals the job first, submitit requeues
-it, the run being trained keeps its checkpoint and its claim is released, and whichever
-worker claims it next resumes it. ``--executor local`` is the same path with submitit's
+its GPUs. Pre-emption and time limits: SLURM signals the job first (USR2), the run being
+trained stops after its step with a checkpoint (:class:`Preemption`), its claim is
+released, submitit requeues the job, and whichever worker claims the run next resumes
+it. ``--executor local`` is the same path with submitit's
 local executor (processes on this machine), which the tests use.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,8 @@ from typing import Any
 import attrs
 import click
 
-from sslreg.errors import SslregError
+from sslreg.engine.interrupt import StopRequest
+from sslreg.errors import RunInterrupted, SslregError
 
 INSTALL = "pip install 'sslreg[slurm]' (or pip install 'submitit>=1.5')"
 # How long before the time limit SLURM warns a job (submitit requeues it then): the
@@ -76,20 +80,62 @@ class BenchJob:
         from sslreg.bench.suite import load_suite
         from sslreg.plugins import load_registry
 
-        table = run_suite(load_suite(self.suite), load_registry(), Path(self.out),
-                          progress=False, wait=False)
+        with Preemption() as preemption:
+            try:
+                table = run_suite(load_suite(self.suite), load_registry(), Path(self.out),
+                                  progress=False, wait=False)
+            except RunInterrupted:
+                if not preemption.warned:
+                    raise  # a plain SIGTERM (scancel): stopped with a checkpoint, no requeue
+                preemption.requeue()
+                return ""  # a process other than rank 0: submitit requeues from rank 0
         if table:
             click.echo(table)  # into the job's log: the suite is complete
         return table
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Called by submitit when the job is pre-empted or near its time limit: requeue
-        the same worker. Nothing needs saving here: the run being trained keeps its
-        checkpoint, its claim is released as the worker exits, and whichever worker
-        claims it next (this one, requeued, or another) resumes it."""
+        the same worker. Nothing needs saving here: the run being trained has written
+        its checkpoint (:class:`Preemption`), its claim is released as the worker exits,
+        and whichever worker claims it next (this one, requeued, or another) resumes it."""
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+class Preemption:
+    """SLURM's warning before a pre-emption or the time limit (USR2, which submitit
+    answers by requeueing the job at once) made gentler: a run in training finishes its
+    step and writes a checkpoint first, as on SIGTERM, so the requeued job loses
+    nothing; between runs the job is requeued at once. A plain SIGTERM (``scancel``)
+    stops the run the same way but does not requeue."""
+
+    def __init__(self) -> None:
+        self.warned = False
+        self._submitit: Any = None
+
+    def __enter__(self) -> Preemption:
+        if threading.current_thread() is threading.main_thread():
+            self._submitit = signal.signal(signal.SIGUSR2, self)
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        if self._submitit is not None:
+            signal.signal(signal.SIGUSR2, self._submitit)
+
+    def __call__(self, number: int, frame: Any) -> None:
+        self.warned = True
+        training = signal.getsignal(signal.SIGTERM)
+        if isinstance(training, StopRequest):
+            training(signal.SIGTERM, frame)  # stop after this step, with a checkpoint
+        else:
+            self.requeue(number, frame)
+
+    def requeue(self, number: int = signal.SIGUSR2, frame: Any = None) -> None:
+        """submitit's own handler: checkpoint the job (:meth:`BenchJob.checkpoint`),
+        requeue it and exit (on rank 0; it returns on the other ranks)."""
+        if callable(self._submitit):
+            self._submitit(number, frame)
 
 
 def make_executor(options: ExecutorOptions, name: str, folder: Path) -> Any:
