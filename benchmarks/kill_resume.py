@@ -39,7 +39,7 @@ def command(method: str, out: Path, every: int, resume: bool) -> list[str]:
     backbone = "vit-mini" if method == "mae" else "resnet18-narrow"
     sets = [part for item in SETTINGS + [f"train.checkpoint_every={every}"]
             for part in ("--set", item)]
-    return [sys.executable, "-c", "from sslreg.cli import main; main()", "pretrain", "--method", method,
+    return [sys.executable, "-m", "sslreg", "pretrain", "--method", method,
             "--backbone", backbone, "--seed", "0", "--out", str(out), "--quiet",
             *sets, *(["--resume"] if resume else [])]
 
