@@ -498,9 +498,71 @@ def learning_run(method: str, out: Any, overrides: tuple[str, ...] = (), *, seed
     return LearningResult(trained, floor, warnings)
 
 
+MARGIN_METRICS = {"kNN20": "knn20_acc", "linear": "linear_acc"}
+
+
+def learning_margins(method: str, seeds: Iterable[int] = (0, 1, 2),
+                     overrides: tuple[str, ...] = (), *, backbone: str | None = None,
+                     out: Any = None, echo: Callable[[str], None] | None = None
+                     ) -> dict[str, dict[str, list[float]]]:
+    """:func:`learning_run` for each seed: ``{row: {label: [value per seed]}}`` with rows
+    ``method``, ``"random init"`` and ``"gap"`` (method minus floor) and labels of
+    :data:`MARGIN_METRICS`, validation accuracies. A learning test's margin is set against
+    the gap's spread over seeds. ``echo`` gets one line per seed as it finishes."""
+    import tempfile
+
+    rows: dict[str, dict[str, list[float]]] = {
+        row: {label: [] for label in MARGIN_METRICS} for row in (method, "random init", "gap")}
+    with contextlib.ExitStack() as stack:
+        out = out or stack.enter_context(tempfile.TemporaryDirectory())
+        for seed in seeds:
+            trained, floor, warnings = learning_run(method, out, overrides, seed=seed,
+                                                    backbone=backbone)
+            for label, key in MARGIN_METRICS.items():
+                rows[method][label].append(trained[key])
+                rows["random init"][label].append(floor[key])
+                rows["gap"][label].append(trained[key] - floor[key])
+            if echo:
+                echo(f"seed {seed}: " + " | ".join(
+                    f"{row} " + " ".join(f"{label} {values[-1]:.4f}"
+                                         for label, values in metrics.items())
+                    for row, metrics in rows.items()) + f" | monitor warnings {len(warnings)}")
+    return rows
+
+
+def margin_main(argv: list[str] | None = None) -> None:
+    """``python -m sslreg.testing --method NAME --seeds 0 1 2``: the seed spread of
+    :func:`learning_run` for an installed method (benchmarks/learning_margin.py in the
+    sslreg repository runs this too)."""
+    import argparse
+    import statistics
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sslreg.testing",
+        description="Seed noise at the learning tests' budget: a method vs its random-init "
+                    "floor, on the validation split.")
+    parser.add_argument("--method", default="simclr")
+    parser.add_argument("--backbone", default=None,
+                        help="default: the quick suite's CPU backbone for the method")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="extra KEY=VALUE, applied after the quick suite's CPU budget "
+                             f"(sslreg.testing.LEARNING_SUITE = {LEARNING_SUITE!r})")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args(argv)
+    rows = learning_margins(args.method, args.seeds, tuple(args.overrides),
+                            backbone=args.backbone, echo=lambda line: print(line, flush=True))
+    for row, metrics in rows.items():
+        for label, values in metrics.items():
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            print(f"{row} {label}: mean {statistics.mean(values):.4f} std {spread:.4f} "
+                  f"min {min(values):.4f} max {max(values):.4f}")
+
+
 @contextlib.contextmanager
 def registered(plugin: object, name: str) -> Iterator[None]:
-    """Register a plugin object (a module or a class with hookimpls) for a test."""
+    """A context manager: ``with testing.registered(plugin, "name"):`` registers a plugin
+    object (a module or an object with hookimpls) under ``name`` for the block, so
+    :func:`sslreg.load_registry` sees it there; nothing is installed."""
     from sslreg.plugins import load_plugins
 
     load_plugins()
@@ -509,3 +571,7 @@ def registered(plugin: object, name: str) -> Iterator[None]:
         yield
     finally:
         pm.unregister(name=name)
+
+
+if __name__ == "__main__":
+    margin_main()

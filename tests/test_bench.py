@@ -73,6 +73,24 @@ set = ["optim.lr=1.0"]
     assert suite_sets(suite, suite.budget(cuda=False), "byol", 0)[-1] == "train.seed=0"
 
 
+
+def test_per_method_overrides_beside_tuned_settings():
+    """A budget with both `tuned` and [budget.cpu.method.NAME] was refused (attrs.evolve
+    converted the method tables twice); CONTRIBUTING's suite example has both."""
+    from sslreg.bench.suite import suite_sets
+
+    suite = parse_suite("""
+[budget.cpu]
+backbone = "resnet18-narrow"
+tuned = "quick-cpu"
+[budget.cpu.method.simclr]
+set = ["optim.lr=1.0"]
+[budget.gpu]
+backbone = "resnet18"
+""")
+    tuned = suite.cpu.tuned_settings.sets["simclr"]
+    assert suite_sets(suite, suite.cpu, "simclr", 0) == [*tuned, "optim.lr=1.0", "train.seed=0"]
+
 def test_builtin_quick_suite_parses():
     from sslreg.bench.suite import load_suite
 

@@ -37,7 +37,10 @@ def _seed_list(value: Any) -> tuple[int, ...]:
 
 
 def _method_sets(tables: dict) -> dict[str, tuple[str, ...]]:
-    """``{method: {"set": [...]}}`` (TOML ``[...method.NAME]`` tables) -> ``{method: sets}``."""
+    """``{method: {"set": [...]}}`` (TOML ``[...method.NAME]`` tables) -> ``{method: sets}``.
+    Converted sets pass through unchanged: ``attrs.evolve`` converts a budget's again."""
+    if isinstance(tables, dict) and all(isinstance(t, tuple) for t in tables.values()):
+        return dict(tables)
     if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
         raise ValueError("method tables must look like [method.NAME] with set = [...]")
     return {name: _string_list(table.get("set", [])) for name, table in tables.items()}
