@@ -210,11 +210,10 @@ class RunConfig:
         """The method's defaults, then ``top_level`` fields, then ``--set`` overrides."""
         spec = registry.methods.get(method)
         try:
-            optim = OptimConfig(**spec.optim)
             method_config = spec.config_class()
         except (TypeError, ValueError) as error:
             raise ConfigError(f"method '{method}' has invalid defaults: {error}") from None
-        config = cls(method=method, method_config=method_config, optim=optim)
+        config = cls(method=method, method_config=method_config, optim=spec.optim)
         config = _evolve(config, "", top_level)
         config = apply_overrides(config, overrides)
         config.check_names(registry)

@@ -114,6 +114,11 @@ def load_registry() -> Registry:
             name = pm.get_name(impl.plugin) or repr(impl.plugin)
             added = _register_from(impl, registry.catalog(kind), name, registry.failures)
             registered.setdefault(name, []).extend((kind, spec) for spec in added)
+    # Only now: a method may name an objective that a plugin loaded after it registers.
+    registry.failures.extend(registry.check_objectives())
+    for names in registered.values():
+        names[:] = [(kind, n) for kind, n in names
+                    if kind != "methods" or n in registry.methods]
     registry.plugins.extend(_plugin_infos(registered))
     return registry
 

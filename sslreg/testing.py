@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 import attrs
 import torch
 
-from sslreg.config import OptimConfig, RunConfig
+from sslreg.config import RunConfig
 from sslreg.contracts import (  # noqa: F401
     backbone_names,
     check_backbone,
@@ -126,7 +126,7 @@ def build(name: str, *, channels: int = 1, size: int = 28, seed: int = 0,
     config = RunConfig.build(registry, name, backbone=backbone)
     torch.manual_seed(seed)
     net = registry.backbones.create(backbone, in_channels=channels, image_size=size)
-    method = registry.methods.get(name).factory(config.method_config, net)
+    method = registry.build_method(name, config.method_config, net)
     assert isinstance(method, Method), f"{name}'s factory must return an sslreg.Method"
     assert hasattr(method.backbone, "output_dim"), "the backbone needs an output_dim"
     method.setup(RunContext(epochs=2, steps_per_epoch=4, channels=channels, image_size=size,
@@ -266,7 +266,7 @@ def check_finite_loss(name: str, backbone: str | None = None, steps: int = 3,
     method, policy = build(name, backbone=backbone, shape=shape)
     spec = load_registry().methods.get(name)
     batch = 16
-    optim = OptimConfig(**spec.optim)
+    optim = spec.optim
     optim = attrs.evolve(optim, lr=optim.lr * batch / 256)  # the peak rate, no warm-up
     optimizer = build_optimizer(method, optim, torch.device("cpu"))
     images = tiny_images(batch, shape=shape)

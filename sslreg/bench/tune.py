@@ -20,7 +20,6 @@ import torch
 from sslreg.bench.leaderboard import leaderboard_frame
 from sslreg.bench.runner import run_suite
 from sslreg.bench.suite import Suite, Sweep, Tuned
-from sslreg.config import OptimConfig
 from sslreg.engine.device import device_name
 
 KEY = "optim.lr"
@@ -47,7 +46,7 @@ def tuning_suite(suite: Suite, registry: Any, multipliers: tuple[float, ...]) ->
 
 
 def rates(registry: Any, method: str, multipliers: tuple[float, ...]) -> tuple[float, ...]:
-    base = OptimConfig(**registry.methods.get(method).optim).lr
+    base = registry.methods.get(method).optim.lr
     return tuple(float(f"{base * m:.4g}") for m in multipliers)
 
 

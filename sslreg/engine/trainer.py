@@ -86,7 +86,7 @@ def build_method(config: RunConfig, registry: Any, data: RunData) -> Method:
     channels, image_size = data.train.channels, data.train.images.shape[-1]
     backbone = registry.backbones.create(
         config.backbone, in_channels=channels, image_size=image_size)
-    method = registry.methods.get(config.method).factory(config.method_config, backbone)
+    method = registry.build_method(config.method, config.method_config, backbone)
     pool = data.train if data.pretrain is None else data.pretrain
     if method.uses_labels and not pool.labelled:
         raise ConfigError(

@@ -17,7 +17,7 @@ def test_loss_is_nt_xent_of_projections():
     method.train()
     views = policy(testing.tiny_images(), torch.Generator().manual_seed(0))
     z = method.projector(method.backbone(torch.cat(views)))
-    expected = method.criterion(*z.chunk(2))
+    expected = method.objective(*z.chunk(2))
     torch.testing.assert_close(method.training_step(views).loss, expected)
 
 

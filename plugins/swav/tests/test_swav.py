@@ -247,7 +247,7 @@ def test_training_step_is_the_loss_of_the_normalised_crops():
     z_local = method.embed(torch.cat(views[2:]))
     z = torch.cat([z_global, z_local])
     scores = list((z @ weight.T).split(len(views[0])))
-    torch.testing.assert_close(output.loss, method.criterion(scores))
+    torch.testing.assert_close(output.loss, method.objective(scores))
     torch.testing.assert_close(output.embeddings, z_global[: len(views[0])])
     assert not output.embeddings.requires_grad
 
@@ -350,9 +350,9 @@ def test_queue_starts_after_its_epoch_and_is_used_only_for_codes():
     z = torch.cat([method.embed(torch.cat(views[:2])), method.embed(torch.cat(views[2:]))])
     scores = list((z @ weight.T).split(8))
     queue_scores = [method.queue[i] @ weight.T for i in range(2)]
-    torch.testing.assert_close(output.loss, method.criterion(scores, queue_scores))
-    assert not torch.allclose(output.loss, method.criterion(scores))
-    codes = method.criterion.codes(scores[0], queue_scores[0])
+    torch.testing.assert_close(output.loss, method.objective(scores, queue_scores))
+    assert not torch.allclose(output.loss, method.objective(scores))
+    codes = method.objective.codes(scores[0], queue_scores[0])
     torch.testing.assert_close(codes, sinkhorn(torch.cat([queue_scores[0], scores[0]]))[-8:])
 
 
