@@ -46,6 +46,18 @@ def help_of(attribute: attrs.Attribute[Any]) -> str:
     return str(attribute.metadata.get(HELP, ""))
 
 
+def describe(config_class: type) -> list[tuple[str, Any, str]]:
+    """``(name, default, help)`` of every field of an attrs config class, in order; a
+    field built with a factory shows what the factory makes."""
+    rows = []
+    for attribute in attrs.fields(config_class):
+        default = attribute.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        rows.append((attribute.name, default, help_of(attribute)))
+    return rows
+
+
 def _finite(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if not math.isfinite(value):
         raise ValueError(f"{attribute.name} must be a finite number, got {value}")

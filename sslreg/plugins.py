@@ -124,7 +124,7 @@ def load_registry() -> Registry:
 
 
 def _register_from(
-    impl: pluggy.HookImpl, catalog: Catalog, plugin: str, failures: list[PluginFailure]
+    impl: pluggy.HookImpl, catalog: Catalog[Any], plugin: str, failures: list[PluginFailure]
 ) -> list[str]:
     specs: list[Any] = []
     try:

@@ -111,21 +111,51 @@ class BadDefaultPlugin:
     def register_methods(self, register):
         register(attrs.evolve(self.good_spec, name="bad-default", config_class=BadDefaultConfig,
                               plugin=None))
-        register(attrs.evolve(self.good_spec, name="bad-optim", optim={"lr": -1}, plugin=None))
         register(attrs.evolve(self.good_spec, name="good-copy", plugin=None))
 
 
+class BadOptimPlugin:
+    """A method whose optimiser settings fail OptimConfig's validators: the spec itself
+    cannot be built, so the hook raises and the plugin is recorded."""
+
+    def __init__(self, good_spec):
+        self.good_spec = good_spec
+
+    @hookimpl
+    def register_methods(self, register):
+        register(attrs.evolve(self.good_spec, name="bad-optim", optim={"lr": -1}, plugin=None))
+
+
 def test_config_default_failing_its_validator_is_recorded(registry):
-    with testing.registered(BadDefaultPlugin(registry.methods.get("simclr")), "baddefault"):
+    simclr = registry.methods.get("simclr")
+    with (testing.registered(BadDefaultPlugin(simclr), "baddefault"),
+          testing.registered(BadOptimPlugin(simclr), "badoptim")):
         broken = load_registry()
     errors = [f.error for f in broken.failures if f.name == "baddefault"]
-    assert len(errors) == 2, broken.failures
+    assert len(errors) == 1, broken.failures
     assert errors[0].startswith("plugin 'baddefault' registered method 'bad-default' whose "
                                 "config defaults fail their own validation: ValueError:")
     assert "'temperature' must be > 0" in errors[0]
-    assert "method 'bad-optim' whose optim defaults" in errors[1] and "'lr'" in errors[1]
+    optim_errors = [f.error for f in broken.failures if f.name == "badoptim"]
+    assert optim_errors == ["register_methods raised ValueError: 'lr' must be > 0: -1.0"]
     assert "bad-default" not in broken.methods and "bad-optim" not in broken.methods
     assert set(broken.methods.names()) == {*registry.methods.names(), "good-copy"}
+
+
+def test_optim_is_a_typed_config_and_dicts_convert():
+    from sslreg import MethodSpec, OptimConfig
+
+    spec = load_registry().methods.get("simclr")
+    assert isinstance(spec.optim, OptimConfig) and spec.optim.name == "lars"
+    converted = attrs.evolve(spec, optim={"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.95]})
+    assert converted.optim == OptimConfig(name="adamw", lr=1e-3, betas=(0.9, 0.95))
+    with pytest.raises(ValueError, match="optim has no field nme; choose from: name, lr"):
+        MethodSpec(name="x", factory=spec.factory, config_class=spec.config_class, paper="-",
+                   views="simclr", objective="nt_xent", optim={"nme": "sgd"})
+    with pytest.raises(ValueError, match="'name' must be in"):
+        attrs.evolve(spec, optim=OptimConfig(name="adam"))
+    with pytest.raises(TypeError, match="optim must be an sslreg.OptimConfig"):
+        attrs.evolve(spec, optim=[("lr", 0.1)])
 
 
 def test_import_failure_is_recorded(monkeypatch):
