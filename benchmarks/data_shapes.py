@@ -35,7 +35,6 @@ from PIL import Image
 from sslreg import load_registry, testing
 from sslreg.bench.runner import backbone_for
 from sslreg.bench.suite import load_suite
-from sslreg.config import OptimConfig
 from sslreg.data import imagefolder
 from sslreg.engine.device import device_name
 from sslreg.engine.optim import build_optimizer
@@ -68,7 +67,7 @@ def time_steps(name: str, backbone: str, shape: testing.DataShape, batch: int,
     """Seconds per training step after one warm-up step; raises what the method raises."""
     method, policy = testing.build(name, backbone=backbone, shape=shape)
     spec = load_registry().methods.get(name)
-    optim = OptimConfig(**spec.optim)
+    optim = spec.optim
     optim = attrs.evolve(optim, lr=optim.lr * batch / 256)  # the engine's linear scaling
     optimizer = build_optimizer(method, optim, torch.device("cpu"))
     images = testing.tiny_images(batch, shape=shape) if images is None else images[:batch]

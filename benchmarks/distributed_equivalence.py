@@ -91,7 +91,7 @@ def codes(rows, queue_rows):
 
 def dino_center(rows):
     """DINO's centre after one update from the teacher outputs of the rows."""
-    method = DINO(DINOConfig(use_bn_in_head=False), _Net())
+    method = DINO(DINOConfig(use_bn_in_head=False), _Net(), DINOLoss())
     method.center.normal_(generator=torch.Generator().manual_seed(4))
     teacher = torch.randn(2 * BATCH, DINO_K, generator=torch.Generator().manual_seed(5))
     method.update_center(torch.cat([teacher[:BATCH][rows], teacher[BATCH:][rows]]))
@@ -114,10 +114,10 @@ class _Net(nn.Module):
 def _method(name):
     torch.manual_seed(0)
     if name == "dino":
-        method = DINO(DINOConfig(use_bn_in_head=False), _Net())
+        method = DINO(DINOConfig(use_bn_in_head=False), _Net(), DINOLoss())
     else:
         method = SwAV(SwAVConfig(queue_length=BATCH // 2, queue_start_epoch=0,
-                                 freeze_prototypes_fraction=1 / STEPS), _Net())
+                                 freeze_prototypes_fraction=1 / STEPS), _Net(), SwAVLoss())
         config = method.config  # the projector without its BatchNorm
         method.projector = nn.Sequential(nn.Linear(_Net.output_dim, config.proj_hidden_dim),
                                          nn.ReLU(), nn.Linear(config.proj_hidden_dim,

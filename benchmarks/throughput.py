@@ -174,7 +174,7 @@ def model_flops_per_image(registry: Any, backbone: str, config: RunConfig) -> fl
     model's forward at batch 512 and 0.03% of resnet18's.
     """
     net = registry.backbones.create(backbone, in_channels=1, image_size=IMAGE_SIZE)
-    method = registry.methods.get("simclr").factory(config.method_config, net)
+    method = registry.build_method("simclr", config.method_config, net)
     forward = forward_flops(nn.Sequential(method.backbone, method.projector), 1, IMAGE_SIZE)
     return training_flops_per_image(forward, VIEWS)
 

@@ -5,6 +5,7 @@ The Python API (``sslreg.api``, re-exported here): :func:`pretrain`, :func:`eval
 :func:`run_suite`, :func:`leaderboard` and :func:`render_leaderboard`.
 """
 
+from sslreg import fields
 from sslreg.api import (
     Run,
     configure,
@@ -75,6 +76,7 @@ __all__ = [
     "configure",
     "evaluate",
     "export",
+    "fields",
     "hookimpl",
     "leaderboard",
     "load_backbone",

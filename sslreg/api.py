@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from torch import nn
 
+    from sslreg.registry import Registry
+
 Overrides = Mapping[str, Any] | Sequence[str]
 
 
@@ -56,7 +58,7 @@ class Run:
         return run.read_json(run.train_info) if run.train_info.exists() else {}
 
 
-def _registry(registry: Any | None) -> Any:
+def _registry(registry: Registry | None) -> Registry:
     if registry is not None:
         return registry
     from sslreg.plugins import load_registry
@@ -78,7 +80,7 @@ def _set_strings(overrides: Overrides) -> list[str]:
 def configure(method: str, *, dataset: str = "fashion-mnist", backbone: str = "resnet18",
               data_root: str = "", epochs: int | None = None, batch_size: int | None = None,
               seed: int | None = None, device: str | None = None,
-              overrides: Overrides = (), registry: Any | None = None) -> RunConfig:
+              overrides: Overrides = (), registry: Registry | None = None) -> RunConfig:
     """The checked config ``sslreg pretrain`` would build from the same options."""
     flags = {"train.epochs": epochs, "train.batch_size": batch_size, "train.seed": seed,
              "train.device": device}
@@ -92,7 +94,7 @@ def pretrain(method: str, *, dataset: str = "fashion-mnist", backbone: str = "re
              seed: int | None = None, device: str | None = None,
              overrides: Overrides = (), out: Path | str = "runs", resume: bool = False,
              evaluate: bool = True, progress: bool = False,
-             registry: Any | None = None) -> Run:
+             registry: Registry | None = None) -> Run:
     """Pretrain ``method`` (then evaluate it, unless ``evaluate=False``), as
     ``sslreg pretrain``; returns the :class:`Run`."""
     from sslreg.engine import pretrain as run_pretrain
@@ -106,7 +108,7 @@ def pretrain(method: str, *, dataset: str = "fashion-mnist", backbone: str = "re
     return Run(run.path, config)
 
 
-def load_run(path: Run | Path | str, registry: Any | None = None) -> Run:
+def load_run(path: Run | Path | str, registry: Registry | None = None) -> Run:
     """The run in directory ``path``."""
     if isinstance(path, Run):
         return path
@@ -117,7 +119,7 @@ def load_run(path: Run | Path | str, registry: Any | None = None) -> Run:
     return Run(run.path, run.load_config(_registry(registry)))
 
 
-def evaluate(run: Run | Path | str, registry: Any | None = None) -> dict[str, Any]:
+def evaluate(run: Run | Path | str, registry: Registry | None = None) -> dict[str, Any]:
     """Score a run's final checkpoint (linear probe and kNN) as ``sslreg eval``; writes
     and returns ``result.json``."""
     from sslreg.engine import evaluate_run
@@ -127,7 +129,7 @@ def evaluate(run: Run | Path | str, registry: Any | None = None) -> dict[str, An
 
 
 def load_backbone(run: Run | Path | str, *, device: str = "cpu",
-                  registry: Any | None = None) -> nn.Module:
+                  registry: Registry | None = None) -> nn.Module:
     """The backbone a finished run was evaluated with, final weights, in eval mode; it
     maps normalised images (see the run's model card, ``sslreg export``) to features."""
     from sslreg.engine.export import load_backbone as load
@@ -136,7 +138,7 @@ def load_backbone(run: Run | Path | str, *, device: str = "cpu",
 
 
 def export(run: Run | Path | str, out: Path | str | None = None,
-           formats: Sequence[str] = (), registry: Any | None = None) -> list[Path]:
+           formats: Sequence[str] = (), registry: Registry | None = None) -> list[Path]:
     """Write an evaluated run's backbone and model card, as ``sslreg export``; returns
     the files written (default folder: the run's ``export/``)."""
     from sslreg.engine.export import export_run
@@ -172,7 +174,7 @@ def _runs_folder(out: Path | str) -> None:
 
 
 def run_suite(suite: str = "quick", out: Path | str = "runs", *, progress: bool = False,
-              registry: Any | None = None) -> pd.DataFrame:
+              registry: Registry | None = None) -> pd.DataFrame:
     """Run every method of ``suite`` (a built-in name or a TOML file), as
     ``sslreg bench``; returns its leaderboard."""
     from sslreg.bench import load_suite
@@ -184,7 +186,7 @@ def run_suite(suite: str = "quick", out: Path | str = "runs", *, progress: bool 
 
 
 def leaderboard(suite: str = "quick", out: Path | str = "runs", *, split: str = "test",
-                registry: Any | None = None) -> pd.DataFrame:
+                registry: Registry | None = None) -> pd.DataFrame:
     """``suite``'s leaderboard as a DataFrame: the table ``sslreg leaderboard`` renders
     (mean ± std over seeds as text, the ceiling, the floors)."""
     from sslreg.bench.leaderboard import leaderboard_frame, method_readouts, summary
@@ -198,7 +200,7 @@ def leaderboard(suite: str = "quick", out: Path | str = "runs", *, split: str = 
 
 def render_leaderboard(suite: str = "quick", out: Path | str = "runs", *,
                        format: str = "md", split: str = "test",
-                       registry: Any | None = None) -> str:
+                       registry: Registry | None = None) -> str:
     """The leaderboard as text: ``md``, ``csv``, ``latex`` or ``html``."""
     from sslreg.bench.leaderboard import FORMATS, document, leaderboard_frame, method_readouts
 

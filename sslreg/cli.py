@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import click
 
 from sslreg.errors import RunInterrupted, SslregError
@@ -64,14 +65,38 @@ def plugins(hook: str | None) -> None:
 
 
 @cli.command()
-def methods() -> None:
+@click.option("--options", "name", default=None, metavar="NAME",
+              help="List method NAME's options (`--set method.OPTION=VALUE`): default "
+              "and meaning of each.")
+def methods(name: str | None) -> None:
     """List the registered methods: name, paper, default views and objective."""
     registry = _registry()
+    if name is not None:
+        for line in _option_lines(registry.methods.get(name)):
+            click.echo(line)
+        return
     for spec in registry.methods:
         click.echo(f"{spec.name:<12} {spec.paper}  [views: {spec.views}, "
                    f"objective: {spec.objective}]")
     if not len(registry.methods):
         click.echo("no methods registered; install a method plugin (see README)")
+
+
+def _option_lines(spec: Any) -> list[str]:
+    """One line per field of the method's config: --set key, default, help."""
+    from sslreg.fields import describe
+
+    rows = [(f"method.{n}", repr(default), meaning) for n, default, meaning in
+            describe(spec.config_class)]
+    width = max((len(key) for key, _, _ in rows), default=0)
+    values = max((len(value) for _, value, _ in rows), default=0)
+    lines = [f"{spec.name}: objective {spec.objective}, views {spec.views}; "
+             f"--set KEY=VALUE overrides"]
+    lines += [f"  {key:<{width}}  {value:<{values}}  {meaning}".rstrip()
+              for key, value, meaning in rows]
+    optim = ", ".join(f"{a.name}={getattr(spec.optim, a.name)!r}"
+                      for a in attrs.fields(type(spec.optim)))
+    return [*lines, f"  optim.*: {optim}"]
 
 
 @cli.command(name="new-plugin")

@@ -13,13 +13,16 @@ import re
 import types
 import typing
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from attrs import field
 from attrs.validators import ge, gt, in_, instance_of, lt
 
 from sslreg.errors import ConfigError
+
+if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
+    from sslreg.registry import Registry
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -205,22 +208,21 @@ class RunConfig:
 
     @classmethod
     def build(
-        cls, registry: Any, method: str, overrides: Iterable[str] = (), **top_level: Any
+        cls, registry: Registry, method: str, overrides: Iterable[str] = (), **top_level: Any
     ) -> RunConfig:
         """The method's defaults, then ``top_level`` fields, then ``--set`` overrides."""
         spec = registry.methods.get(method)
         try:
-            optim = OptimConfig(**spec.optim)
             method_config = spec.config_class()
         except (TypeError, ValueError) as error:
             raise ConfigError(f"method '{method}' has invalid defaults: {error}") from None
-        config = cls(method=method, method_config=method_config, optim=optim)
+        config = cls(method=method, method_config=method_config, optim=spec.optim)
         config = _evolve(config, "", top_level)
         config = apply_overrides(config, overrides)
         config.check_names(registry)
         return config
 
-    def check_names(self, registry: Any) -> None:
+    def check_names(self, registry: Registry) -> None:
         """Refuse names no plugin registered, listing the valid choices."""
         registry.methods.get(self.method)
         registry.datasets.get(self.dataset)
@@ -250,14 +252,14 @@ class RunConfig:
             return self.eval.data_root
         return self.data_root if self.eval_dataset == self.dataset else ""
 
-    def views_name(self, registry: Any) -> str:
+    def views_name(self, registry: Registry) -> str:
         return self.views or registry.methods.get(self.method).views
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], registry: Any) -> RunConfig:
+    def from_dict(cls, data: dict[str, Any], registry: Registry) -> RunConfig:
         """Rebuild a config written by :meth:`to_dict` (e.g. from a run directory)."""
         try:
             spec = registry.methods.get(data["method"])

@@ -21,7 +21,7 @@ import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,9 @@ from sslreg.errors import DataError
 from sslreg.interfaces import Monitor, ViewPolicy, ViTBackbone
 from sslreg.plugins import load_registry
 from sslreg.views import ops
+
+if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
+    from sslreg.registry import Registry
 
 # (channels, image side) pairs every backbone and view policy must handle; the costlier
 # backbone checks (round trip, gradients, tokens) run on the first and last.
@@ -58,12 +61,12 @@ monitor_names = _names("monitors")
 # --- Backbones ---------------------------------------------------------------------------
 
 
-def _new_backbone(name: str, registry: Any, channels: int, size: int, seed: int) -> nn.Module:
+def _new_backbone(name: str, registry: Registry, channels: int, size: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return registry.backbones.create(name, in_channels=channels, image_size=size)
 
 
-def check_backbone(name: str, registry: Any = None) -> None:
+def check_backbone(name: str, registry: Registry | None = None) -> None:
     """At every (channels, size) of :data:`SHAPES`: (B, output_dim) features with an int
     ``output_dim``, deterministic in eval mode, the same after a state_dict round trip
     into a differently seeded copy, and a gradient on every trainable parameter.
@@ -164,7 +167,7 @@ def _expect_shape(where: str, what: str, tensor: Tensor, shape: tuple[int, ...])
 # --- View policies -----------------------------------------------------------------------
 
 
-def _policy(name: str, registry: Any, channels: int, size: int, **options: Any) -> Any:
+def _policy(name: str, registry: Registry, channels: int, size: int, **options: Any) -> Any:
     return registry.views.create(name, channels=channels, image_size=size,
                                  mean=(0.5,) * channels, std=(0.25,) * channels, **options)
 
@@ -175,7 +178,7 @@ def _uint8_images(channels: int, size: int, batch: int = 8) -> Tensor:
                          generator=generator)
 
 
-def check_view_policy(name: str, registry: Any = None) -> None:
+def check_view_policy(name: str, registry: Registry | None = None) -> None:
     """At every (channels, size) of :data:`SHAPES` and :data:`LARGE_SHAPE`: ``num_views``
     float (B, C, S, S) views, S the policy's ``view_sizes`` (default: the image size);
     the same seed gives the same views, another seed others. Where the policy's options
@@ -275,7 +278,7 @@ def checkerboard(batch: int, channels: int, size: int, square: int = 4) -> Tenso
     return board.to(torch.uint8).expand(batch, channels, size, size).contiguous()
 
 
-def _check_blur(where: str, policy: Any, name: str, registry: Any, channels: int,
+def _check_blur(where: str, policy: Any, name: str, registry: Registry, channels: int,
                 size: int) -> None:
     """Where the policy blurs, its views of a checkerboard have less high-frequency
     energy than those of the same policy built with ``blur_p=0``."""
@@ -300,7 +303,8 @@ def _check_blur(where: str, policy: Any, name: str, registry: Any, channels: int
 # --- Datasets ----------------------------------------------------------------------------
 
 
-def check_dataset(name: str, root: str | Path | None = None, registry: Any = None) -> None:
+def check_dataset(name: str, root: str | Path | None = None,
+                  registry: Registry | None = None) -> None:
     """Both splits load (from ``root``, or the usual places) as an ``ImageDataset``
     whose channels, classes and image size match the spec's fields that are not None
     (:func:`sslreg.data.checked_load` refuses a contradiction with a PluginError); an
@@ -347,7 +351,7 @@ def _check_missing_data_error(name: str, spec: Any) -> None:
 # --- Monitors ----------------------------------------------------------------------------
 
 
-def check_monitor(name: str, registry: Any = None) -> None:
+def check_monitor(name: str, registry: Registry | None = None) -> None:
     """The monitor returns ``{str: float}`` metrics, flags a collapsed embedding (every
     row the same) with a one-line warning, and does not flag a healthy random one."""
     registry = registry or load_registry()

@@ -55,6 +55,10 @@ class Method(nn.Module, abc.ABC):
 
     A method with ``uses_labels = True`` (e.g. image-text contrast, whose captions are
     built from class names) is called as ``training_step(views, labels=labels)``.
+
+    ``objective`` is the loss module the engine built from the objectives catalog for
+    the name in the method's ``MethodSpec`` (:meth:`sslreg.registry.Registry.build_method`);
+    it is a submodule, so its parameters (CLIP's logit scale) are trained and saved.
     """
 
     uses_labels: ClassVar[bool] = False
@@ -63,9 +67,14 @@ class Method(nn.Module, abc.ABC):
     # else (e.g. pooled patch tokens) names its readout, and gets a floor of its own.
     readout: ClassVar[str] = "backbone"
 
-    def __init__(self, config: Any, backbone: nn.Module) -> None:
+    def __init__(self, config: Any, backbone: nn.Module,
+                 objective: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
+        # Before the backbone: its parameters then come first, where a method's own
+        # parameters (CLIP's logit scale, before it moved into its objective) came, so
+        # optimizer states of older checkpoints still line up.
+        self.objective = objective
         self.backbone = backbone
         self.context = RunContext()
 

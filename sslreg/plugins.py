@@ -114,12 +114,17 @@ def load_registry() -> Registry:
             name = pm.get_name(impl.plugin) or repr(impl.plugin)
             added = _register_from(impl, registry.catalog(kind), name, registry.failures)
             registered.setdefault(name, []).extend((kind, spec) for spec in added)
+    # Only now: a method may name an objective that a plugin loaded after it registers.
+    registry.failures.extend(registry.check_objectives())
+    for names in registered.values():
+        names[:] = [(kind, n) for kind, n in names
+                    if kind != "methods" or n in registry.methods]
     registry.plugins.extend(_plugin_infos(registered))
     return registry
 
 
 def _register_from(
-    impl: pluggy.HookImpl, catalog: Catalog, plugin: str, failures: list[PluginFailure]
+    impl: pluggy.HookImpl, catalog: Catalog[Any], plugin: str, failures: list[PluginFailure]
 ) -> list[str]:
     specs: list[Any] = []
     try:

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
-from sslreg.config import OptimConfig
 from sslreg.errors import DuplicateNameError, PluginError, UnknownNameError
-from sslreg.specs import SPEC_TYPES, MethodSpec
+from sslreg.specs import (
+    SPEC_TYPES,
+    BackboneSpec,
+    DatasetSpec,
+    MethodSpec,
+    MonitorSpec,
+    ObjectiveSpec,
+    ViewSpec,
+)
 
-S = TypeVar("S")
+if TYPE_CHECKING:  # torch is heavy; the registry only hands modules on
+    from torch import nn
+
+    from sslreg.interfaces import Method
+
+S = TypeVar("S", MethodSpec, BackboneSpec, ViewSpec, ObjectiveSpec, MonitorSpec, DatasetSpec)
 
 # Singular nouns for messages ("unknown method 'x'").
 _NOUN = {
@@ -60,11 +73,18 @@ class Catalog(Generic[S]):
             ) from None
 
     def create(self, name: str, /, **options: Any) -> Any:
-        """Build the named thing: ``spec.factory(**options)``."""
-        return self.get(name).factory(**options)  # type: ignore[attr-defined]
+        """Build the named thing: ``spec.factory(**options)`` (datasets: use ``get``)."""
+        spec = self.get(name)
+        if isinstance(spec, DatasetSpec):
+            raise TypeError("a dataset is loaded with get(name).loader(split, root)")
+        return spec.factory(**options)
 
     def names(self) -> list[str]:
         return sorted(self._specs)
+
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (a method whose objective is missing, see check_objectives)."""
+        del self._specs[name]
 
     def __iter__(self) -> Iterator[S]:
         return iter(self._specs[name] for name in self.names())
@@ -77,19 +97,22 @@ class Catalog(Generic[S]):
 
 
 def check_method_defaults(spec: MethodSpec, plugin: str) -> None:
-    """Build the method's config and optimizer settings from their defaults now, so a
-    default that fails its own validator is this plugin's failure at load time (shown by
-    ``sslreg plugins``) rather than a surprise when someone runs the method."""
-    builders = {"config": spec.config_class, "optim": lambda: OptimConfig(**spec.optim)}
-    for part, build in builders.items():
-        try:
-            build()
-        except Exception as error:  # whatever it raises, the plugin is at fault
-            first = (str(error).strip().splitlines() or [""])[0]
-            raise PluginError(
-                f"plugin '{plugin}' registered method '{spec.name}' whose {part} defaults "
-                f"fail their own validation: {type(error).__name__}: {first}"
-            ) from None
+    """Build the method's config from its defaults now, so a default that fails its own
+    validator is this plugin's failure at load time (shown by ``sslreg plugins``) rather
+    than a surprise when someone runs the method. (``optim`` was checked when the spec
+    was built.)"""
+    try:
+        spec.config_class()
+    except Exception as error:  # whatever it raises, the plugin is at fault
+        raise PluginError(
+            f"plugin '{plugin}' registered method '{spec.name}' whose config defaults "
+            f"fail their own validation: {_first_line(error)}"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first}"
 
 
 @attrs.frozen
@@ -114,14 +137,58 @@ class Registry:
     """Everything the plugins registered, one :class:`Catalog` per kind."""
 
     def __init__(self) -> None:
-        self.methods: Catalog = Catalog("methods")
-        self.backbones: Catalog = Catalog("backbones")
-        self.views: Catalog = Catalog("views")
-        self.objectives: Catalog = Catalog("objectives")
-        self.monitors: Catalog = Catalog("monitors")
-        self.datasets: Catalog = Catalog("datasets")
+        self.methods: Catalog[MethodSpec] = Catalog("methods")
+        self.backbones: Catalog[BackboneSpec] = Catalog("backbones")
+        self.views: Catalog[ViewSpec] = Catalog("views")
+        self.objectives: Catalog[ObjectiveSpec] = Catalog("objectives")
+        self.monitors: Catalog[MonitorSpec] = Catalog("monitors")
+        self.datasets: Catalog[DatasetSpec] = Catalog("datasets")
         self.failures: list[PluginFailure] = []
         self.plugins: list[PluginInfo] = []
 
-    def catalog(self, kind: str) -> Catalog:
+    def catalog(self, kind: str) -> Catalog[Any]:
         return getattr(self, kind)
+
+    def build_objective(self, method: str, config: Any) -> nn.Module:
+        """The objective ``method``'s spec names, built from the objectives catalog with
+        the options its ``config`` gives: ``objective_options(config)`` when the spec
+        has it, else every config field named like one of the factory's keywords."""
+        spec = self.methods.get(method)
+        factory = self.objectives.get(spec.objective).factory
+        if spec.objective_options is not None:
+            return factory(**spec.objective_options(config))
+        keywords = inspect.signature(factory).parameters
+        shared = [a.name for a in attrs.fields(type(config)) if a.name in keywords]
+        return factory(**{name: getattr(config, name) for name in shared})
+
+    def build_method(self, name: str, config: Any, backbone: nn.Module) -> Method:
+        """Method ``name`` on ``backbone``: its factory gets ``objective=`` the module
+        :meth:`build_objective` builds, unless it predates that keyword (then the
+        method builds its own loss, as plugins did before objectives were a catalog)."""
+        factory = self.methods.get(name).factory
+        if "objective" in inspect.signature(factory).parameters:
+            return factory(config, backbone, objective=self.build_objective(name, config))
+        return factory(config, backbone)
+
+    def check_objectives(self) -> list[PluginFailure]:
+        """Drop every method whose objective is not registered or does not build from
+        its default config, and say why, naming the registered objectives."""
+        failures = []
+        for spec in list(self.methods):
+            problem = self._objective_problem(spec)
+            if problem is not None:
+                self.methods.remove(spec.name)
+                failures.append(PluginFailure(str(spec.plugin), problem))
+        return failures
+
+    def _objective_problem(self, spec: MethodSpec) -> str | None:
+        if spec.objective not in self.objectives:
+            choices = ", ".join(self.objectives.names()) or "(none registered)"
+            return (f"method '{spec.name}' names objective '{spec.objective}', which no "
+                    f"plugin registers; choose from: {choices}")
+        try:
+            self.build_objective(spec.name, spec.config_class())
+        except Exception as error:  # whatever it raises, the plugin is at fault
+            return (f"method '{spec.name}' cannot build its objective '{spec.objective}' "
+                    f"from its default config: {_first_line(error)}")
+        return None

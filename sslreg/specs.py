@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 from attrs import field
 from attrs.validators import ge, instance_of, is_callable, optional
+
+from sslreg.config import OptimConfig
 
 _NAME = re.compile(r"^([a-z][a-z0-9_\-]*/)?[a-z][a-z0-9_\-]*$")
 
@@ -25,6 +27,19 @@ def _valid_name(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
             f"{attribute.name} {value!r} must start with a lowercase letter and hold only "
             "lowercase letters, digits, '-' and '_', with at most one 'namespace/' prefix"
         )
+
+
+def _optim(value: Any) -> OptimConfig:
+    """An :class:`OptimConfig`; the ``{field: value}`` dict plugins used to pass converts."""
+    if isinstance(value, OptimConfig):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"optim must be an sslreg.OptimConfig, got {value!r}")
+    unknown = sorted(set(value) - {a.name for a in attrs.fields(OptimConfig)})
+    if unknown:
+        valid = ", ".join(a.name for a in attrs.fields(OptimConfig))
+        raise ValueError(f"optim has no field {', '.join(unknown)}; choose from: {valid}")
+    return OptimConfig(**value)
 
 
 def _attrs_class(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -38,8 +53,12 @@ class MethodSpec:
 
     ``factory(config, backbone)`` returns a :class:`sslreg.interfaces.Method`; ``config``
     is an instance of ``config_class`` (an attrs class whose defaults are the paper's).
-    ``optim`` holds the method's recommended optimizer settings as ``{field: value}``
-    over :class:`sslreg.config.OptimConfig`. ``view_options(config)``, if given, maps the
+    A factory that takes an ``objective`` keyword also gets the module the objectives
+    catalog builds for ``objective`` (see :meth:`sslreg.registry.Registry.build_method`);
+    its options are the config fields named like the objective factory's keywords, or
+    ``objective_options(config)`` where the names differ. ``optim`` is the method's
+    recommended :class:`sslreg.config.OptimConfig` (a ``{field: value}`` dict is
+    converted), checked when the spec is built. ``view_options(config)``, if given, maps the
     method's config to options for its default view policy (e.g. the number of local
     crops), so ``--set method.*`` can shape the views; one that also takes a
     ``backbone_family`` keyword gets the run's backbone family (``"convnet"``,
@@ -56,7 +75,9 @@ class MethodSpec:
     views: str = field(validator=instance_of(str))
     objective: str = field(validator=instance_of(str))
     description: str = field(default="", validator=instance_of(str))
-    optim: dict[str, Any] = field(factory=dict, converter=dict)
+    optim: OptimConfig = field(factory=OptimConfig, converter=_optim)
+    objective_options: Callable[[Any], dict[str, Any]] | None = field(
+        default=None, validator=optional(is_callable()))
     view_options: Callable[[Any], dict[str, Any]] | None = field(
         default=None, validator=optional(is_callable()))
     backbone_families: tuple[str, ...] | None = field(

@@ -38,12 +38,12 @@ import contextlib
 import copy
 import io
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 import torch
 
-from sslreg.config import OptimConfig, RunConfig
+from sslreg.config import RunConfig
 from sslreg.contracts import (  # noqa: F401
     backbone_names,
     check_backbone,
@@ -56,6 +56,9 @@ from sslreg.contracts import (  # noqa: F401
 )
 from sslreg.interfaces import Method, RunContext, StepOutput
 from sslreg.plugins import load_registry, pm
+
+if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
+    from sslreg.registry import Registry
 
 TINY_BACKBONE = "resnet18-narrow"
 TINY_VIT = "vit-mini"
@@ -94,7 +97,7 @@ def tiny_images(batch: int = 8, channels: int = 1, size: int = 28, seed: int = 0
                          generator=generator)
 
 
-def tiny_backbone(name: str, registry: Any = None) -> str:
+def tiny_backbone(name: str, registry: Registry | None = None) -> str:
     """The CPU-sized backbone a method works with: ``resnet18-narrow`` if it takes a
     convnet, else ``vit-mini`` if it takes a ViT, else the first that fits."""
     registry = registry or load_registry()
@@ -105,7 +108,7 @@ def tiny_backbone(name: str, registry: Any = None) -> str:
     raise AssertionError(f"{name}: no registered backbone fits {families}")
 
 
-def tiny_backbones(name: str, registry: Any = None) -> list[str]:
+def tiny_backbones(name: str, registry: Registry | None = None) -> list[str]:
     """The CPU-sized backbone of each family ``name`` takes: ``resnet18-narrow`` and/or
     ``vit-mini``."""
     registry = registry or load_registry()
@@ -115,7 +118,7 @@ def tiny_backbones(name: str, registry: Any = None) -> list[str]:
 
 
 def build(name: str, *, channels: int = 1, size: int = 28, seed: int = 0,
-          backbone: str | None = None, registry: Any = None,
+          backbone: str | None = None, registry: Registry | None = None,
           shape: DataShape | None = None) -> tuple[Method, Any]:
     """The method with its default config and its default view policy, for
     ``channels`` x ``size`` px images (or ``shape``)."""
@@ -126,7 +129,7 @@ def build(name: str, *, channels: int = 1, size: int = 28, seed: int = 0,
     config = RunConfig.build(registry, name, backbone=backbone)
     torch.manual_seed(seed)
     net = registry.backbones.create(backbone, in_channels=channels, image_size=size)
-    method = registry.methods.get(name).factory(config.method_config, net)
+    method = registry.build_method(name, config.method_config, net)
     assert isinstance(method, Method), f"{name}'s factory must return an sslreg.Method"
     assert hasattr(method.backbone, "output_dim"), "the backbone needs an output_dim"
     method.setup(RunContext(epochs=2, steps_per_epoch=4, channels=channels, image_size=size,
@@ -266,7 +269,7 @@ def check_finite_loss(name: str, backbone: str | None = None, steps: int = 3,
     method, policy = build(name, backbone=backbone, shape=shape)
     spec = load_registry().methods.get(name)
     batch = 16
-    optim = OptimConfig(**spec.optim)
+    optim = spec.optim
     optim = attrs.evolve(optim, lr=optim.lr * batch / 256)  # the peak rate, no warm-up
     optimizer = build_optimizer(method, optim, torch.device("cpu"))
     images = tiny_images(batch, shape=shape)
@@ -469,7 +472,7 @@ class LearningResult(NamedTuple):
 
 
 def learning_run(method: str, out: Any, overrides: tuple[str, ...] = (), *, seed: int = 0,
-                 backbone: str | None = None, registry: Any = None) -> LearningResult:
+                 backbone: str | None = None, registry: Registry | None = None) -> LearningResult:
     """Pretrain ``method`` as :data:`LEARNING_SUITE`'s CPU budget does (its backbone,
     settings and tuned rate), then ``overrides``, and evaluate it.
 

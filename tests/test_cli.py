@@ -55,6 +55,27 @@ def test_plugins_hook_filter():
                           "unknown hook 'register_method'", "register_methods")
 
 
+def test_methods_options_lists_every_config_field_with_default_and_help():
+    from sslreg import fields, load_registry
+
+    result = run("methods", "--options", "vicreg")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("vicreg: objective vicreg, views byol")
+    sim = next(line for line in lines if "method.sim_coeff" in line)
+    assert sim.split()[:2] == ["method.sim_coeff", "25.0"] and "invariance" in sim
+    assert lines[-1].startswith("  optim.*: name='lars', lr=0.2")
+    # Every built-in method documents every option it has.
+    for spec in load_registry().methods:
+        for name, _, meaning in fields.describe(spec.config_class):
+            assert meaning, f"{spec.name}: option {name} has no help"
+
+
+def test_methods_options_of_an_unknown_method_is_one_line_with_the_choices():
+    assert_one_line_error(run("methods", "--options", "vicrg"),
+                          "unknown method 'vicrg'", "choose from:", "vicreg", "simclr")
+
+
 def test_methods_lists_paper_views_objective():
     result = run("methods")
     line = next(x for x in result.output.splitlines() if x.startswith("simclr"))

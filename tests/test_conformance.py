@@ -110,7 +110,7 @@ class AscendingSimCLR(SimCLR):
     def training_step(self, views):
         z = self.projector(self.backbone(torch.cat(views)))  # (2N, proj_dim)
         z1, z2 = ReversedGradient.apply(z).chunk(2)
-        return StepOutput(loss=self.criterion(z1, z2), embeddings=z1.detach())
+        return StepOutput(loss=self.objective(z1, z2), embeddings=z1.detach())
 
 
 class InfiniteSimCLR(SimCLR):
@@ -128,7 +128,7 @@ class StemWithoutGradientSimCLR(SimCLR):
             x = self.backbone.stem(torch.cat(views))
         features = self.backbone.pool(self.backbone.stages(x)).flatten(1)
         z1, z2 = self.projector(features).chunk(2)
-        return StepOutput(loss=self.criterion(z1, z2), embeddings=z1.detach())
+        return StepOutput(loss=self.objective(z1, z2), embeddings=z1.detach())
 
 
 class OneViewTwiceSimCLR(SimCLR):
@@ -142,14 +142,14 @@ class PlainTensorQueueMoCo(MoCo):
     """Keeps its negatives in a plain tensor attribute: the state_dict misses them, so a
     resumed run restarts with an empty queue."""
 
-    def __init__(self, config, backbone):
-        super().__init__(config, backbone)
+    def __init__(self, config, backbone, objective):
+        super().__init__(config, backbone, objective)
         self.negatives = torch.zeros(0, config.head_sizes[1])
 
     def _v2_step(self, query_view, key_view):
         q = self.projector(self.backbone(query_view))
         k = self.keys(key_view)
-        loss = self.criterion(q, k, self.negatives if len(self.negatives) else None)
+        loss = self.objective(q, k, self.negatives if len(self.negatives) else None)
         self.new_keys = k.detach()
         return StepOutput(loss=loss, embeddings=q.detach())
 

@@ -132,11 +132,11 @@ def _method(name):
     torch.manual_seed(0)
     if name == "dino":
         method = DINO(DINOConfig(out_dim=16, hidden_dim=16, bottleneck_dim=8,
-                                 use_bn_in_head=False), _Net())
+                                 use_bn_in_head=False), _Net(), DINOLoss())
     else:
         method = SwAV(SwAVConfig(proj_hidden_dim=16, proj_dim=8, num_prototypes=10,
                                  queue_length=BATCH, queue_start_epoch=0,
-                                 freeze_prototypes_fraction=0.5), _Net())
+                                 freeze_prototypes_fraction=0.5), _Net(), SwAVLoss())
         method.projector = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
     method.setup(RunContext(epochs=1, steps_per_epoch=METHOD_STEPS))
     return method

@@ -16,10 +16,16 @@ import sslreg
 from sslreg.objectives import (
     BarlowTwinsLoss,
     CLIPLoss,
+    CrossEntropyLoss,
     InfoNCELoss,
     NegativeCosineLoss,
     NTXentLoss,
     VICRegLoss,
+    clip_loss,
+    covariance_term,
+    invariance_term,
+    variance_term,
+    vicreg_terms,
 )
 
 
@@ -254,6 +260,77 @@ def test_vicreg_by_hand():
     assert loss.terms(twins, twins + 1)["invariance"].item() == pytest.approx(1.0)
 
 
+def test_vicreg_public_terms_by_hand():
+    # Feature 1 = [2, 0, -2]: unbiased variance 4, std 2.00002, no hinge; feature 2 =
+    # [0.5, 0, -0.5]: variance 0.25, std sqrt(0.2501), hinge 1 - 0.50010.
+    z = torch.tensor([[2.0, 0.5], [0.0, 0.0], [-2.0, -0.5]])
+    assert variance_term(z).item() == pytest.approx((1 - math.sqrt(0.2501)) / 2, rel=1e-6)
+    # cov(f1, f2) = (2 * 0.5 + 2 * 0.5) / 2 = 1, counted twice (above and below the
+    # diagonal), squared, over D = 2.
+    assert covariance_term(z).item() == pytest.approx(1.0, rel=1e-6)
+    # Every entry of the second branch is off by 1 or -1: MSE 1.
+    assert invariance_term(z, z + torch.tensor([1.0, -1.0])).item() == pytest.approx(1.0)
+
+
+def test_vicreg_loss_is_its_public_terms_weighted():
+    z1, z2 = _randn(5, 3, seed=31), _randn(5, 3, seed=32)
+    loss = VICRegLoss(sim_coeff=2.0, std_coeff=3.0, cov_coeff=4.0)
+    terms = vicreg_terms(z1, z2)
+    assert terms["invariance"] == invariance_term(z1, z2)
+    assert terms["variance"] == (variance_term(z1) + variance_term(z2)) / 2
+    assert terms["covariance"] == covariance_term(z1) + covariance_term(z2)
+    weighted = 2 * terms["invariance"] + 3 * terms["variance"] + 4 * terms["covariance"]
+    assert loss(z1, z2).item() == pytest.approx(weighted.item(), rel=1e-6)
+    assert loss.weigh(loss.terms(z1, z2)).item() == pytest.approx(weighted.item(), rel=1e-6)
+
+
+def test_clip_logit_scale_starts_at_one_over_t_and_is_learned():
+    loss = CLIPLoss()  # the paper: T = 0.07, learned
+    assert loss.scale().item() == pytest.approx(1 / 0.07, rel=1e-6)
+    assert loss.logit_scale.requires_grad and "logit_scale" in loss.state_dict()
+    image, text = _randn(4, 3, seed=33), _randn(4, 3, seed=34)
+    loss(image, text).backward()
+    assert loss.logit_scale.grad is not None and loss.logit_scale.grad.item() != 0
+    assert not CLIPLoss(learn_temperature=False).logit_scale.requires_grad
+
+
+def test_clip_clamp_keeps_the_scale_between_1_and_100():
+    loss = CLIPLoss()
+    with torch.no_grad():
+        loss.logit_scale.fill_(math.log(500.0))
+    loss.clamp_()
+    assert loss.scale().item() == pytest.approx(100.0, rel=1e-6)
+    with torch.no_grad():
+        loss.logit_scale.fill_(-3.0)
+    loss.clamp_()
+    assert loss.scale().item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="max_logit_scale=10.0 is below the initial scale"):
+        CLIPLoss(temperature=0.07, max_logit_scale=10.0)
+
+
+def test_clip_loss_at_a_given_scale_by_hand():
+    e = torch.eye(2)
+    # Scale 3: matching pairs score 3, the others 0: log(1 + e^-3) both ways.
+    assert clip_loss(e, e, 3.0).item() == pytest.approx(math.log(1 + math.exp(-3)))
+    assert clip_loss(e, e, torch.tensor(3.0)).item() == pytest.approx(math.log(1 + math.exp(-3)))
+
+
+def test_cross_entropy_by_hand():
+    logits = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]])  # softmax (3/4, 1/4), (1/2, 1/2)
+    labels = torch.tensor([0, 1])
+    plain = (-math.log(0.75) - math.log(0.5)) / 2
+    assert CrossEntropyLoss()(logits, labels).item() == pytest.approx(plain, rel=1e-6)
+    # Smoothing 0.2 over C = 2: target (0.9, 0.1) for class 0, (0.1, 0.9) for class 1.
+    smooth = (-(0.9 * math.log(0.75) + 0.1 * math.log(0.25)) - math.log(0.5)) / 2
+    smoothed = CrossEntropyLoss(label_smoothing=0.2)(logits, labels)
+    assert smoothed.item() == pytest.approx(smooth, rel=1e-6)
+    assert CrossEntropyLoss()(logits.bfloat16(), labels).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"logits \(N, C\) and labels \(N,\)"):
+        CrossEntropyLoss()(logits, labels[:1])
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        CrossEntropyLoss(label_smoothing=1.5)
+
+
 def test_clip_matches_loop_reference_and_is_symmetric():
     image, text = _randn(3, 4, seed=21), _randn(3, 4, seed=22)
     loss = CLIPLoss(temperature=0.07)
@@ -318,6 +395,12 @@ def test_registry_creates_each_objective_with_paper_defaults(objectives, name):
         assert getattr(loss, attribute) == value
     output = loss(_randn(4, 3, seed=25), _randn(4, 3, seed=26))
     assert output.ndim == 0 and torch.isfinite(output)
+
+
+def test_registry_creates_cross_entropy(objectives):
+    spec = objectives.get("cross_entropy")
+    assert spec.factory is CrossEntropyLoss and spec.plugin == "sslreg.objectives"
+    assert objectives.create("cross_entropy", label_smoothing=0.1).label_smoothing == 0.1
 
 
 def test_registry_passes_options_through(objectives):

@@ -7,13 +7,16 @@ import os
 import re
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from sslreg.bench.suite import REFERENCE_METRICS, Reference
 from sslreg.errors import SslregError
 from sslreg.runs import data_label, open_index
+
+if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
+    from sslreg.registry import Registry
 
 FORMATS = ("md", "csv", "latex", "html")
 # Methods that are baselines trained with labels: listed as the ceiling, after the
@@ -73,7 +76,7 @@ def leaderboard_frame(out: Path | str, suite: str, split: str = "test",
     return frame
 
 
-def method_readouts(registry: Any) -> dict[str, str]:
+def method_readouts(registry: Registry) -> dict[str, str]:
     """``{method: readout}``, "" for the backbone's own output (:attr:`Method.readout`),
     as floors name their readout in their variant."""
     readouts = {name: getattr(registry.methods.get(name).factory, "readout", "backbone")

@@ -9,7 +9,7 @@ import shutil
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import click
@@ -34,8 +34,11 @@ from sslreg.engine.evaluate import (
 from sslreg.errors import SslregError
 from sslreg.runs import RunDir, RunIndex, add_suite, open_index, write_json
 
+if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
+    from sslreg.registry import Registry
 
-def run_suite(suite: Suite, registry: Any, out: Path, *, progress: bool = True,
+
+def run_suite(suite: Suite, registry: Registry, out: Path, *, progress: bool = True,
               wait: bool = True, worker: Worker | None = None) -> str:
     """Pretrain and evaluate each (method, seed) this worker can claim, score the
     floors, and return the comparison table as Markdown.
@@ -80,7 +83,7 @@ def run_suite(suite: Suite, registry: Any, out: Path, *, progress: bool = True,
     return table
 
 
-def plan(suite: Suite, registry: Any, cuda: bool | None = None) -> tuple[
+def plan(suite: Suite, registry: Registry, cuda: bool | None = None) -> tuple[
         list[tuple[str, tuple[str, ...], int]], list[RunConfig], dict[str, str]]:
     """The suite's runs, ``(method, variant, seed)`` in order, their configs (every one
     checked, so a bad suite is refused before any work starts) and each method's
@@ -119,7 +122,7 @@ class Task:
 
 
 def suite_tasks(jobs: list[tuple[str, tuple[str, ...], int]], configs: list[RunConfig],
-                backbones: dict[str, str], registry: Any, out: Path) -> list[Task]:
+                backbones: dict[str, str], registry: Registry, out: Path) -> list[Task]:
     """The suite's runs in order, then its floors."""
     tasks = [Task(f"[{n}/{len(jobs)}] {m} {', '.join(v) + ' ' if v else ''}seed {s} on "
                   f"{backbones[m]}", (RunDir.for_config(out, c),), c, ", ".join(v))
@@ -127,7 +130,7 @@ def suite_tasks(jobs: list[tuple[str, tuple[str, ...], int]], configs: list[RunC
     return tasks + [floor_task(c, registry, out) for c in floor_configs(configs, registry)]
 
 
-def floor_task(config: RunConfig, registry: Any, out: Path) -> Task:
+def floor_task(config: RunConfig, registry: Registry, out: Path) -> Task:
     """Raw pixels and random init for ``config``'s backbone, readout and seed, claimed
     together (the raw-pixels floor is shared: its claim makes a second worker wait for
     it rather than score it again)."""
@@ -141,7 +144,7 @@ class Shift:
     """One worker's pass through a suite's tasks: claim, do, release, and wait."""
 
     suite: str
-    registry: Any
+    registry: Registry
     index: RunIndex
     progress: bool
     worker: Worker
@@ -269,7 +272,7 @@ def _progress_of(run: RunDir) -> dict[str, Any]:
     return {key: info.get(key) for key in ("status", "epochs_done", "steps")}
 
 
-def floor_configs(configs: list[RunConfig], registry: Any) -> list[RunConfig]:
+def floor_configs(configs: list[RunConfig], registry: Registry) -> list[RunConfig]:
     """One config per (backbone, readout, seed): the first run's that reads features
     that way (so its floors are scored exactly as those runs are). A config whose method
     cannot even be built is left out: its run fails and is recorded on its own."""
@@ -283,7 +286,7 @@ def floor_configs(configs: list[RunConfig], registry: Any) -> list[RunConfig]:
     return list(chosen.values())
 
 
-def backbone_for(registry: Any, method: str, budget: Budget) -> str:
+def backbone_for(registry: Registry, method: str, budget: Budget) -> str:
     """The budget's backbone, or its ViT one for methods that only take a ViT."""
     families = registry.methods.get(method).backbone_families
     for backbone in (budget.backbone, budget.vit_backbone):
@@ -295,7 +298,7 @@ def backbone_for(registry: Any, method: str, budget: Budget) -> str:
                       "[budget.cpu] and [budget.gpu]")
 
 
-def _run_one(config: RunConfig, registry: Any, out: Path, progress: bool,
+def _run_one(config: RunConfig, registry: Registry, out: Path, progress: bool,
              suite: tuple[str, str]) -> str:
     """Pretrain and evaluate one run (unless finished before) and record it in the
     index; ``suite`` is the suite's name and the run's variant in it. A finished run

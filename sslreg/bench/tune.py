@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 import pandas as pd
@@ -20,8 +20,10 @@ import torch
 from sslreg.bench.leaderboard import leaderboard_frame
 from sslreg.bench.runner import run_suite
 from sslreg.bench.suite import Suite, Sweep, Tuned
-from sslreg.config import OptimConfig
 from sslreg.engine.device import device_name
+
+if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
+    from sslreg.registry import Registry
 
 KEY = "optim.lr"
 MULTIPLIERS = (1.0, 4.0, 16.0)
@@ -30,7 +32,7 @@ MULTIPLIERS = (1.0, 4.0, 16.0)
 SCORE = ("val_linear_acc", "val_knn20_acc")
 
 
-def tuning_suite(suite: Suite, registry: Any, multipliers: tuple[float, ...]) -> Suite:
+def tuning_suite(suite: Suite, registry: Registry, multipliers: tuple[float, ...]) -> Suite:
     """``suite`` as a sweep of each method's rate (seed 0 only), without any tuned or
     hand-set per-method rates, under the name ``<suite>-tuning``."""
     budgets = {}
@@ -46,8 +48,8 @@ def tuning_suite(suite: Suite, registry: Any, multipliers: tuple[float, ...]) ->
                         reference=None, methods=tuple(methods), **budgets)
 
 
-def rates(registry: Any, method: str, multipliers: tuple[float, ...]) -> tuple[float, ...]:
-    base = OptimConfig(**registry.methods.get(method).optim).lr
+def rates(registry: Registry, method: str, multipliers: tuple[float, ...]) -> tuple[float, ...]:
+    base = registry.methods.get(method).optim.lr
     return tuple(float(f"{base * m:.4g}") for m in multipliers)
 
 
@@ -55,7 +57,7 @@ def _without_key(sets: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(s for s in sets if not s.startswith(f"{KEY}="))
 
 
-def tune(suite: Suite, registry: Any, out: Path,
+def tune(suite: Suite, registry: Registry, out: Path,
          multipliers: tuple[float, ...] = MULTIPLIERS, progress: bool = True) -> pd.DataFrame:
     """Run every trial (finished ones are skipped) and return one row per trial with
     its validation score and whether it was chosen."""

@@ -10,13 +10,16 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sslreg.data import cifar, digits, idx, imagefolder, stl10, synthetic
 from sslreg.data.dataset import SPLITS, ImageDataset
 from sslreg.errors import PluginError
 from sslreg.hookspecs import hookimpl
 from sslreg.specs import DatasetSpec
+
+if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
+    from sslreg.registry import Registry
 
 __all__ = ["SPLITS", "ImageDataset", "built_in_specs", "check_spec", "checked_load",
            "load_dataset", "register_datasets"]
@@ -69,7 +72,7 @@ def register_datasets(register: Callable[[Any], None]) -> None:
 
 
 def load_dataset(
-    registry: Any, name: str, split: str, root: str | Path | None = None, image_size: int = 0
+    registry: Registry, name: str, split: str, root: str | Path | None = None, image_size: int = 0
 ) -> ImageDataset:
     """Load a split of a registered dataset.
 

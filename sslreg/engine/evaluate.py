@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,6 +36,9 @@ from sslreg.interfaces import Method
 from sslreg.runs import RunDir, data_label, path_safe, write_json
 from sslreg.runs.index import FLOOR_FILE, add_suite, open_index, provenance
 from sslreg.views import normalize
+
+if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
+    from sslreg.registry import Registry
 
 RAW_PIXELS, RANDOM_INIT = "raw pixels", "random init"
 
@@ -116,7 +119,7 @@ def up_to_date(result: dict[str, Any], config: RunConfig, finetuned: bool = True
     return True
 
 
-def evaluate_run(run: RunDir, registry: Any, method: Method | None = None,
+def evaluate_run(run: RunDir, registry: Registry, method: Method | None = None,
                  config: RunConfig | None = None) -> dict[str, Any]:
     """Score the final checkpoint of ``run``, write ``result.json`` and update the run's
     row in its folder's index: ``metrics`` are the test split's (tables),
@@ -198,7 +201,7 @@ def extra_metrics(method: Method, split: ImageDataset, data: RunData,
 _SCORED_FLOORS: dict[str, dict[str, Any]] = {}
 
 
-def floors(config: RunConfig, registry: Any, out: Path | str,
+def floors(config: RunConfig, registry: Registry, out: Path | str,
            suite: str | None = None) -> dict[str, dict[str, Any]]:
     """Raw pixels and a randomly initialised backbone, scored exactly like ``config``'s
     method: the same splits, probes and kNN, and, for the random init, the method's own
@@ -226,7 +229,7 @@ def floors(config: RunConfig, registry: Any, out: Path | str,
     return results
 
 
-def write_floor(run: RunDir, config: RunConfig, registry: Any, kind: str,
+def write_floor(run: RunDir, config: RunConfig, registry: Registry, kind: str,
                 description: dict[str, Any]) -> dict[str, Any]:
     """Score one floor and write its directory: config, ``floor.json``, result."""
     result = {**_floor_result(config, registry, kind, run.path.name),
@@ -238,7 +241,7 @@ def write_floor(run: RunDir, config: RunConfig, registry: Any, kind: str,
     return result
 
 
-def evaluate_floor(run: RunDir, registry: Any, config: RunConfig | None = None) -> dict:
+def evaluate_floor(run: RunDir, registry: Registry, config: RunConfig | None = None) -> dict:
     """Score the floor in ``run`` again (``sslreg eval FLOOR_DIR``), with ``config``'s
     metric-only keys when given, and record it in its folder's index."""
     stored = run.load_config(registry)
@@ -252,7 +255,7 @@ def evaluate_floor(run: RunDir, registry: Any, config: RunConfig | None = None) 
     return write_floor(run, config, registry, kind, description)
 
 
-def floor_dir(out: Path | str, config: RunConfig, registry: Any,
+def floor_dir(out: Path | str, config: RunConfig, registry: Registry,
               kind: str) -> tuple[RunDir, dict[str, Any]]:
     """The directory of one floor, named from everything that changes its scores."""
     random_init = kind == RANDOM_INIT
@@ -276,12 +279,12 @@ def floor_dir(out: Path | str, config: RunConfig, registry: Any,
     return RunDir(Path(out) / name), description
 
 
-def readout_of(config: RunConfig, registry: Any) -> str:
+def readout_of(config: RunConfig, registry: Registry) -> str:
     """How ``config``'s method reads features (:attr:`Method.readout`)."""
     return build_method(config, registry, load_run_data(config, registry)).readout
 
 
-def _floor_result(config: RunConfig, registry: Any, kind: str, name: str) -> dict[str, Any]:
+def _floor_result(config: RunConfig, registry: Registry, kind: str, name: str) -> dict[str, Any]:
     key = f"{name} {[getattr(config.eval, k) for k in METRIC_ONLY_KEYS]}"
     if key not in _SCORED_FLOORS:
         started = time.perf_counter()
@@ -292,7 +295,7 @@ def _floor_result(config: RunConfig, registry: Any, kind: str, name: str) -> dic
     return _SCORED_FLOORS[key]
 
 
-def _score_floor(config: RunConfig, registry: Any, kind: str) -> dict[str, dict[str, Any]]:
+def _score_floor(config: RunConfig, registry: Registry, kind: str) -> dict[str, dict[str, Any]]:
     data = load_run_data(config, registry)
     device = resolve_device(config.train.device)
     if kind == RAW_PIXELS:

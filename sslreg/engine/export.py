@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
@@ -34,6 +34,9 @@ from sslreg.errors import SslregError
 from sslreg.interfaces import BackboneExport, Method
 from sslreg.runs import RunDir, write_json, write_text
 from sslreg.runs.index import FLOOR_FILE
+
+if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
+    from sslreg.registry import Registry
 
 SSLREG_FORMAT = "sslreg"
 # Libraries some backbone maps onto: asking one of these for a backbone that does not is
@@ -57,7 +60,7 @@ class TrainedRun:
         return self.method.evaluated_backbone
 
 
-def load_trained(run_dir: Path | str, registry: Any, *, device: str = "cpu") -> TrainedRun:
+def load_trained(run_dir: Path | str, registry: Registry, *, device: str = "cpu") -> TrainedRun:
     """The method of a run trained to its last epoch, weights loaded; clear errors for a
     path that is not a run, a floor, or an unfinished run."""
     run = checked_run_dir(run_dir)
@@ -92,12 +95,12 @@ def checked_run_dir(run_dir: Path | str) -> RunDir:
     return run
 
 
-def load_backbone(run_dir: Path | str, registry: Any, *, device: str = "cpu") -> nn.Module:
+def load_backbone(run_dir: Path | str, registry: Registry, *, device: str = "cpu") -> nn.Module:
     """The backbone a finished run was evaluated with, final weights, in eval mode."""
     return load_trained(run_dir, registry, device=device).backbone
 
 
-def export_run(run_dir: Path | str, registry: Any, out: Path | str | None = None,
+def export_run(run_dir: Path | str, registry: Registry, out: Path | str | None = None,
                formats: tuple[str, ...] = ()) -> list[Path]:
     """Write the backbone of an evaluated run in ``formats`` (default: every format it
     has) plus ``MODEL_CARD.md`` and ``export.json``; returns the files written."""
@@ -176,7 +179,7 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def pretrain_command(config: RunConfig, registry: Any, out: Path | str) -> str:
+def pretrain_command(config: RunConfig, registry: Registry, out: Path | str) -> str:
     """An ``sslreg pretrain`` command that rebuilds ``config``: the method, dataset,
     backbone and data root as options, every other value that differs from the
     method's defaults as ``--set``."""
@@ -207,7 +210,7 @@ def _flat(config: RunConfig) -> dict[str, Any]:
     return flat
 
 
-def card_facts(trained: TrainedRun, registry: Any, exports: list[BackboneExport],
+def card_facts(trained: TrainedRun, registry: Registry, exports: list[BackboneExport],
                files: list[Path]) -> dict[str, Any]:
     """Everything the model card says, as data (``export.json``)."""
     run, config = trained.run, trained.config

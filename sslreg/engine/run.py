@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -21,6 +21,9 @@ from sslreg.runs import RunDir, write_json
 from sslreg.runs.index import open_index
 from sslreg.views import normalize
 
+if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
+    from sslreg.registry import Registry
+
 
 def prepare_run_dir(run: RunDir, config: RunConfig, resume: bool) -> None:
     """Create the run directory; never overwrite an existing run unless resuming it."""
@@ -33,7 +36,7 @@ def prepare_run_dir(run: RunDir, config: RunConfig, resume: bool) -> None:
     write_json(run.config, config.to_dict())
 
 
-def pretrain(config: RunConfig, registry: Any, out: Path | str, *, resume: bool = False,
+def pretrain(config: RunConfig, registry: Registry, out: Path | str, *, resume: bool = False,
              evaluate: bool = True, progress: bool = True,
              data: RunData | None = None) -> RunDir:
     """Train (or continue) the run for ``config`` under ``out`` and evaluate it.
@@ -86,7 +89,7 @@ PROJECTOR_IMAGES = 1000
 
 @torch.no_grad()
 def log_embeddings(writer: SummaryWriter, trainer: Any, config: RunConfig,
-                   registry: Any) -> None:
+                   registry: Registry) -> None:
     """The frozen features of the first test images, for TensorBoard's projector, with
     class names as labels and the images as sprites."""
     data = load_run_data(config, registry)

@@ -10,13 +10,16 @@ dataset's whole train split (labelled or not) and the evaluation dataset is labe
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from sslreg.config import RunConfig
 from sslreg.data import ImageDataset, checked_load
 from sslreg.errors import DataError
+
+if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
+    from sslreg.registry import Registry
 
 # The validation split and the evaluation subsets are drawn with fixed seeds, so every
 # method and seed of a comparison trains, chooses and is scored on the same images.
@@ -51,7 +54,7 @@ class RunData:
                 "test": self.test.subset(e.test_subset, seed=EVAL_SUBSET_SEED)}
 
 
-def load_run_data(config: RunConfig, registry: Any) -> RunData:
+def load_run_data(config: RunConfig, registry: Registry) -> RunData:
     """The run's data; decoded files are kept for the process (they never change).
 
     Raises:
@@ -68,7 +71,7 @@ def load_run_data(config: RunConfig, registry: Any) -> RunData:
                    stats=_train_stats(*source), pretrain=None if source == target else pool)
 
 
-def _key(registry: Any, name: str, root: str, image_size: int) -> tuple[Any, ...]:
+def _key(registry: Registry, name: str, root: str, image_size: int) -> tuple[Any, ...]:
     # Keyed by the spec (and so the loader): a test that registers another dataset under
     # a known name gets its own data.
     return registry.datasets.get(name), root or None, image_size

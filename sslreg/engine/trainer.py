@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
@@ -28,6 +28,9 @@ from sslreg.errors import ConfigError, DivergedError, RunInterrupted, SslregErro
 from sslreg.interfaces import Method, RunContext
 from sslreg.runs import RunDir, write_json
 from sslreg.views import normalize
+
+if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
+    from sslreg.registry import Registry
 
 
 @attrs.define
@@ -80,13 +83,13 @@ class Trainer:
 PREVIEW_IMAGES = 8
 
 
-def build_method(config: RunConfig, registry: Any, data: RunData) -> Method:
+def build_method(config: RunConfig, registry: Registry, data: RunData) -> Method:
     """The method with a fresh backbone, set up with the run's context."""
     # The evaluation split has the pretraining images' channels and size (load_run_data).
     channels, image_size = data.train.channels, data.train.images.shape[-1]
     backbone = registry.backbones.create(
         config.backbone, in_channels=channels, image_size=image_size)
-    method = registry.methods.get(config.method).factory(config.method_config, backbone)
+    method = registry.build_method(config.method, config.method_config, backbone)
     pool = data.train if data.pretrain is None else data.pretrain
     if method.uses_labels and not pool.labelled:
         raise ConfigError(
@@ -104,7 +107,7 @@ def _class_names(data: RunData) -> tuple[str, ...]:
     return (data.train if data.pretrain is None else data.pretrain).classes
 
 
-def build_policy(config: RunConfig, registry: Any, data: ImageDataset,
+def build_policy(config: RunConfig, registry: Registry, data: ImageDataset,
                  stats: tuple[tuple[float, ...], tuple[float, ...]]) -> Any:
     """The run's view policy; the method's view options apply to its default policy."""
     name = config.views_name(registry)
@@ -117,12 +120,12 @@ def build_policy(config: RunConfig, registry: Any, data: ImageDataset,
                                  **options)
 
 
-def load_split(config: RunConfig, registry: Any, split: str) -> ImageDataset:
+def load_split(config: RunConfig, registry: Registry, split: str) -> ImageDataset:
     """One split of the run's data: ``train`` (without validation), ``val`` or ``test``."""
     return getattr(load_run_data(config, registry), split)
 
 
-def build_trainer(config: RunConfig, registry: Any, run: RunDir,
+def build_trainer(config: RunConfig, registry: Registry, run: RunDir,
                   data: RunData | None = None) -> Trainer:
     """Load the data, build the method, views, monitors, optimizer and schedule."""
     device = distributed.init(resolve_device(config.train.device))  # joins torchrun's group

@@ -8,22 +8,35 @@ from typing import Any
 from sslreg.hookspecs import hookimpl
 from sslreg.objectives.barlow_twins import BarlowTwinsLoss
 from sslreg.objectives.bounds import infonce_bound
-from sslreg.objectives.clip import CLIPLoss
+from sslreg.objectives.clip import CLIPLoss, clip_loss
+from sslreg.objectives.cross_entropy import CrossEntropyLoss
 from sslreg.objectives.info_nce import InfoNCELoss
 from sslreg.objectives.negative_cosine import NegativeCosineLoss
 from sslreg.objectives.nt_xent import NTXentLoss
-from sslreg.objectives.vicreg import VICRegLoss
+from sslreg.objectives.vicreg import (
+    VICRegLoss,
+    covariance_term,
+    invariance_term,
+    variance_term,
+    vicreg_terms,
+)
 from sslreg.specs import ObjectiveSpec
 
 __all__ = [
     "BarlowTwinsLoss",
     "CLIPLoss",
+    "CrossEntropyLoss",
     "InfoNCELoss",
     "NTXentLoss",
     "NegativeCosineLoss",
     "VICRegLoss",
+    "clip_loss",
+    "covariance_term",
     "infonce_bound",
+    "invariance_term",
     "register_objectives",
+    "variance_term",
+    "vicreg_terms",
 ]
 
 _SPECS = (
@@ -67,13 +80,21 @@ _SPECS = (
         factory=CLIPLoss,
         paper="Radford et al. 2021, Learning Transferable Visual Models From Natural "
         "Language Supervision (CLIP)",
-        description="(image_emb, text_emb): symmetric cross-entropy over cosine similarities",
+        description="(image_emb, text_emb): symmetric cross-entropy over cosine "
+        "similarities at a learned temperature (logit scale clipped at 100)",
+    ),
+    ObjectiveSpec(
+        name="cross_entropy",
+        factory=CrossEntropyLoss,
+        paper="cross-entropy with the labels (the supervised ceiling); label smoothing: "
+        "Szegedy et al. 2016, Rethinking the Inception Architecture",
+        description="(logits, labels): mean cross-entropy, optional label smoothing",
     ),
 )
 
 
 @hookimpl
 def register_objectives(register: Callable[[Any], None]) -> None:
-    """Register the six built-in objectives."""
+    """Register the built-in objectives."""
     for spec in _SPECS:
         register(spec)

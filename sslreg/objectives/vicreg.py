@@ -60,42 +60,62 @@ class VICRegLoss(nn.Module):
         return f"sim_coeff={self.sim_coeff}, std_coeff={self.std_coeff}, cov_coeff={self.cov_coeff}"
 
     def terms(self, z1: Tensor, z2: Tensor) -> dict[str, Tensor]:
-        """The unweighted ``invariance``, ``variance`` and ``covariance`` terms."""
-        if z1.ndim != 2 or z1.shape != z2.shape:
-            raise ValueError(
-                "vicreg needs z1 and z2 of the same shape (N, D), "
-                f"got {tuple(z1.shape)} and {tuple(z2.shape)}"
-            )
-        if z1.shape[0] < 2:
-            raise ValueError(
-                f"vicreg needs a batch of at least 2 for an unbiased variance, got {z1.shape[0]}"
-            )
-        # Under torchrun: the global batch, so every term is one process's (each rank
-        # computes the whole loss; see barlow_twins for why).
-        z1, z2 = gather_pair(z1, z2)
-        # float32 even under autocast: the D x D covariance loses precision in bf16.
-        z1, z2 = z1.float(), z2.float()
-        return {
-            "invariance": F.mse_loss(z1, z2),
-            "variance": (_variance_term(z1) + _variance_term(z2)) / 2,
-            "covariance": _covariance_term(z1) + _covariance_term(z2),
-        }
+        """The unweighted ``invariance``, ``variance`` and ``covariance`` terms of the
+        global batch, in float32 (see :func:`vicreg_terms`)."""
+        return vicreg_terms(z1, z2)
+
+    def weigh(self, terms: dict[str, Tensor]) -> Tensor:
+        """The loss from :meth:`terms`: each term times its coefficient, summed."""
+        return (self.sim_coeff * terms["invariance"] + self.std_coeff * terms["variance"]
+                + self.cov_coeff * terms["covariance"])
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
-        terms = self.terms(z1, z2)
-        return (
-            self.sim_coeff * terms["invariance"]
-            + self.std_coeff * terms["variance"]
-            + self.cov_coeff * terms["covariance"]
+        return self.weigh(self.terms(z1, z2))
+
+
+def vicreg_terms(z1: Tensor, z2: Tensor) -> dict[str, Tensor]:
+    """The three unweighted VICReg terms of two branches, as ``{"invariance",
+    "variance", "covariance"}``: :func:`invariance_term`, the mean over the branches of
+    :func:`variance_term`, the sum over them of :func:`covariance_term`. Under torchrun
+    the branches are gathered from every rank first, so the terms are the global
+    batch's. Shapes: z1, z2 (N, D), N >= 2."""
+    if z1.ndim != 2 or z1.shape != z2.shape:
+        raise ValueError(
+            "vicreg needs z1 and z2 of the same shape (N, D), "
+            f"got {tuple(z1.shape)} and {tuple(z2.shape)}"
         )
+    if z1.shape[0] < 2:
+        raise ValueError(
+            f"vicreg needs a batch of at least 2 for an unbiased variance, got {z1.shape[0]}"
+        )
+    # Under torchrun: the global batch, so every term is one process's (each rank
+    # computes the whole loss; see barlow_twins for why).
+    z1, z2 = gather_pair(z1, z2)
+    # float32 even under autocast: the D x D covariance loses precision in bf16.
+    z1, z2 = z1.float(), z2.float()
+    return {
+        "invariance": invariance_term(z1, z2),
+        "variance": (variance_term(z1) + variance_term(z2)) / 2,
+        "covariance": covariance_term(z1) + covariance_term(z2),
+    }
 
 
-def _variance_term(z: Tensor) -> Tensor:
+def invariance_term(z1: Tensor, z2: Tensor) -> Tensor:
+    """Paper eq. 5: the mean squared distance between paired rows, over all N * D
+    entries (the reference code's ``F.mse_loss``). Shapes: (N, D) each -> scalar."""
+    return F.mse_loss(z1, z2)
+
+
+def variance_term(z: Tensor) -> Tensor:
+    """Paper eq. 1-2: ``mean_d relu(1 - sqrt(var_d + 1e-4))`` with the unbiased (N - 1)
+    variance of each dimension over the batch. Shapes: (N, D) -> scalar."""
     std = torch.sqrt(z.var(dim=0, unbiased=True) + _VARIANCE_EPS)  # (D,)
     return F.relu(1 - std).mean()
 
 
-def _covariance_term(z: Tensor) -> Tensor:
+def covariance_term(z: Tensor) -> Tensor:
+    """Paper eq. 3-4: the squared off-diagonal entries of the unbiased covariance
+    matrix, summed and divided by D. Shapes: (N, D) -> scalar."""
     n, d = z.shape
     centered = z - z.mean(dim=0)
     cov = centered.T @ centered / (n - 1)  # (D, D)

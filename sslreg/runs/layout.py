@@ -22,10 +22,13 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sslreg.config import RunConfig
 from sslreg.errors import SslregError, WriteError
+
+if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
+    from sslreg.registry import Registry
 
 
 class RunDir:
@@ -60,7 +63,7 @@ class RunDir:
                 f"{path} is not valid JSON ({error.msg}); the run is damaged"
             ) from None
 
-    def load_config(self, registry: Any) -> RunConfig:
+    def load_config(self, registry: Registry) -> RunConfig:
         return RunConfig.from_dict(self.read_json(self.config), registry)
 
 

@@ -16,26 +16,16 @@ Views: the ``byol`` policy, as the paper uses BYOL's augmentations, with no blur
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any
 
 import attrs
-from attrs import field
-from attrs.validators import ge, instance_of
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, StepOutput, hookimpl
+from sslreg import Method, MethodSpec, OptimConfig, StepOutput, fields, hookimpl
 from sslreg.nn import mlp
-from sslreg.objectives import BarlowTwinsLoss
 
 PAPER = "Zbontar et al. 2021, Barlow Twins: Self-Supervised Learning via Redundancy " \
     "Reduction (Barlow Twins)"
-
-
-def _finite(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not math.isfinite(value):
-        raise ValueError(f"{attribute.name} must be a finite number, got {value}")
 
 
 @attrs.frozen(kw_only=True)
@@ -47,9 +37,11 @@ class BarlowTwinsConfig:
     The projector sizes are the small-image ones of solo-learn and lightly (see above).
     """
 
-    lambda_offdiag: float = field(default=5e-3, converter=float, validator=[_finite, ge(0)])
-    proj_hidden_dim: int = field(default=2048, validator=[instance_of(int), ge(1)])
-    proj_dim: int = field(default=2048, validator=[instance_of(int), ge(1)])
+    lambda_offdiag: float = fields.nonnegative_float(
+        5e-3, "weight of the off-diagonal (redundancy) terms against the diagonal ones")
+    proj_hidden_dim: int = fields.positive_int(2048, "hidden width of the 3-layer projector")
+    proj_dim: int = fields.positive_int(2048, "output width of the projector (the "
+                                        "cross-correlation matrix is proj_dim x proj_dim)")
 
 
 class BarlowTwins(Method):
@@ -59,17 +51,17 @@ class BarlowTwins(Method):
     code's affine-free BN), which removes any bias, as the reference's ``bias=False`` does.
     """
 
-    def __init__(self, config: BarlowTwinsConfig, backbone: nn.Module) -> None:
-        super().__init__(config, backbone)
+    def __init__(self, config: BarlowTwinsConfig, backbone: nn.Module,
+                 objective: nn.Module) -> None:
+        super().__init__(config, backbone, objective)  # objective: barlow_twins
         self.projector = mlp(backbone.output_dim, config.proj_hidden_dim, config.proj_dim,
                              num_layers=3)
-        self.criterion = BarlowTwinsLoss(lambda_offdiag=config.lambda_offdiag)
 
     def training_step(self, views: list[Tensor]) -> StepOutput:
         # One pass per view, as the reference code does: each view's batch norm
         # statistics come from that view's batch alone, like the loss's standardisation.
         z1, z2 = (self.projector(self.backbone(view)) for view in views[:2])  # (N, proj_dim)
-        return StepOutput(loss=self.criterion(z1, z2), embeddings=z1.detach())
+        return StepOutput(loss=self.objective(z1, z2), embeddings=z1.detach())
 
 
 @hookimpl
@@ -88,5 +80,5 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         # LARS, weight decay 1.5e-6 and 10 warm-up epochs as in the paper (sec. 2). The
         # paper's rates are 0.2 (weights) and 0.0048 (biases, BN) x batch/256; sslreg's
         # LARS has one rate and exempts 1-d parameters from adaptation and decay.
-        optim={"name": "lars", "lr": 0.2, "weight_decay": 1.5e-6, "warmup_epochs": 10},
+        optim=OptimConfig(name="lars", lr=0.2, weight_decay=1.5e-6, warmup_epochs=10),
     ))

@@ -13,7 +13,7 @@ def test_registered_with_paper_defaults():
     assert (spec.views, spec.objective) == ("byol", "barlow_twins")
     config = spec.config_class()
     assert (config.lambda_offdiag, config.proj_hidden_dim, config.proj_dim) == (5e-3, 2048, 2048)
-    assert spec.optim["name"] == "lars"
+    assert spec.optim.name == "lars"
 
 
 def test_projector_has_three_layers():

@@ -15,13 +15,10 @@ from collections.abc import Callable
 
 import attrs
 import torch
-from attrs import field
-from attrs.validators import ge, instance_of, le
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, StepOutput, hookimpl
+from sslreg import Method, MethodSpec, OptimConfig, StepOutput, fields, hookimpl
 from sslreg.nn import cosine_momentum, ema_update, make_target, mlp
-from sslreg.objectives import NegativeCosineLoss
 
 PAPER = "Grill et al. 2020, Bootstrap Your Own Latent (BYOL)"
 
@@ -30,10 +27,11 @@ PAPER = "Grill et al. 2020, Bootstrap Your Own Latent (BYOL)"
 class BYOLConfig:
     """BYOL hyperparameters; defaults from the paper (sec. 3.3 and appendix)."""
 
-    base_momentum: float = field(default=0.996, converter=float, validator=[ge(0), le(1)])
-    proj_hidden_dim: int = field(default=4096, validator=[instance_of(int), ge(1)])
-    proj_dim: int = field(default=256, validator=[instance_of(int), ge(1)])
-    pred_hidden_dim: int = field(default=4096, validator=[instance_of(int), ge(1)])
+    base_momentum: float = fields.probability(
+        0.996, "EMA momentum of the target at the start; rises to 1 on a cosine")
+    proj_hidden_dim: int = fields.positive_int(4096, "hidden width of the projector")
+    proj_dim: int = fields.positive_int(256, "output width of the projector and predictor")
+    pred_hidden_dim: int = fields.positive_int(4096, "hidden width of the predictor")
 
 
 class BYOL(Method):
@@ -43,13 +41,12 @@ class BYOL(Method):
     written through ``negative_cosine`` (which already stops the gradient on z').
     """
 
-    def __init__(self, config: BYOLConfig, backbone: nn.Module) -> None:
-        super().__init__(config, backbone)
+    def __init__(self, config: BYOLConfig, backbone: nn.Module, objective: nn.Module) -> None:
+        super().__init__(config, backbone, objective)  # objective: negative_cosine
         self.projector = mlp(backbone.output_dim, config.proj_hidden_dim, config.proj_dim)
         self.predictor = mlp(config.proj_dim, config.pred_hidden_dim, config.proj_dim)
         self.target_backbone = make_target(backbone)
         self.target_projector = make_target(self.projector)
-        self.criterion = NegativeCosineLoss()
         self.momentum = config.base_momentum
 
     def training_step(self, views: list[Tensor]) -> StepOutput:
@@ -60,7 +57,7 @@ class BYOL(Method):
         with torch.no_grad():
             t1, t2 = (self.target_projector(self.target_backbone(view)) for view in views[:2])
         # p1 predicts the target of view 2 and p2 that of view 1 (symmetrised loss).
-        loss = 4 + 2 * (self.criterion(p1, t2) + self.criterion(p2, t1))
+        loss = 4 + 2 * (self.objective(p1, t2) + self.objective(p2, t1))
         return StepOutput(loss=loss, embeddings=z1.detach(),
                           metrics={"ema_momentum": torch.tensor(self.momentum)})
 
@@ -81,5 +78,5 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         objective="negative_cosine",
         description="online predictor regresses an EMA target (momentum 0.996 -> 1), no negatives",
         # LARS at 0.2 x batch/256, weight decay 1.5e-6, 10 warm-up epochs (sec. 3.3).
-        optim={"name": "lars", "lr": 0.2, "weight_decay": 1.5e-6, "warmup_epochs": 10},
+        optim=OptimConfig(name="lars", lr=0.2, weight_decay=1.5e-6, warmup_epochs=10),
     ))

@@ -29,22 +29,20 @@ Its learning test is tests/test_learning.py's, like every method's.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import torch
 import torch.nn.functional as F
-from attrs import field
-from attrs.validators import ge, gt, instance_of, le
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, RunContext, StepOutput, hookimpl
+from sslreg import Method, MethodSpec, RunContext, StepOutput, fields, hookimpl
 from sslreg.objectives import infonce_bound
 from sslreg_clip.text import TextEncoder
 from sslreg_clip.tokenizer import PAD_ID, ByteTokenizer
 
-__all__ = ["TEMPLATES", "ByteTokenizer", "CLIP", "CLIPConfig", "TextEncoder", "clip_loss"]
+__all__ = ["TEMPLATES", "ByteTokenizer", "CLIP", "CLIPConfig", "TextEncoder"]
 
 PAPER = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language " \
         "Supervision (CLIP)"
@@ -76,17 +74,23 @@ class CLIPConfig:
 
     ``init_temperature`` 0.07 and ``max_logit_scale`` 100 are the paper's;
     ``learn_temperature=False`` keeps the temperature fixed (then the loss is the
-    built-in ``clip`` objective's exactly).
+    built-in ``clip`` objective at a fixed temperature). The three temperature fields
+    are the ``clip`` objective's options (see ``objective_options``).
     """
 
-    proj_dim: int = field(default=128, validator=[instance_of(int), ge(1)])
-    text_width: int = field(default=128, validator=[instance_of(int), ge(1)])
-    text_layers: int = field(default=2, validator=[instance_of(int), ge(1)])
-    text_heads: int = field(default=2, validator=[instance_of(int), ge(1)])
-    context_length: int = field(default=64, validator=[instance_of(int), ge(3), le(1024)])
-    init_temperature: float = field(default=0.07, converter=float, validator=gt(0))
-    max_logit_scale: float = field(default=100.0, converter=float, validator=ge(1))
-    learn_temperature: bool = field(default=True, validator=instance_of(bool))
+    proj_dim: int = fields.positive_int(128, "width of the joint image-text space")
+    text_width: int = fields.positive_int(128, "width of the text transformer")
+    text_layers: int = fields.positive_int(2, "blocks of the text transformer")
+    text_heads: int = fields.positive_int(2, "attention heads of the text transformer "
+                                          "(divides text_width)")
+    context_length: int = fields.positive_int(64, "caption length in byte tokens",
+                                              minimum=3, maximum=1024)
+    init_temperature: float = fields.positive_float(
+        0.07, "softmax temperature at the start (logit scale 1/T, learned in log space)")
+    max_logit_scale: float = fields.finite(
+        100.0, "where the learned logit scale is clipped (the paper: 100)", minimum=1)
+    learn_temperature: bool = fields.flag(
+        True, "learn the temperature (false: keep init_temperature)")
 
     @text_heads.validator
     def _divides_width(self, attribute: attrs.Attribute, value: int) -> None:
@@ -101,37 +105,21 @@ class CLIPConfig:
                              f"1/init_temperature={1 / self.init_temperature:g}")
 
 
-def clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor) -> Tensor:
-    """The paper's figure 3 loss at a given scale: ``logits = scale * img_n @ txt_n.T``,
-    then the mean of the row-wise and column-wise cross-entropies against the diagonal.
-    Equal to ``CLIPLoss(temperature=1 / scale)``; the scale may carry a gradient.
-
-    Shapes: image_emb, text_emb (N, D) paired; logit_scale 0-d. Returns a scalar.
-    """
-    # float32 even under autocast: scaled logits are too coarse in bf16.
-    image = F.normalize(image_emb.float(), dim=1)  # (N, D)
-    text = F.normalize(text_emb.float(), dim=1)  # (N, D)
-    logits = logit_scale.float() * image @ text.T  # (N, N)
-    targets = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-
-
 class CLIP(Method):
     """Image and text towers into one joint space, trained on class-name captions."""
 
     uses_labels = True
 
-    def __init__(self, config: CLIPConfig, backbone: nn.Module) -> None:
-        super().__init__(config, backbone)
+    def __init__(self, config: CLIPConfig, backbone: nn.Module, objective: nn.Module) -> None:
+        # objective: clip, whose learned logit scale is a parameter of this model
+        super().__init__(config, backbone, objective)
+        self.register_load_state_dict_pre_hook(_move_logit_scale)
         self.tokenizer = ByteTokenizer(config.context_length)
         self.image_projection = nn.Linear(backbone.output_dim, config.proj_dim, bias=False)
         self.text_encoder = TextEncoder(
             vocab_size=self.tokenizer.vocab_size, context_length=config.context_length,
             width=config.text_width, layers=config.text_layers, heads=config.text_heads,
             out_dim=config.proj_dim)
-        # log(1 / T): the paper learns the temperature in log space (sec. 2.5).
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)),
-                                        requires_grad=config.learn_temperature)
         # Random template draws from the seeded global RNG, read through a step counter:
         # deterministic, free of host syncs, and both in the state_dict, so a resumed
         # run draws what an uninterrupted one would have.
@@ -163,8 +151,8 @@ class CLIP(Method):
         return self.text_encoder(tokens)
 
     def scale(self) -> Tensor:
-        """The logit scale exp(logit_scale), 0-d, with its gradient."""
-        return self.logit_scale.exp()
+        """The objective's logit scale exp(logit_scale), 0-d, with its gradient."""
+        return self.objective.scale()
 
     def template_choices(self, batch: int) -> Tensor:
         """(batch,) template indices for this step: a window of the fixed random draws
@@ -188,7 +176,7 @@ class CLIP(Method):
         image = self.encode_image(views[0])  # (N, D)
         text = self.caption_embeddings(labels, self.template_choices(len(labels)))  # (N, D)
         scale = self.scale()
-        loss = clip_loss(image, text, scale)
+        loss = self.objective(image, text)
         embeddings = F.normalize(image.detach().float(), dim=1)  # what the monitors watch
         # Each image is scored against the batch's N captions (and each caption against
         # N images): K = N candidates.
@@ -206,10 +194,7 @@ class CLIP(Method):
 
     def on_step_end(self, progress: float) -> None:
         self.steps.add_(1)
-        # Clip the learned scale at max_logit_scale (the paper, sec. 2.5) and keep it at
-        # least 1, as the reference training code does; in place, no host sync.
-        with torch.no_grad():
-            self.logit_scale.clamp_(0.0, math.log(self.config.max_logit_scale))
+        self.objective.clamp_()  # the paper's clip of the learned scale (sec. 2.5)
 
     @torch.no_grad()
     def class_embeddings(self) -> Tensor:
@@ -235,6 +220,21 @@ class CLIP(Method):
         return {"zero_shot_acc": correct.item() / max(len(images), 1)}
 
 
+def _move_logit_scale(_module: nn.Module, state_dict: dict[str, Any], prefix: str,
+                      *_: Any) -> None:
+    # Checkpoints written before the clip objective held the scale keep it loadable.
+    old = state_dict.pop(prefix + "logit_scale", None)
+    if old is not None:
+        state_dict.setdefault(prefix + "objective.logit_scale", old)
+
+
+def objective_options(config: CLIPConfig) -> dict[str, Any]:
+    """The ``clip`` objective's options: its ``temperature`` is the initial one."""
+    return {"temperature": config.init_temperature,
+            "learn_temperature": config.learn_temperature,
+            "max_logit_scale": config.max_logit_scale}
+
+
 @hookimpl
 def register_methods(register: Callable[[MethodSpec], None]) -> None:
     register(MethodSpec(
@@ -245,6 +245,7 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         # One view: crop and flip, close to the paper's random square crop.
         views="mae",
         objective="clip",
+        objective_options=objective_options,
         description="image-text contrast with captions built from class names, learned "
         "temperature, zero-shot accuracy; USES THE LABELS (not self-supervised)",
         # AdamW with the paper's betas (0.9, 0.98) and decoupled weight decay 0.2 (sec.

@@ -4,20 +4,21 @@ import attrs
 import pytest
 import torch
 import torch.nn.functional as F
-from sslreg_clip import CLIP, TEMPLATES, CLIPConfig, clip_loss
+from sslreg_clip import CLIP, TEMPLATES, CLIPConfig
 from sslreg_clip.text import TextEncoder
 from sslreg_clip.tokenizer import BOS_ID, BYTE_OFFSET, EOS_ID, PAD_ID, ByteTokenizer
 from torch import nn
 
-from sslreg import ConfigError, RunConfig, RunContext, load_registry, testing
+from sslreg import ConfigError, OptimConfig, RunConfig, RunContext, load_registry, testing
 from sslreg.data.idx import CLASSES as FASHION_MNIST_CLASSES
-from sslreg.objectives import CLIPLoss
+from sslreg.objectives import CLIPLoss, clip_loss
 
 
 def _method(class_names=testing.CLASS_NAMES, seed: int = 0, **options) -> CLIP:
     torch.manual_seed(seed)
-    net = load_registry().backbones.create("resnet18-narrow", in_channels=1, image_size=28)
-    method = CLIP(CLIPConfig(**options), net)
+    registry = load_registry()
+    net = registry.backbones.create("resnet18-narrow", in_channels=1, image_size=28)
+    method = registry.build_method("clip", CLIPConfig(**options), net)
     method.setup(RunContext(class_names=class_names))
     return method
 
@@ -36,8 +37,8 @@ def test_registered_with_paper_defaults():
     assert (config.init_temperature, config.max_logit_scale) == (0.07, 100.0)
     assert (config.proj_dim, config.text_width, config.text_layers) == (128, 128, 2)
     assert config.learn_temperature is True
-    assert spec.optim == {"name": "adamw", "lr": 5e-3, "weight_decay": 0.2,
-                          "betas": (0.9, 0.98), "eps": 1e-6, "warmup_epochs": 1}
+    assert spec.optim == OptimConfig(name="adamw", lr=5e-3, weight_decay=0.2,
+                                     betas=(0.9, 0.98), eps=1e-6, warmup_epochs=1)
     assert 6 <= len(TEMPLATES) <= 8 and all(t.count("{}") == 1 for t in TEMPLATES)
 
 
@@ -139,21 +140,39 @@ def test_clip_loss_is_the_builtin_objective_at_temperature_one_over_scale():
 
 def test_logit_scale_is_learned_and_clipped_at_100():
     method = _method()
-    assert method.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    assert isinstance(method.objective, CLIPLoss)  # the registered objective, built for it
+    logit_scale = method.objective.logit_scale
+    assert logit_scale.item() == pytest.approx(math.log(1 / 0.07))
     torch.testing.assert_close(method.scale(), torch.tensor(1 / 0.07))
     image, text = torch.randn(2, 4, 128, generator=torch.Generator().manual_seed(1))
-    clip_loss(image, text, method.scale()).backward()
-    assert method.logit_scale.grad is not None and method.logit_scale.grad != 0
+    method.objective(image, text).backward()
+    assert logit_scale.grad is not None and logit_scale.grad != 0
     with torch.no_grad():
-        method.logit_scale.fill_(math.log(500.0))
+        logit_scale.fill_(math.log(500.0))
     method.on_step_end(0.5)
     assert method.scale().item() == pytest.approx(100.0)
     with torch.no_grad():
-        method.logit_scale.fill_(-1.0)
+        logit_scale.fill_(-1.0)
     method.on_step_end(0.5)
     assert method.scale().item() == pytest.approx(1.0)
     fixed = _method(learn_temperature=False)
-    assert not fixed.logit_scale.requires_grad
+    assert not fixed.objective.logit_scale.requires_grad
+
+
+def test_logit_scale_is_trained_saved_and_loads_from_older_checkpoints():
+    method = _method(init_temperature=0.1, max_logit_scale=50.0)
+    assert (method.objective.temperature, method.objective.max_logit_scale) == (0.1, 50.0)
+    # First among the parameters, where the method's own logit_scale was: optimizer
+    # states of checkpoints written before the objective held it still line up.
+    assert next(method.parameters()) is method.objective.logit_scale
+    state = method.state_dict()
+    assert "objective.logit_scale" in state and "logit_scale" not in state
+    older = {("logit_scale" if k == "objective.logit_scale" else k): v
+             for k, v in state.items()}
+    older["logit_scale"] = torch.tensor(1.5)
+    other = _method(seed=1)
+    other.load_state_dict(older)  # strict: the old key is moved, nothing is left over
+    assert other.objective.logit_scale.item() == 1.5
 
 
 # --- captions and templates --------------------------------------------------------------
@@ -165,7 +184,7 @@ def test_setup_tokenizes_every_class_through_every_template():
     assert method.captions.shape == (2, len(TEMPLATES), longest + 2)
     assert method.tokenizer.decode(method.captions[1, 0]) == TEMPLATES[0].format("T-shirt/top")
     assert "captions" not in method.state_dict()  # rebuilt by setup, not saved
-    bare = CLIP(CLIPConfig(), method.backbone)
+    bare = CLIP(CLIPConfig(), method.backbone, CLIPLoss())
     with pytest.raises(ValueError, match="class names"):
         bare.training_step([torch.randn(2, 1, 28, 28)], labels=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="labels"):
@@ -239,7 +258,7 @@ class _Flatten(nn.Module):
 
 
 def test_zero_shot_accuracy_on_a_hand_built_model():
-    method = CLIP(CLIPConfig(proj_dim=3), _Flatten())
+    method = CLIP(CLIPConfig(proj_dim=3), _Flatten(), CLIPLoss())
     method.setup(RunContext(class_names=("a", "b", "c")))
     with torch.no_grad():
         method.image_projection.weight.copy_(torch.eye(3))

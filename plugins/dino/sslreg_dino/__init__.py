@@ -27,11 +27,9 @@ from typing import Any
 import attrs
 import torch
 import torch.nn.functional as F
-from attrs import field
-from attrs.validators import ge, gt, instance_of, le, lt, optional
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, ObjectiveSpec, RunContext, StepOutput, hookimpl
+from sslreg import Method, MethodSpec, ObjectiveSpec, RunContext, StepOutput, fields, hookimpl
 from sslreg.distributed import global_batch_mean
 from sslreg.nn import cosine_momentum, ema_update, make_target
 from sslreg_dino.loss import DINOLoss, teacher_probabilities
@@ -95,25 +93,37 @@ class DINOConfig:
     :func:`sslreg.backbones.multicrop_sizes`.
     """
 
-    out_dim: int = field(default=4096, validator=[instance_of(int), ge(1)])
-    hidden_dim: int = field(default=2048, validator=[instance_of(int), ge(1)])
-    bottleneck_dim: int = field(default=256, validator=[instance_of(int), ge(1)])
-    num_local: int = field(default=6, validator=[instance_of(int), ge(0), le(32)])
-    student_temp: float = field(default=0.1, converter=float, validator=gt(0))
-    warmup_teacher_temp: float = field(default=0.04, converter=float, validator=gt(0))
-    teacher_temp: float = field(default=0.07, converter=float, validator=gt(0))
-    warmup_teacher_temp_epochs: float = field(default=30.0, converter=float, validator=ge(0))
-    center_momentum: float = field(default=0.9, converter=float, validator=[ge(0), lt(1)])
-    base_momentum: float = field(default=0.996, converter=float, validator=[ge(0), le(1)])
-    freeze_last_layer_epochs: float = field(default=1.0, converter=float, validator=ge(0))
-    use_bn_in_head: bool | None = field(default=None,
-                                        validator=optional(instance_of(bool)))
-    evaluate_teacher: bool = field(default=False, validator=instance_of(bool))
-    global_crops_scale: tuple[float, float] | None = field(
-        default=None, converter=attrs.converters.optional(tuple), validator=_crop_scale)
-    local_crops_scale: tuple[float, float] | None = field(
-        default=None, converter=attrs.converters.optional(tuple), validator=_crop_scale)
-    local_size: int | None = field(default=None, validator=_local_size)
+    out_dim: int = fields.positive_int(4096, "prototypes: width of the head's output")
+    hidden_dim: int = fields.positive_int(2048, "hidden width of the head's MLP")
+    bottleneck_dim: int = fields.positive_int(256, "width of the normalised bottleneck")
+    num_local: int = fields.nonnegative_int(6, "small local crops beside the 2 global ones",
+                                            maximum=32)
+    student_temp: float = fields.positive_float(0.1, "softmax temperature of the student")
+    warmup_teacher_temp: float = fields.positive_float(
+        0.04, "teacher temperature at the start of its warm-up")
+    teacher_temp: float = fields.positive_float(0.07, "teacher temperature after warm-up")
+    warmup_teacher_temp_epochs: float = fields.nonnegative_float(
+        30.0, "epochs of teacher-temperature warm-up (at most 30% of the run)")
+    center_momentum: float = fields.finite(
+        0.9, "EMA momentum of the teacher's centre", minimum=0, below=1)
+    base_momentum: float = fields.probability(
+        0.996, "EMA momentum of the teacher at the start; rises to 1 on a cosine")
+    freeze_last_layer_epochs: float = fields.nonnegative_float(
+        1.0, "epochs the prototypes stay frozen (at most 1% of the run)")
+    use_bn_in_head: bool | None = fields.flag(
+        None, "BN in the head's hidden layers (none: yes on a convnet, no on a ViT)",
+        optional=True)
+    evaluate_teacher: bool = fields.flag(
+        False, "probe the EMA teacher's backbone instead of the student's")
+    global_crops_scale: tuple[float, float] | None = fields.option(
+        None, "area range (low, high) of the global crops (none: the paper's for the "
+        "backbone)", converter=attrs.converters.optional(tuple), validator=_crop_scale)
+    local_crops_scale: tuple[float, float] | None = fields.option(
+        None, "area range (low, high) of the local crops (none: the paper's for the "
+        "backbone)", converter=attrs.converters.optional(tuple), validator=_crop_scale)
+    local_size: int | None = fields.option(
+        None, "side of the local crops in px (none: 96/224 of the image, whole patches)",
+        validator=_local_size)
 
 
 class DINOHead(nn.Module):
@@ -168,8 +178,8 @@ class DINO(Method):
     frozen-prototype epochs are read from it).
     """
 
-    def __init__(self, config: DINOConfig, backbone: nn.Module) -> None:
-        super().__init__(config, backbone)
+    def __init__(self, config: DINOConfig, backbone: nn.Module, objective: nn.Module) -> None:
+        super().__init__(config, backbone, objective)  # objective: dino at student_temp
         use_bn = config.use_bn_in_head
         if use_bn is None:  # the paper's two recipes: BN for its ResNet-50, none for ViTs
             use_bn = not hasattr(backbone, "last_self_attention")
@@ -177,7 +187,6 @@ class DINO(Method):
                              config.out_dim, use_bn=use_bn)
         self.teacher_backbone = make_target(backbone)
         self.teacher_head = make_target(self.head)
-        self.criterion = DINOLoss(config.student_temp)
         self.register_buffer("center", torch.zeros(1, config.out_dim))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         # A host copy of ``steps``: deciding whether the prototypes are frozen must not
@@ -231,7 +240,7 @@ class DINO(Method):
         z, student = self.student_outputs(views)
         teacher = self.teacher_outputs(views)
         temperature = self.teacher_temperature()
-        loss = self.criterion(student, teacher, self.center, temperature)
+        loss = self.objective(student, teacher, self.center, temperature)
         self._pending_teacher = torch.cat(teacher)  # (2N, out_dim), centres after the step
         return StepOutput(loss=loss, embeddings=z.detach(), metrics={
             "teacher_temp": temperature.detach(),

@@ -13,7 +13,7 @@ import torch
 from sslreg_dino import DINO, DINOConfig, DINOLoss
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sslreg import ConfigError, RunConfig, RunContext, load_registry, testing
+from sslreg import ConfigError, OptimConfig, RunConfig, RunContext, load_registry, testing
 from sslreg.backbones import sizes
 from sslreg.engine import pretrain
 from sslreg.engine.trainer import build_policy
@@ -21,7 +21,7 @@ from sslreg.engine.trainer import build_policy
 
 def _method(backbone: str = "resnet18-narrow", **options) -> DINO:
     net = load_registry().backbones.create(backbone, in_channels=1, image_size=28)
-    return DINO(DINOConfig(**options), net)
+    return load_registry().build_method("dino", DINOConfig(**options), net)
 
 
 def test_conformance_on_a_vit():
@@ -47,7 +47,7 @@ def test_registered_with_paper_defaults():
     assert spec.policy_options(config, "vit") == {"crop_scale": (0.4, 1.0),
                                                   "local_scale": (0.05, 0.4), "num_local": 6}
     assert config.use_bn_in_head is None and config.evaluate_teacher is False
-    assert spec.optim == {"name": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10}
+    assert spec.optim == OptimConfig(name="lars", lr=0.3, weight_decay=1e-6, warmup_epochs=10)
 
 
 def test_view_options_shape_the_multicrop_views():

@@ -22,11 +22,9 @@ from typing import Any
 
 import attrs
 import torch
-from attrs import field
-from attrs.validators import ge, instance_of
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, ObjectiveSpec, StepOutput, hookimpl
+from sslreg import Method, MethodSpec, ObjectiveSpec, OptimConfig, StepOutput, fields, hookimpl
 from sslreg_mae.decoder import MAEDecoder
 from sslreg_mae.loss import MaskedReconstructionLoss, normalize_patches
 from sslreg_mae.patches import patchify, random_masking, unpatchify, visible_count
@@ -35,11 +33,6 @@ __all__ = ["MAE", "MAEConfig", "MAEDecoder", "MaskedReconstructionLoss", "normal
            "patchify", "random_masking", "unpatchify", "visible_count"]
 
 PAPER = "He et al. 2022, Masked Autoencoders Are Scalable Vision Learners (MAE)"
-
-
-def _open_unit(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0 < value < 1:
-        raise ValueError(f"{attribute.name} must be in (0, 1), got {value}")
 
 
 def _divides_dim(instance: Any, attribute: attrs.Attribute, value: int) -> None:
@@ -63,12 +56,15 @@ class MAEConfig:
     baseline target (table 1d, slightly worse than the normalised one).
     """
 
-    mask_ratio: float = field(default=0.75, converter=float, validator=_open_unit)
-    norm_pix_loss: bool = field(default=True, validator=instance_of(bool))
-    decoder_dim: int = field(default=128,
-                             validator=[instance_of(int), ge(4), _multiple_of_four])
-    decoder_depth: int = field(default=2, validator=[instance_of(int), ge(1)])
-    decoder_heads: int = field(default=4, validator=[instance_of(int), ge(1), _divides_dim])
+    mask_ratio: float = fields.finite(0.75, "share of the patches hidden from the encoder",
+                                      above=0, below=1)
+    norm_pix_loss: bool = fields.flag(
+        True, "regress each patch's pixels normalised by its own mean and std")
+    decoder_dim: int = fields.positive_int(128, "width of the decoder (a multiple of 4)",
+                                           minimum=4, also=[_multiple_of_four])
+    decoder_depth: int = fields.positive_int(2, "transformer blocks of the decoder")
+    decoder_heads: int = fields.positive_int(4, "attention heads of the decoder (divides "
+                                             "decoder_dim)", also=[_divides_dim])
 
 
 class MAE(Method):
@@ -83,12 +79,11 @@ class MAE(Method):
     # floor it is compared with reads them the same way.
     readout = "mean of patch tokens"
 
-    def __init__(self, config: MAEConfig, backbone: nn.Module) -> None:
-        super().__init__(config, backbone)
+    def __init__(self, config: MAEConfig, backbone: nn.Module, objective: nn.Module) -> None:
+        super().__init__(config, backbone, objective)  # objective: mae, norm_pix_loss
         self.decoder = MAEDecoder(backbone.embed_dim, config.decoder_dim, config.decoder_depth,
                                   config.decoder_heads,
                                   backbone.patch_size ** 2 * backbone.in_channels)
-        self.criterion = MaskedReconstructionLoss(norm_pix_loss=config.norm_pix_loss)
 
     def reconstruct(self, images: Tensor, generator: torch.Generator | None = None
                     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -104,7 +99,7 @@ class MAE(Method):
         images = views[0]  # the ``mae`` policy gives one view
         pred, mask, latent = self.reconstruct(images)
         target = patchify(images, self.backbone.patch_size)  # (B, L, p * p * C)
-        loss = self.criterion(pred, target, mask)
+        loss = self.objective(pred, target, mask)
         # The monitors watch the mean-pooled visible tokens (what the encoder learns).
         return StepOutput(loss=loss, embeddings=latent[:, 1:].mean(dim=1).detach())
 
@@ -125,7 +120,7 @@ class MAE(Method):
         target = patchify(images, self.backbone.patch_size).float()  # (B, L, P)
         pred = pred.float()
         if self.config.norm_pix_loss:
-            std = (target.var(dim=-1, keepdim=True) + self.criterion.eps).sqrt()
+            std = (target.var(dim=-1, keepdim=True) + self.objective.eps).sqrt()
             pred = pred * std + target.mean(dim=-1, keepdim=True)
         hidden = mask.unsqueeze(-1)  # (B, L, 1)
         floor = target.amin(dim=(1, 2), keepdim=True)  # masked patches shown dark
@@ -168,6 +163,6 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         backbone_families=("vit",),
         # Appendix A.1: AdamW, base lr 1.5e-4 x batch/256, betas (0.9, 0.95), weight
         # decay 0.05, 40 warm-up epochs, cosine decay.
-        optim={"name": "adamw", "lr": 1.5e-4, "weight_decay": 0.05, "betas": (0.9, 0.95),
-               "warmup_epochs": 40},
+        optim=OptimConfig(name="adamw", lr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95),
+               warmup_epochs=40),
     ))

@@ -15,13 +15,13 @@ from sslreg_mae import (
     visible_count,
 )
 
-from sslreg import ConfigError, RunConfig, load_registry
+from sslreg import ConfigError, OptimConfig, RunConfig, load_registry
 
 
 def _method(**options) -> MAE:
     torch.manual_seed(0)
     net = load_registry().backbones.create("vit-mini", in_channels=1, image_size=28)
-    return MAE(MAEConfig(**options), net)
+    return load_registry().build_method("mae", MAEConfig(**options), net)
 
 
 def test_registered_with_paper_defaults():
@@ -32,8 +32,8 @@ def test_registered_with_paper_defaults():
     config = spec.config_class()
     assert (config.mask_ratio, config.norm_pix_loss) == (0.75, True)
     assert (config.decoder_dim, config.decoder_depth, config.decoder_heads) == (128, 2, 4)
-    assert spec.optim == {"name": "adamw", "lr": 1.5e-4, "weight_decay": 0.05,
-                          "betas": (0.9, 0.95), "warmup_epochs": 40}
+    assert spec.optim == OptimConfig(name="adamw", lr=1.5e-4, weight_decay=0.05,
+                                     betas=(0.9, 0.95), warmup_epochs=40)
     assert registry.objectives.get("mae").plugin == "mae"
     assert isinstance(registry.objectives.create("mae"), MaskedReconstructionLoss)
 

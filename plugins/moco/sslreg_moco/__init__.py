@@ -25,15 +25,13 @@ from typing import Any
 import attrs
 import torch
 import torch.nn.functional as F
-from attrs import field
-from attrs.validators import ge, gt, in_, instance_of, le, optional
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, StepOutput, distributed, hookimpl
+from sslreg import Method, MethodSpec, StepOutput, distributed, fields, hookimpl
 from sslreg.interfaces import ViTBackbone
 from sslreg.nn import cosine_momentum, ema_update, make_target, mlp
 from sslreg.nn.split_bn import convert_split_batchnorm
-from sslreg.objectives import InfoNCELoss, infonce_bound
+from sslreg.objectives import infonce_bound
 
 PAPER = "He et al. 2020, Momentum Contrast (MoCo); v2: Chen et al. 2020; v3: Chen, Xie " \
     "and He 2021"
@@ -81,18 +79,21 @@ class MoCoConfig:
       the global batch across GPUs.
     """
 
-    version: int = field(default=2, validator=in_((2, 3)))
-    temperature: float = field(default=0.2, converter=float, validator=gt(0))
-    queue_length: int = field(default=4096, validator=[instance_of(int), ge(1)])
-    momentum: float | None = field(
-        default=None, converter=attrs.converters.optional(float),
-        validator=optional([ge(0), le(1)]))
-    proj_hidden_dim: int | None = field(default=None, validator=optional([instance_of(int),
-                                                                          ge(1)]))
-    proj_dim: int | None = field(default=None, validator=optional([instance_of(int), ge(1)]))
-    head_bn: bool = field(default=True, validator=instance_of(bool))
-    shuffle_bn: bool | None = field(default=None, validator=optional(instance_of(bool)))
-    bn_splits: int = field(default=8, validator=[instance_of(int), ge(1)])
+    version: int = fields.choice(2, (2, 3), "2: queue of negatives, MLP head; 3: in-batch "
+                                 "negatives, predictor, symmetric loss")
+    temperature: float = fields.positive_float(0.2, "softmax temperature of InfoNCE")
+    queue_length: int = fields.positive_int(4096, "keys kept as negatives (version 2)")
+    momentum: float | None = fields.probability(
+        None, "EMA momentum of the key encoder (none: 0.99, v3 rising to 1)", optional=True)
+    proj_hidden_dim: int | None = fields.positive_int(
+        None, "hidden width of the heads (none: 2048 for v2, 4096 for v3)", optional=True)
+    proj_dim: int | None = fields.positive_int(
+        None, "output width of the heads (none: 128 for v2, 256 for v3)", optional=True)
+    head_bn: bool = fields.flag(True, "BN after the v2 head's hidden layer (not the paper's)")
+    shuffle_bn: bool | None = fields.flag(
+        None, "Shuffle BN against intra-batch cheating (none: on for v2, off for v3)",
+        optional=True)
+    bn_splits: int = fields.positive_int(8, "sub-batches Shuffle BN takes statistics over")
 
     @property
     def base_momentum(self) -> float:
@@ -178,8 +179,8 @@ class KeyQueue(nn.Module):
 class MoCo(Method):
     """Query encoder (backbone + head [+ predictor]) against an EMA key encoder."""
 
-    def __init__(self, config: MoCoConfig, backbone: nn.Module) -> None:
-        super().__init__(config, backbone)
+    def __init__(self, config: MoCoConfig, backbone: nn.Module, objective: nn.Module) -> None:
+        super().__init__(config, backbone, objective)  # objective: info_nce at temperature
         hidden, out = config.head_sizes
         if config.version == 2:
             self.projector = v2_head(backbone.output_dim, hidden, out, config.head_bn)
@@ -194,7 +195,6 @@ class MoCo(Method):
             self.predictor = convert_split_batchnorm(self.predictor, config.bn_splits)
         self.key_backbone = make_target(self.backbone)
         self.key_projector = make_target(self.projector)
-        self.criterion = InfoNCELoss(temperature=config.temperature)
         self.momentum = config.base_momentum
         self._pending_keys: Tensor | None = None  # this step's keys, queued at its end
 
@@ -217,7 +217,7 @@ class MoCo(Method):
         q = self.projector(self.backbone(query_view))  # (N, D)
         k = self.keys(key_view)  # (N, D)
         negatives = self.queue.negatives()  # None on the first step: in-batch negatives
-        loss = self.criterion(q, k, negatives)
+        loss = self.objective(q, k, negatives)
         # Queued in on_step_end, after the optimizer step (the paper's algorithm 1): a
         # loss computed without a step must leave the queue alone. Under torchrun every
         # rank queues the keys of the whole global batch, as MoCo's code does, so the
@@ -233,7 +233,7 @@ class MoCo(Method):
         # One pass per view, as v3's code does: BN normalises over one view's images.
         q1, q2 = (self.predictor(self.projector(self.backbone(v))) for v in (view1, view2))
         k1, k2 = self.keys(view1), self.keys(view2)
-        one_way = self.criterion(q1, k2) + self.criterion(q2, k1)
+        one_way = self.objective(q1, k2) + self.objective(q2, k1)
         loss = 2 * self.config.temperature * one_way  # v3's loss scaling (its algorithm 1)
         bound = infonce_bound(one_way / 2, num_candidates=len(q1) * distributed.world_size())
         return StepOutput(loss=loss, embeddings=q1.detach(), metrics={"infonce_bound": bound})

@@ -15,14 +15,14 @@ from sslreg.nn.split_bn import SplitBatchNorm, convert_split_batchnorm, split_co
 
 def _method(**options) -> MoCo:
     net = load_registry().backbones.create("resnet18-narrow", in_channels=1, image_size=28)
-    return MoCo(MoCoConfig(**options), net)
+    return load_registry().build_method("moco", MoCoConfig(**options), net)
 
 
 def test_conformance_v3():
     registry = load_registry()
     config = RunConfig.build(registry, "moco", ["method.version=3"])
     assert config.method_config.version == 3
-    method = MoCo(config.method_config, registry.backbones.create(
+    method = registry.build_method("moco", config.method_config, registry.backbones.create(
         "resnet18-narrow", in_channels=1, image_size=28))
     _, policy = testing.build("moco")
     output = testing.step(method, policy, testing.tiny_images())
@@ -39,7 +39,7 @@ def test_registered_with_paper_defaults():
     assert (config.version, config.temperature, config.base_momentum) == (2, 0.2, 0.99)
     assert config.head_sizes == (2048, 128)
     assert MoCoConfig(version=3).base_momentum == 0.99
-    assert spec.optim["name"] == "sgd" and spec.optim["lr"] == 0.3
+    assert spec.optim.name == "sgd" and spec.optim.lr == 0.3
     assert config.uses_shuffle_bn and config.bn_splits == 8
     assert not MoCoConfig(version=3).uses_shuffle_bn
 
@@ -125,7 +125,8 @@ def test_v3_heads_follow_the_backbone_family():
     registry = load_registry()
     config = MoCoConfig(version=3, proj_hidden_dim=32, proj_dim=16)
     resnet = _method(version=3, proj_hidden_dim=32, proj_dim=16)
-    vit = MoCo(config, registry.backbones.create("vit-mini", in_channels=1, image_size=28))
+    vit = registry.build_method(
+        "moco", config, registry.backbones.create("vit-mini", in_channels=1, image_size=28))
 
     def linears(head):
         return sum(isinstance(m, nn.Linear) for m in head)

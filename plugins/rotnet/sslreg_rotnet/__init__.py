@@ -16,11 +16,9 @@ from typing import Any
 import attrs
 import torch
 import torch.nn.functional as F
-from attrs import field
-from attrs.validators import ge, instance_of
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, StepOutput, hookimpl
+from sslreg import Method, MethodSpec, OptimConfig, StepOutput, fields, hookimpl
 from sslreg.nn import mlp
 from sslreg.specs import ObjectiveSpec, ViewSpec
 from sslreg.views import CropFlipViews
@@ -82,21 +80,20 @@ class RotNetConfig:
     layers before the classifier the most transferable, sec. 3.1.1).
     """
 
-    head_hidden_dim: int = field(default=512, validator=[instance_of(int), ge(1)])
+    head_hidden_dim: int = fields.positive_int(512, "hidden width of the rotation head")
 
 
 class RotNet(Method):
     """Backbone -> MLP -> 4 rotation logits, on all four rotations of every image."""
 
-    def __init__(self, config: RotNetConfig, backbone: nn.Module) -> None:
-        super().__init__(config, backbone)
+    def __init__(self, config: RotNetConfig, backbone: nn.Module, objective: nn.Module) -> None:
+        super().__init__(config, backbone, objective)  # objective: rotation
         self.head = mlp(backbone.output_dim, config.head_hidden_dim, ROTATIONS)
-        self.criterion = RotationLoss()
 
     def training_step(self, views: list[Tensor]) -> StepOutput:
         features = self.backbone(torch.cat(views))  # (4B, D), stacked by rotation
         logits = self.head(features)  # (4B, 4)
-        loss = self.criterion(logits)
+        loss = self.objective(logits)
         accuracy = (logits.detach().argmax(1) == rotation_targets(logits)).float().mean()
         upright = features[: len(views[0])].detach()
         return StepOutput(loss=loss, embeddings=upright, metrics={"rotation_acc": accuracy})
@@ -127,6 +124,6 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         description="pretext task: classify which of 4 rotations each image was turned by",
         # SGD, lr 0.1, momentum 0.9, weight decay 5e-4 (sec. 4.1, CIFAR-10); the
         # paper's batch of 128 images is 512 rotated ones, so 0.1 is taken per 256 images.
-        optim={"name": "sgd", "lr": 0.1, "weight_decay": 5e-4, "momentum": 0.9,
-               "warmup_epochs": 0},
+        optim=OptimConfig(name="sgd", lr=0.1, weight_decay=5e-4, momentum=0.9,
+               warmup_epochs=0),
     ))

@@ -16,7 +16,7 @@ def test_registered_with_its_own_views_and_objective():
     assert (spec.views, spec.objective) == ("rotation", "rotation")
     assert registry.views.get("rotation").plugin == "rotnet"
     assert registry.objectives.get("rotation").plugin == "rotnet"
-    assert spec.optim["name"] == "sgd" and spec.optim["weight_decay"] == 5e-4
+    assert spec.optim.name == "sgd" and spec.optim.weight_decay == 5e-4
 
 
 def test_views_are_one_crop_turned_four_ways():

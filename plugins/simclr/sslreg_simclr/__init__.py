@@ -10,13 +10,11 @@ from collections.abc import Callable
 
 import attrs
 import torch
-from attrs import field
-from attrs.validators import ge, gt, instance_of
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, StepOutput, distributed, hookimpl
+from sslreg import Method, MethodSpec, OptimConfig, StepOutput, distributed, fields, hookimpl
 from sslreg.nn import mlp
-from sslreg.objectives import NTXentLoss, infonce_bound
+from sslreg.objectives import infonce_bound
 
 PAPER = "Chen et al. 2020, A Simple Framework for Contrastive Learning (SimCLR)"
 
@@ -25,24 +23,23 @@ PAPER = "Chen et al. 2020, A Simple Framework for Contrastive Learning (SimCLR)"
 class SimCLRConfig:
     """SimCLR hyperparameters; defaults from the paper's CIFAR-10 setting (appendix B.9)."""
 
-    temperature: float = field(default=0.5, converter=float, validator=gt(0))
-    proj_hidden_dim: int = field(default=2048, validator=[instance_of(int), ge(1)])
-    proj_dim: int = field(default=128, validator=[instance_of(int), ge(1)])
+    temperature: float = fields.positive_float(0.5, "softmax temperature of NT-Xent")
+    proj_hidden_dim: int = fields.positive_int(2048, "hidden width of the MLP projector")
+    proj_dim: int = fields.positive_int(128, "output width of the projector (NT-Xent's space)")
 
 
 class SimCLR(Method):
     """Backbone -> 2-layer MLP projector -> NT-Xent between the two views of each image."""
 
-    def __init__(self, config: SimCLRConfig, backbone: nn.Module) -> None:
-        super().__init__(config, backbone)
+    def __init__(self, config: SimCLRConfig, backbone: nn.Module, objective: nn.Module) -> None:
+        super().__init__(config, backbone, objective)  # objective: nt_xent at temperature
         self.projector = mlp(backbone.output_dim, config.proj_hidden_dim, config.proj_dim)
-        self.criterion = NTXentLoss(temperature=config.temperature)
 
     def training_step(self, views: list[Tensor]) -> StepOutput:
         # One pass over both views: batch norm sees all 2N images, as in the paper.
         z = self.projector(self.backbone(torch.cat(views[:2])))  # (2N, proj_dim)
         z1, z2 = z.chunk(2)
-        loss = self.criterion(z1, z2)
+        loss = self.objective(z1, z2)
         # Each of the 2N anchors (N images per rank) is scored against the other 2NW - 1
         # projections of all W ranks: its positive and 2NW - 2 negatives.
         candidates = 2 * len(z1) * distributed.world_size() - 1
@@ -62,5 +59,5 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         description="two augmented views, MLP projector, NT-Xent: each of the 2N projections "
         "of a batch of N images against its positive and the other 2N-2 as negatives",
         # LARS at 0.3 x batch/256 with weight decay 1e-6 and a 10-epoch warm-up (sec. B.1).
-        optim={"name": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10},
+        optim=OptimConfig(name="lars", lr=0.3, weight_decay=1e-6, warmup_epochs=10),
     ))

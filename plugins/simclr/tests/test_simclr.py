@@ -1,6 +1,6 @@
 import pytest
 import torch
-from sslreg_simclr import SimCLR, SimCLRConfig
+from sslreg_simclr import SimCLRConfig
 
 from sslreg import ConfigError, RunConfig, load_registry, testing
 
@@ -9,7 +9,7 @@ def test_registered_with_paper_defaults():
     spec = load_registry().methods.get("simclr")
     assert spec.plugin == "simclr"
     assert spec.config_class().temperature == 0.5
-    assert spec.optim["name"] == "lars"
+    assert spec.optim.name == "lars"
 
 
 def test_loss_is_nt_xent_of_projections():
@@ -17,7 +17,7 @@ def test_loss_is_nt_xent_of_projections():
     method.train()
     views = policy(testing.tiny_images(), torch.Generator().manual_seed(0))
     z = method.projector(method.backbone(torch.cat(views)))
-    expected = method.criterion(*z.chunk(2))
+    expected = method.objective(*z.chunk(2))
     torch.testing.assert_close(method.training_step(views).loss, expected)
 
 
@@ -31,5 +31,5 @@ def test_temperature_override_is_validated():
 
 def test_projector_shape():
     net = load_registry().backbones.create("resnet18-narrow", in_channels=1, image_size=28)
-    method = SimCLR(SimCLRConfig(proj_dim=32), net)
+    method = load_registry().build_method("simclr", SimCLRConfig(proj_dim=32), net)
     assert method.projector(torch.randn(4, net.output_dim)).shape == (4, 32)

@@ -19,13 +19,10 @@ from typing import Any
 
 import attrs
 import torch.nn.functional as F
-from attrs import field
-from attrs.validators import ge, instance_of
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, StepOutput, hookimpl
+from sslreg import Method, MethodSpec, OptimConfig, StepOutput, fields, hookimpl
 from sslreg.nn import mlp
-from sslreg.objectives import NegativeCosineLoss
 
 PAPER = "Chen and He 2021, Exploring Simple Siamese Representation Learning (SimSiam)"
 
@@ -38,15 +35,17 @@ class SimSiamConfig:
     representation collapses to a constant within a few epochs.
     """
 
-    proj_hidden_dim: int = field(default=2048, validator=[instance_of(int), ge(1)])
-    proj_dim: int = field(default=2048, validator=[instance_of(int), ge(1)])
-    pred_hidden_dim: int = field(default=512, validator=[instance_of(int), ge(1)])
-    stop_gradient: bool = field(default=True, validator=instance_of(bool))
+    proj_hidden_dim: int = fields.positive_int(2048, "hidden width of the projector")
+    proj_dim: int = fields.positive_int(2048, "output width of the projector and predictor")
+    pred_hidden_dim: int = fields.positive_int(512, "the predictor's bottleneck width")
+    stop_gradient: bool = fields.flag(
+        True, "stop the gradient on the target projection (false: the collapsing ablation)")
 
 
 def negative_cosine_with_gradient(p: Tensor, z: Tensor) -> Tensor:
     """D(p, z) = -cos(p, z) averaged over the batch, with gradients into both ``p`` and
-    ``z``: the no-stop-gradient ablation only; ``NegativeCosineLoss`` is the method."""
+    ``z``: the no-stop-gradient ablation only; the ``negative_cosine`` objective is the
+    method."""
     return -F.cosine_similarity(p.float(), z.float(), dim=1).mean()
 
 
@@ -58,12 +57,11 @@ class SimSiam(Method):
     well; its output layer has neither BN nor ReLU.
     """
 
-    def __init__(self, config: SimSiamConfig, backbone: nn.Module) -> None:
-        super().__init__(config, backbone)
+    def __init__(self, config: SimSiamConfig, backbone: nn.Module, objective: nn.Module) -> None:
+        super().__init__(config, backbone, objective)  # objective: negative_cosine
         self.projector = mlp(backbone.output_dim, config.proj_hidden_dim, config.proj_dim,
                              last_bn=True)
         self.predictor = mlp(config.proj_dim, config.pred_hidden_dim, config.proj_dim)
-        self.criterion = NegativeCosineLoss()
 
     def training_step(self, views: list[Tensor]) -> StepOutput:
         # One pass per view, as the paper's code does: each view's batch norm statistics
@@ -77,7 +75,7 @@ class SimSiam(Method):
     def symmetric_loss(self, p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
         """0.5 D(p1, z2) + 0.5 D(p2, z1) (paper eq. 2); ``z`` gets no gradient unless the
         stop-gradient is switched off."""
-        distance = (self.criterion if self.config.stop_gradient
+        distance = (self.objective if self.config.stop_gradient
                     else negative_cosine_with_gradient)
         return 0.5 * distance(p1, z2) + 0.5 * distance(p2, z1)
 
@@ -108,6 +106,6 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         # (benchmarks/results/quick-defaults-val.md). The ImageNet
         # setting's constant predictor lr is not used: the engine schedules every
         # parameter group alike.
-        optim={"name": "sgd", "lr": 0.5, "weight_decay": 1e-5, "momentum": 0.9,
-               "warmup_epochs": 0},
+        optim=OptimConfig(name="sgd", lr=0.5, weight_decay=1e-5, momentum=0.9,
+               warmup_epochs=0),
     ))

@@ -4,12 +4,12 @@ import torch
 import torch.nn.functional as F
 from sslreg_simsiam import SimSiam, SimSiamConfig
 
-from sslreg import ConfigError, RunConfig, load_registry, testing
+from sslreg import ConfigError, OptimConfig, RunConfig, load_registry, testing
 
 
 def _method(**options) -> SimSiam:
     net = load_registry().backbones.create("resnet18-narrow", in_channels=1, image_size=28)
-    return SimSiam(SimSiamConfig(**options), net)
+    return load_registry().build_method("simsiam", SimSiamConfig(**options), net)
 
 
 def test_registered_with_paper_defaults():
@@ -19,8 +19,8 @@ def test_registered_with_paper_defaults():
     config = spec.config_class()
     assert (config.proj_hidden_dim, config.proj_dim, config.pred_hidden_dim) == (2048, 2048, 512)
     assert config.stop_gradient is True
-    assert spec.optim == {"name": "sgd", "lr": 0.5, "weight_decay": 1e-5, "momentum": 0.9,
-                          "warmup_epochs": 0}
+    assert spec.optim == OptimConfig(name="sgd", lr=0.5, weight_decay=1e-5, momentum=0.9,
+                                     warmup_epochs=0)
 
 
 def test_heads_follow_the_cifar_architecture():

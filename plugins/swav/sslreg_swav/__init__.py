@@ -33,11 +33,9 @@ from typing import Any
 import attrs
 import torch
 import torch.nn.functional as F
-from attrs import field
-from attrs.validators import ge, gt, instance_of, le
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, ObjectiveSpec, StepOutput, distributed, hookimpl
+from sslreg import Method, MethodSpec, ObjectiveSpec, StepOutput, distributed, fields, hookimpl
 from sslreg.nn import mlp
 from sslreg_swav.loss import SwAVLoss, sinkhorn
 
@@ -56,11 +54,6 @@ GLOBAL_CROPS = 2
 FREEZE_FRACTION = 1 / 400
 
 
-def _count(upper: int | None = None) -> list[Any]:
-    """Validators of a count >= 0 (and <= ``upper``)."""
-    return [instance_of(int), ge(0)] + ([le(upper)] if upper is not None else [])
-
-
 @attrs.frozen(kw_only=True)
 class SwAVConfig:
     """SwAV hyperparameters; see the module docstring for where each default comes from.
@@ -74,19 +67,24 @@ class SwAVConfig:
     28-32 px, 36 px at 96 px) is the local crops' side.
     """
 
-    temperature: float = field(default=0.1, converter=float, validator=gt(0))
-    epsilon: float = field(default=0.05, converter=float, validator=gt(0))
-    sinkhorn_iterations: int = field(default=3, validator=[instance_of(int), ge(1)])
-    proj_hidden_dim: int = field(default=2048, validator=[instance_of(int), ge(1)])
-    proj_dim: int = field(default=128, validator=[instance_of(int), ge(1)])
-    num_prototypes: int = field(default=3000, validator=[instance_of(int), ge(2)])
-    freeze_prototypes_fraction: float = field(default=FREEZE_FRACTION, converter=float,
-                                              validator=[ge(0), le(1)])
-    queue_length: int = field(default=0, validator=_count())
-    queue_start_epoch: int = field(default=15, validator=_count())
-    num_local: int = field(default=6, validator=_count(32))
-    local_size: int | None = field(default=None,
-                                   validator=attrs.validators.optional([instance_of(int), ge(1)]))
+    temperature: float = fields.positive_float(
+        0.1, "softmax temperature of the predictions over prototypes")
+    epsilon: float = fields.positive_float(
+        0.05, "entropy weight of Sinkhorn-Knopp (smaller: sharper codes)")
+    sinkhorn_iterations: int = fields.positive_int(3, "Sinkhorn-Knopp rounds per step")
+    proj_hidden_dim: int = fields.positive_int(2048, "hidden width of the projector")
+    proj_dim: int = fields.positive_int(128, "output width of the projector")
+    num_prototypes: int = fields.positive_int(3000, "prototypes (clusters)", minimum=2)
+    freeze_prototypes_fraction: float = fields.probability(
+        FREEZE_FRACTION, "share of the run's steps the prototypes stay frozen")
+    queue_length: int = fields.nonnegative_int(
+        0, "past projections per global crop that widen the codes' batch (0: no queue)")
+    queue_start_epoch: int = fields.nonnegative_int(15, "epoch from which the queue is used")
+    num_local: int = fields.nonnegative_int(6, "small local crops beside the 2 global ones",
+                                            maximum=32)
+    local_size: int | None = fields.positive_int(
+        None, "side of the local crops in px (none: 96/224 of the image, whole patches)",
+        optional=True)
 
 
 def view_options(config: SwAVConfig) -> dict[str, Any]:
@@ -108,13 +106,11 @@ class SwAV(Method):
     counters decide the Python branches without a device sync each step.
     """
 
-    def __init__(self, config: SwAVConfig, backbone: nn.Module) -> None:
-        super().__init__(config, backbone)
+    def __init__(self, config: SwAVConfig, backbone: nn.Module, objective: nn.Module) -> None:
+        # objective: swav at temperature, epsilon, sinkhorn_iterations (2 assigned crops)
+        super().__init__(config, backbone, objective)
         self.projector = mlp(backbone.output_dim, config.proj_hidden_dim, config.proj_dim)
         self.prototypes = nn.Linear(config.proj_dim, config.num_prototypes, bias=False)
-        self.criterion = SwAVLoss(temperature=config.temperature, epsilon=config.epsilon,
-                                  sinkhorn_iterations=config.sinkhorn_iterations,
-                                  crops_for_assign=GLOBAL_CROPS)
         self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
         # Past normalised projections of each global crop, newest first.
         self.register_buffer("queue", torch.zeros(GLOBAL_CROPS, config.queue_length,
@@ -178,7 +174,7 @@ class SwAV(Method):
             weight = weight.detach()
         scores = list(cosine_scores(z, weight).split(batch))  # V x (B, K)
         globals_ = z[:GLOBAL_CROPS * batch].detach().view(GLOBAL_CROPS, batch, -1)
-        loss = self.criterion(scores, self.queue_scores())
+        loss = self.objective(scores, self.queue_scores())
         self._pending = globals_  # (2, B, D)
         return StepOutput(loss=loss, embeddings=globals_[0], metrics={
             "prototypes_frozen": torch.tensor(float(self.prototypes_frozen)),

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from sslreg_swav import SwAV, SwAVConfig, SwAVLoss, cosine_scores, sinkhorn, view_options
 
-from sslreg import ConfigError, RunConfig, RunContext, load_registry, testing
+from sslreg import ConfigError, OptimConfig, RunConfig, RunContext, load_registry, testing
 
 
 def _method(steps_per_epoch: int = 4, **options) -> SwAV:
     net = load_registry().backbones.create("resnet18-narrow", in_channels=1, image_size=28)
-    method = SwAV(SwAVConfig(**options), net)
+    method = load_registry().build_method("swav", SwAVConfig(**options), net)
     method.setup(RunContext(epochs=2, steps_per_epoch=steps_per_epoch))
     return method
 
@@ -68,7 +68,7 @@ def test_registered_with_paper_defaults():
     assert (config.freeze_prototypes_fraction, config.queue_length, config.num_local) == (
         1 / 400, 0, 6)
     assert spec.view_options(config) == {"num_local": 6}
-    assert spec.optim == {"name": "lars", "lr": 0.6, "weight_decay": 1e-6, "warmup_epochs": 0}
+    assert spec.optim == OptimConfig(name="lars", lr=0.6, weight_decay=1e-6, warmup_epochs=0)
     objective = registry.objectives.get("swav")
     assert objective.plugin == "swav" and objective.factory is SwAVLoss
     loss = registry.objectives.create("swav", temperature=0.2)
@@ -247,7 +247,7 @@ def test_training_step_is_the_loss_of_the_normalised_crops():
     z_local = method.embed(torch.cat(views[2:]))
     z = torch.cat([z_global, z_local])
     scores = list((z @ weight.T).split(len(views[0])))
-    torch.testing.assert_close(output.loss, method.criterion(scores))
+    torch.testing.assert_close(output.loss, method.objective(scores))
     torch.testing.assert_close(output.embeddings, z_global[: len(views[0])])
     assert not output.embeddings.requires_grad
 
@@ -350,9 +350,9 @@ def test_queue_starts_after_its_epoch_and_is_used_only_for_codes():
     z = torch.cat([method.embed(torch.cat(views[:2])), method.embed(torch.cat(views[2:]))])
     scores = list((z @ weight.T).split(8))
     queue_scores = [method.queue[i] @ weight.T for i in range(2)]
-    torch.testing.assert_close(output.loss, method.criterion(scores, queue_scores))
-    assert not torch.allclose(output.loss, method.criterion(scores))
-    codes = method.criterion.codes(scores[0], queue_scores[0])
+    torch.testing.assert_close(output.loss, method.objective(scores, queue_scores))
+    assert not torch.allclose(output.loss, method.objective(scores))
+    codes = method.objective.codes(scores[0], queue_scores[0])
     torch.testing.assert_close(codes, sinkhorn(torch.cat([queue_scores[0], scores[0]]))[-8:])
 
 

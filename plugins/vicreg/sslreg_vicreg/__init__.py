@@ -17,30 +17,16 @@ Views: the ``byol`` policy, as the paper uses BYOL's augmentations, with no blur
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any
 
 import attrs
-from attrs import field
-from attrs.validators import ge, instance_of
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, StepOutput, hookimpl
+from sslreg import Method, MethodSpec, OptimConfig, StepOutput, fields, hookimpl
 from sslreg.nn import mlp
-from sslreg.objectives import VICRegLoss
 
 PAPER = "Bardes, Ponce and LeCun 2022, VICReg: Variance-Invariance-Covariance " \
     "Regularization for Self-Supervised Learning (VICReg)"
-
-
-def _finite(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not math.isfinite(value):
-        raise ValueError(f"{attribute.name} must be a finite number, got {value}")
-
-
-def _coefficient(default: float) -> Any:
-    return field(default=default, converter=float, validator=[_finite, ge(0)])
 
 
 @attrs.frozen(kw_only=True)
@@ -48,11 +34,14 @@ class VICRegConfig:
     """VICReg hyperparameters; the loss weights are the paper's lambda = mu = 25, nu = 1
     (sec. 4.1). The expander sizes are the small-image ones of solo-learn and lightly."""
 
-    sim_coeff: float = _coefficient(25.0)
-    std_coeff: float = _coefficient(25.0)
-    cov_coeff: float = _coefficient(1.0)
-    proj_hidden_dim: int = field(default=2048, validator=[instance_of(int), ge(1)])
-    proj_dim: int = field(default=2048, validator=[instance_of(int), ge(1)])
+    sim_coeff: float = fields.nonnegative_float(
+        25.0, "weight of the invariance term (MSE between the views), lambda")
+    std_coeff: float = fields.nonnegative_float(
+        25.0, "weight of the variance hinge (keeps every dimension's std >= 1), mu")
+    cov_coeff: float = fields.nonnegative_float(
+        1.0, "weight of the covariance penalty (decorrelates dimensions), nu")
+    proj_hidden_dim: int = fields.positive_int(2048, "hidden width of the 3-layer expander")
+    proj_dim: int = fields.positive_int(2048, "output width of the expander")
 
 
 class VICReg(Method):
@@ -60,21 +49,17 @@ class VICReg(Method):
     unweighted terms are logged, since their balance shows what the run is fighting
     (a variance term that stays high means dimensions are collapsing)."""
 
-    def __init__(self, config: VICRegConfig, backbone: nn.Module) -> None:
-        super().__init__(config, backbone)
+    def __init__(self, config: VICRegConfig, backbone: nn.Module, objective: nn.Module) -> None:
+        super().__init__(config, backbone, objective)  # objective: vicreg, the coefficients
         self.expander = mlp(backbone.output_dim, config.proj_hidden_dim, config.proj_dim,
                             num_layers=3)
-        self.criterion = VICRegLoss(sim_coeff=config.sim_coeff, std_coeff=config.std_coeff,
-                                    cov_coeff=config.cov_coeff)
 
     def training_step(self, views: list[Tensor]) -> StepOutput:
         # One pass per view, as the reference code does: each view's batch norm
         # statistics come from that view's batch alone.
         z1, z2 = (self.expander(self.backbone(view)) for view in views[:2])  # (N, proj_dim)
-        terms = self.criterion.terms(z1, z2)
-        loss = (self.criterion.sim_coeff * terms["invariance"]
-                + self.criterion.std_coeff * terms["variance"]
-                + self.criterion.cov_coeff * terms["covariance"])
+        terms = self.objective.terms(z1, z2)
+        loss = self.objective.weigh(terms)
         metrics = {name: value.detach() for name, value in terms.items()}
         return StepOutput(loss=loss, embeddings=z1.detach(), metrics=metrics)
 
@@ -95,5 +80,5 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         # LARS at 0.2 x batch/256 for every parameter (1-d ones unadapted, undecayed),
         # weight decay 1e-6, 10 warm-up epochs: the paper's appendix C.1 and the
         # reference code's defaults (--base-lr 0.2, --wd 1e-6).
-        optim={"name": "lars", "lr": 0.2, "weight_decay": 1e-6, "warmup_epochs": 10},
+        optim=OptimConfig(name="lars", lr=0.2, weight_decay=1e-6, warmup_epochs=10),
     ))

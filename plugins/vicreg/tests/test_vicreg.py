@@ -14,7 +14,7 @@ def test_registered_with_paper_defaults():
     assert (spec.views, spec.objective) == ("byol", "vicreg")
     config = spec.config_class()
     assert (config.sim_coeff, config.std_coeff, config.cov_coeff) == (25.0, 25.0, 1.0)
-    assert spec.optim["name"] == "lars"
+    assert spec.optim.name == "lars"
 
 
 def test_loss_is_the_written_out_objective_and_terms_are_logged():
