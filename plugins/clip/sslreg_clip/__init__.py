@@ -39,7 +39,7 @@ from attrs import field
 from attrs.validators import ge, gt, instance_of, le
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, RunContext, StepOutput, hookimpl
+from sslreg import Clock, Method, MethodSpec, RunContext, StepOutput, hookimpl
 from sslreg.objectives import infonce_bound
 from sslreg_clip.text import TextEncoder
 from sslreg_clip.tokenizer import PAD_ID, ByteTokenizer
@@ -62,7 +62,7 @@ TEMPLATES = (
     "a blurry photo of the {}.",
 )
 
-# Length of the fixed table of random template draws read by a step counter; a prime,
+# Length of the fixed table of random template draws read by the global step; a prime,
 # so that batches of any size walk through all of it before repeating.
 TEMPLATE_DRAWS = 4093
 
@@ -132,12 +132,11 @@ class CLIP(Method):
         # log(1 / T): the paper learns the temperature in log space (sec. 2.5).
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)),
                                         requires_grad=config.learn_temperature)
-        # Random template draws from the seeded global RNG, read through a step counter:
-        # deterministic, free of host syncs, and both in the state_dict, so a resumed
+        # Random template draws from the seeded global RNG, read at the engine's global
+        # step: deterministic, free of host syncs, and in the state_dict, so a resumed
         # run draws what an uninterrupted one would have.
         self.register_buffer("template_draws",
                              torch.randint(len(TEMPLATES), (TEMPLATE_DRAWS,)))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         # (classes, templates, length) caption tokens, rebuilt from the class names by
         # setup() on every run, so not saved.
         self.register_buffer("captions", self._tokenize(()), persistent=False)
@@ -166,11 +165,11 @@ class CLIP(Method):
         """The logit scale exp(logit_scale), 0-d, with its gradient."""
         return self.logit_scale.exp()
 
-    def template_choices(self, batch: int) -> Tensor:
-        """(batch,) template indices for this step: a window of the fixed random draws
+    def template_choices(self, batch: int, step: int) -> Tensor:
+        """(batch,) template indices for ``step``: a window of the fixed random draws
         that moves by ``batch`` every optimizer step."""
-        offsets = torch.arange(batch, device=self.steps.device)
-        return self.template_draws[(self.steps * batch + offsets) % TEMPLATE_DRAWS]
+        offsets = torch.arange(batch, device=self.template_draws.device)
+        return self.template_draws[(step * batch + offsets) % TEMPLATE_DRAWS]
 
     def caption_embeddings(self, labels: Tensor, templates: Tensor) -> Tensor:
         """(N,) labels and template indices -> (N, proj_dim) caption embeddings.
@@ -183,10 +182,12 @@ class CLIP(Method):
         table = self.encode_text(self.captions.view(classes * count, length))  # (C*T, D)
         return table.view(classes, count, -1)[labels, templates]  # (N, D)
 
-    def training_step(self, views: list[Tensor], labels: Tensor | None = None) -> StepOutput:
+    def training_step(self, views: list[Tensor], clock: Clock,
+                      labels: Tensor | None = None) -> StepOutput:
         self._check_captions(labels)
         image = self.encode_image(views[0])  # (N, D)
-        text = self.caption_embeddings(labels, self.template_choices(len(labels)))  # (N, D)
+        templates = self.template_choices(len(labels), clock.step)
+        text = self.caption_embeddings(labels, templates)  # (N, D)
         scale = self.scale()
         loss = clip_loss(image, text, scale)
         embeddings = F.normalize(image.detach().float(), dim=1)  # what the monitors watch
@@ -204,8 +205,7 @@ class CLIP(Method):
             raise ValueError("clip has no class names to caption: call "
                              "setup(RunContext(class_names=...)) first")
 
-    def on_step_end(self, progress: float) -> None:
-        self.steps.add_(1)
+    def on_step_end(self, clock: Clock) -> None:
         # Clip the learned scale at max_logit_scale (the paper, sec. 2.5) and keep it at
         # least 1, as the reference training code does; in place, no host sync.
         with torch.no_grad():
