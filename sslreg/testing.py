@@ -215,7 +215,7 @@ def check_step(name: str, **kwargs: Any) -> StepOutput:
 def check_state_dict_roundtrip(name: str, backbone: str | None = None,
                                shape: DataShape = DEFAULT_SHAPE) -> None:
     """A fresh model loading another's state_dict, saved after a few steps (so queues,
-    EMA targets, centres and counters have moved), computes the same features and the
+    EMA targets and centres have moved), computes the same features and the
     same next training loss: a resumed run continues where the saved one stood."""
     first, policy = build(name, seed=0, backbone=backbone, shape=shape)
     second, _ = build(name, seed=1, backbone=backbone, shape=shape)
@@ -237,7 +237,8 @@ def check_state_dict_roundtrip(name: str, backbone: str | None = None,
     saved, loaded = _loss(first, views, at=3).detach(), _loss(second, views, at=3).detach()
     assert torch.allclose(saved, loaded), (
         f"{name}: after a state_dict round trip the next loss is {loaded.item():.6f}, not "
-        f"{saved.item():.6f}; keep run state (queues, EMA, centres, counters) in buffers")
+        f"{saved.item():.6f}; keep run state (queues, EMA, centres) in buffers and read "
+        "the step from the clock")
 
 
 def _train_a_little(method: Method, policy: Any, steps: int = 3,
@@ -369,7 +370,7 @@ def _state_buffers(method: Method) -> dict[str, torch.Tensor]:
 def check_step_keeps_state(name: str, backbone: str | None = None,
                            shape: DataShape = DEFAULT_SHAPE) -> None:
     """``training_step`` leaves every buffer but BatchNorm statistics unchanged: queues,
-    EMA targets, centres and counters move in ``on_step_end`` (see
+    EMA targets and centres move in ``on_step_end`` (see
     :meth:`sslreg.Method.training_step`), so a loss computed without an optimizer step
     changes nothing."""
     method, policy = build(name, backbone=backbone, shape=shape)

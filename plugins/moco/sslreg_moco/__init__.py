@@ -29,7 +29,16 @@ from attrs import field
 from attrs.validators import ge, gt, in_, instance_of, le, optional
 from torch import Tensor, nn
 
-from sslreg import Clock, Method, MethodSpec, RunContext, Schedule, StepOutput, distributed, hookimpl
+from sslreg import (
+    Clock,
+    Method,
+    MethodSpec,
+    RunContext,
+    Schedule,
+    StepOutput,
+    distributed,
+    hookimpl,
+)
 from sslreg.interfaces import ViTBackbone
 from sslreg.nn import ema_update, make_target, mlp
 from sslreg.nn.split_bn import convert_split_batchnorm
