@@ -71,20 +71,20 @@ def time_steps(name: str, backbone: str, shape: testing.DataShape, batch: int,
     optim = attrs.evolve(optim, lr=optim.lr * batch / 256)  # the engine's linear scaling
     optimizer = build_optimizer(method, optim, torch.device("cpu"))
     images = testing.tiny_images(batch, shape=shape) if images is None else images[:batch]
-    labels = testing.tiny_labels(batch)
+    # The clock runs over these steps, so schedules (EMA momentum) move as in a run.
+    method.setup(attrs.evolve(method.context, epochs=1, steps_per_epoch=steps + 1))
     method.train()
     seconds = []
     for index in range(steps + 1):
         start = time.perf_counter()
         views = policy(images, torch.Generator().manual_seed(index))
-        output = (method.training_step(views, labels=labels) if method.uses_labels
-                  else method.training_step(views))
+        output = testing.training_step(method, views, at=index)  # labels if it uses them
         if not torch.isfinite(output.loss):
             raise FloatingPointError(f"loss {output.loss.item()} at step {index}")
         optimizer.zero_grad()
         output.loss.backward()
         optimizer.step()
-        method.on_step_end((index + 1) / (steps + 1))
+        testing.step_end(method, index)
         seconds.append(time.perf_counter() - start)
     return seconds[1:]
 

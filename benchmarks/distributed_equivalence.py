@@ -37,7 +37,7 @@ from sslreg_dino import DINO, DINOConfig, DINOLoss
 from sslreg_swav import SwAV, SwAVConfig, SwAVLoss
 from torch import nn
 
-from sslreg import RunContext, distributed
+from sslreg import RunContext, distributed, testing
 from sslreg.engine.device import device_name
 
 WORLD = 2
@@ -141,11 +141,12 @@ def method_steps(name, rows, parallel):
     losses = []
     for index in range(STEPS):
         optimizer.zero_grad(set_to_none=True)
+        clock = testing.clock(method, index)
         output = (step or method.training_step)(
-            [v[rows] for v in _views(index, BATCH // 2)])
+            [v[rows] for v in _views(index, BATCH // 2)], clock=clock)
         output.loss.backward()
         optimizer.step()
-        method.on_step_end((index + 1) / STEPS)
+        method.on_step_end(clock)
         losses.append(output.loss.detach())
     grads = [p.grad.flatten() for p in method.parameters() if p.grad is not None]
     state = method.state_dict()

@@ -33,8 +33,9 @@ from sslreg.errors import (
     WriteError,
 )
 from sslreg.hookspecs import hookimpl
-from sslreg.interfaces import Method, Monitor, RunContext, StepOutput, ViewPolicy
+from sslreg.interfaces import Clock, Method, Monitor, RunContext, StepOutput, ViewPolicy
 from sslreg.plugins import load_registry
+from sslreg.schedules import Schedule
 from sslreg.specs import (
     BackboneSpec,
     DatasetSpec,
@@ -49,6 +50,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackboneSpec",
     "CheckpointError",
+    "Clock",
     "ConfigError",
     "DataError",
     "DatasetSpec",
@@ -66,6 +68,7 @@ __all__ = [
     "RunConfig",
     "RunContext",
     "RunInterrupted",
+    "Schedule",
     "SslregError",
     "StepOutput",
     "TrainConfig",

@@ -4,11 +4,16 @@ API that methods needing patch tokens (MAE, DINO) read from a ViT backbone."""
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, Protocol, runtime_checkable
+import inspect
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from sslreg.schedules import Schedule
 
 
 @attrs.frozen
@@ -45,6 +50,65 @@ class RunContext:
         return self.epochs * self.steps_per_epoch
 
 
+@attrs.frozen(kw_only=True)
+class Clock:
+    """Where one optimizer step stands in the run, and the method's schedules there.
+
+    The engine owns the count: a method reads the step from here instead of counting
+    steps itself, so nothing of it has to survive a resume. ``step`` is the steps done
+    before this one (0 on the first step); ``values`` holds this step's value of each
+    schedule the method declared (:meth:`Method.schedules`) as host floats, so reading
+    one never waits on the device.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    epoch_step: int = 0  # steps done inside ``epoch`` before this one
+    total_steps: int = 1
+    values: Mapping[str, float] = attrs.field(factory=dict)
+
+    @property
+    def progress(self) -> float:
+        """Share of the run done once this step's update is made: 1 on the last step."""
+        return (self.step + 1) / self.total_steps
+
+    def __getitem__(self, name: str) -> float:
+        return self.values[name]
+
+
+@attrs.frozen
+class StepCall:
+    """How the engine calls one method's ``training_step`` and ``on_step_end``, decided
+    once from their signatures: the one place that decides what a step receives.
+
+    Labels go only to a method with ``uses_labels``; the clock only to a
+    ``training_step`` with a ``clock`` parameter; ``on_step_end`` gets the
+    :class:`Clock` when its parameter is named ``clock``, else ``clock.progress`` (the
+    contract before the clock existed, which third-party methods may still follow).
+    """
+
+    labels: bool
+    clock: bool
+    end_takes_clock: bool
+
+    @classmethod
+    def of(cls, method: Method) -> StepCall:
+        step = inspect.signature(method.training_step).parameters
+        end = list(inspect.signature(method.on_step_end).parameters)
+        return cls(labels=method.uses_labels, clock="clock" in step,
+                   end_takes_clock=end[:1] == ["clock"])
+
+    def arguments(self, labels: Tensor | None, clock: Clock) -> dict[str, Any]:
+        """The keyword arguments of ``training_step`` besides the views."""
+        arguments: dict[str, Any] = {"labels": labels} if self.labels else {}
+        if self.clock:
+            arguments["clock"] = clock
+        return arguments
+
+    def end(self, method: Method, clock: Clock) -> None:
+        method.on_step_end(clock if self.end_takes_clock else clock.progress)
+
+
 class Method(nn.Module, abc.ABC):
     """Base class of every SSL method.
 
@@ -54,7 +118,10 @@ class Method(nn.Module, abc.ABC):
     :meth:`on_step_end`.
 
     A method with ``uses_labels = True`` (e.g. image-text contrast, whose captions are
-    built from class names) is called as ``training_step(views, labels=labels)``.
+    built from class names) is called as ``training_step(views, labels=labels)``; one
+    whose ``training_step`` has a ``clock`` parameter also gets ``clock=`` (a
+    :class:`Clock`). Per-step values (EMA momentum, temperatures, weight decay) are
+    declared by :meth:`schedules` and read from the clock.
 
     ``objective`` is the loss module the engine built from the objectives catalog for
     the name in the method's ``MethodSpec`` (:meth:`sslreg.registry.Registry.build_method`);
@@ -82,9 +149,22 @@ class Method(nn.Module, abc.ABC):
         """Receive the run's context; called once, after ``__init__``."""
         self.context = context
 
+    def schedules(self, context: RunContext) -> dict[str, Schedule]:
+        """Per-step values this method reads from its :class:`Clock`, by name.
+
+        The engine computes each once for the run's ``context.total_steps`` (as it does
+        the learning rate), keeps them in checkpoints, and refuses a resume whose run
+        has another number of steps. ``"weight_decay"`` is applied by the engine: each
+        step's value times ``optim.weight_decay`` on the decayed parameter groups.
+        ``"lr"`` is the engine's own and may not be declared.
+        """
+        return {}
+
     @abc.abstractmethod
     def training_step(self, views: list[Tensor]) -> StepOutput:
         """Compute the loss on a list of augmented views, each (B, C, H, W) float.
+
+        Declare ``training_step(self, views, clock)`` to get this step's :class:`Clock`.
 
         Leave the method's state alone here (BatchNorm running statistics aside): a
         loss may be computed without an optimizer step following it (a skipped step, a
@@ -93,12 +173,14 @@ class Method(nn.Module, abc.ABC):
         change the loss.
         """
 
-    def on_step_end(self, progress: float) -> None:
-        """Called after each optimizer step; ``progress`` runs from 0 to 1 over the run.
+    def on_step_end(self, clock: Clock) -> None:
+        """Called after each optimizer step with the step's :class:`Clock`.
 
-        The place for state updates (push a queue, move an EMA target or a centre, count
-        steps). State that must survive a resume lives in parameters or buffers, so the
-        state_dict carries it; a plain tensor attribute is lost on reload.
+        The place for state updates (push a queue, move an EMA target or a centre).
+        Never count steps: read ``clock.step``. State that must survive a resume lives
+        in parameters or buffers, so the state_dict carries it; a plain tensor attribute
+        is lost on reload. (A method whose parameter is not named ``clock`` gets
+        ``clock.progress``, a float from 0 to 1, as before the clock existed.)
         """
 
     @property

@@ -54,8 +54,9 @@ from sslreg.contracts import (  # noqa: F401
     monitor_names,
     view_policy_names,
 )
-from sslreg.interfaces import Method, RunContext, StepOutput
+from sslreg.interfaces import Clock, Method, RunContext, StepCall, StepOutput
 from sslreg.plugins import load_registry, pm
+from sslreg.schedules import Timeline
 
 if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
     from sslreg.registry import Registry
@@ -147,17 +148,38 @@ def tiny_labels(batch: int = 8) -> torch.Tensor:
     return torch.arange(batch) % len(CLASS_NAMES)
 
 
-def step(method: Method, policy: Any, images: torch.Tensor, seed: int = 0) -> StepOutput:
-    """One training step's forward pass on views of ``images``."""
+def clock(method: Method, step: int = 0) -> Clock:
+    """The :class:`~sslreg.Clock` the engine would hand ``method`` on ``step`` of a run
+    of ``method.context`` (the checks' run: 2 epochs of 4 steps), with the values of
+    the method's schedules there."""
+    context = method.context
+    timeline = Timeline.build(method.schedules(context), context.total_steps,
+                              context.steps_per_epoch)
+    return timeline.clock(step)
+
+
+def training_step(method: Method, views: list[torch.Tensor], at: int = 0) -> StepOutput:
+    """``method.training_step`` called as the engine calls it on step ``at``: the
+    clock, and labels (:func:`tiny_labels`) if it uses them."""
+    labels = tiny_labels(len(views[0]))
+    output = method.training_step(views, **StepCall.of(method).arguments(labels,
+                                                                       clock(method, at)))
+    assert isinstance(output, StepOutput), "training_step must return sslreg.StepOutput"
+    return output
+
+
+def step_end(method: Method, at: int = 0) -> None:
+    """``method.on_step_end`` called as the engine calls it after step ``at``."""
+    StepCall.of(method).end(method, clock(method, at))
+
+
+def step(method: Method, policy: Any, images: torch.Tensor, seed: int = 0,
+         at: int = 0) -> StepOutput:
+    """Step ``at``'s forward pass on views of ``images``."""
     views = policy(images, torch.Generator().manual_seed(seed))
     assert len(views) == policy.num_views, "the policy returned the wrong number of views"
     method.train()
-    if method.uses_labels:
-        output = method.training_step(views, labels=tiny_labels(len(images)))
-    else:
-        output = method.training_step(views)
-    assert isinstance(output, StepOutput), "training_step must return sslreg.StepOutput"
-    return output
+    return training_step(method, views, at)
 
 
 def check_build(name: str, backbone: str | None = None,
@@ -189,14 +211,14 @@ def check_step(name: str, **kwargs: Any) -> StepOutput:
                if p.requires_grad and (p.grad is None or not p.grad.any())]
     assert not missing, (f"{name}: no gradient reaches {len(missing)} trainable backbone "
                          f"parameters, e.g. {missing[:3]}")
-    method.on_step_end(0.5)
+    step_end(method)
     return output
 
 
 def check_state_dict_roundtrip(name: str, backbone: str | None = None,
                                shape: DataShape = DEFAULT_SHAPE) -> None:
     """A fresh model loading another's state_dict, saved after a few steps (so queues,
-    EMA targets, centres and counters have moved), computes the same features and the
+    EMA targets and centres have moved), computes the same features and the
     same next training loss: a resumed run continues where the saved one stood."""
     first, policy = build(name, seed=0, backbone=backbone, shape=shape)
     second, _ = build(name, seed=1, backbone=backbone, shape=shape)
@@ -214,10 +236,12 @@ def check_state_dict_roundtrip(name: str, backbone: str | None = None,
     second.eval()
     torch.testing.assert_close(first.features(images), second.features(images))
     views = policy(tiny_images(shape=shape), torch.Generator().manual_seed(9))
-    saved, loaded = _loss(first, views).detach(), _loss(second, views).detach()
+    # Both continue with step 3, the step after the saved ones.
+    saved, loaded = _loss(first, views, at=3).detach(), _loss(second, views, at=3).detach()
     assert torch.allclose(saved, loaded), (
         f"{name}: after a state_dict round trip the next loss is {loaded.item():.6f}, not "
-        f"{saved.item():.6f}; keep run state (queues, EMA, centres, counters) in buffers")
+        f"{saved.item():.6f}; keep run state (queues, EMA, centres) in buffers and read "
+        "the step from the clock")
 
 
 def _train_a_little(method: Method, policy: Any, steps: int = 3,
@@ -227,7 +251,7 @@ def _train_a_little(method: Method, policy: Any, steps: int = 3,
     images = tiny_images(shape=shape)
     for index in range(steps):
         views = policy(images, torch.Generator().manual_seed(index))
-        _optimize(method, optimizer, views, (index + 1) / (steps + 1))
+        _optimize(method, optimizer, views, at=index)
 
 
 def check_deterministic(name: str, backbone: str | None = None,
@@ -240,23 +264,23 @@ def check_deterministic(name: str, backbone: str | None = None,
     torch.testing.assert_close(losses[0], losses[1])
 
 
-def _loss(method: Method, views: list[torch.Tensor], seed: int = 0) -> torch.Tensor:
+def _loss(method: Method, views: list[torch.Tensor], seed: int = 0,
+          at: int = 0) -> torch.Tensor:
     # Reseed so methods that draw inside training_step (masks, dropout) draw the same.
     torch.manual_seed(seed)
     method.train()
-    if method.uses_labels:
-        return method.training_step(views, labels=tiny_labels(len(views[0]))).loss
-    return method.training_step(views).loss
+    return training_step(method, views, at).loss
 
 
 def _optimize(method: Method, optimizer: torch.optim.Optimizer, views: list[torch.Tensor],
-              progress: float | None) -> torch.Tensor:
-    loss = _loss(method, views)
+              at: int, end: bool = True) -> torch.Tensor:
+    """Step ``at``: loss, backward, optimizer step and (with ``end``) ``on_step_end``."""
+    loss = _loss(method, views, at=at)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    if progress is not None:
-        method.on_step_end(progress)
+    if end:
+        step_end(method, at)
     return loss.detach()
 
 
@@ -275,7 +299,7 @@ def check_finite_loss(name: str, backbone: str | None = None, steps: int = 3,
     images = tiny_images(batch, shape=shape)
     for index in range(steps):
         views = policy(images, torch.Generator().manual_seed(index))
-        loss = _optimize(method, optimizer, views, (index + 1) / steps)
+        loss = _optimize(method, optimizer, views, at=index)
         assert torch.isfinite(loss), f"{name}: loss {loss.item()} at step {index}"
     bad = [key for key, value in method.state_dict().items()
            if value.is_floating_point() and not torch.isfinite(value).all()]
@@ -305,7 +329,7 @@ def check_learns_on_tiny_data(name: str, backbone: str | None = None,
     before = _loss(copy.deepcopy(start), views).item()
     optimizer = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=1e-3)
     for _ in range(steps):
-        _optimize(method, optimizer, views, progress=None)
+        _optimize(method, optimizer, views, at=0, end=False)
     learned = {key for key, p in method.named_parameters() if p.requires_grad}
     start.load_state_dict({key: value for key, value in method.state_dict().items()
                            if key in learned}, strict=False)
@@ -349,13 +373,13 @@ def _state_buffers(method: Method) -> dict[str, torch.Tensor]:
 def check_step_keeps_state(name: str, backbone: str | None = None,
                            shape: DataShape = DEFAULT_SHAPE) -> None:
     """``training_step`` leaves every buffer but BatchNorm statistics unchanged: queues,
-    EMA targets, centres and counters move in ``on_step_end`` (see
+    EMA targets and centres move in ``on_step_end`` (see
     :meth:`sslreg.Method.training_step`), so a loss computed without an optimizer step
     changes nothing."""
     method, policy = build(name, backbone=backbone, shape=shape)
     _train_a_little(method, policy, steps=1, shape=shape)  # so that steady-state branches run too
     before = _state_buffers(method)
-    step(method, policy, tiny_images(shape=shape), seed=5)
+    step(method, policy, tiny_images(shape=shape), seed=5, at=1)
     after = _state_buffers(method)
     changed = [key for key in before if not torch.equal(before[key], after[key])]
     assert not changed, (f"{name}: training_step changed buffers {changed[:3]}; update "

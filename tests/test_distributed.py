@@ -14,7 +14,7 @@ from sslreg_dino import DINO, DINOConfig, DINOLoss
 from sslreg_swav import SwAV, SwAVConfig, SwAVLoss, sinkhorn
 from torch import nn
 
-from sslreg import RunContext, StepOutput, distributed
+from sslreg import RunContext, StepOutput, distributed, testing
 from sslreg.objectives import BarlowTwinsLoss, InfoNCELoss, NTXentLoss, VICRegLoss
 
 WORLD = 2
@@ -158,10 +158,12 @@ def _method_steps(name, rows, parallel):
     losses = []
     for index in range(METHOD_STEPS):
         optimizer.zero_grad(set_to_none=True)
-        output = (step or method.training_step)([v[rows] for v in _method_views(index)])
+        clock = testing.clock(method, index)
+        output = (step or method.training_step)([v[rows] for v in _method_views(index)],
+                                                clock=clock)
         output.loss.backward()
         optimizer.step()
-        method.on_step_end((index + 1) / METHOD_STEPS)
+        method.on_step_end(clock)
         losses.append(output.loss.detach())
     return {"losses": torch.stack(losses),
             "grads": {n: p.grad for n, p in method.named_parameters()},
@@ -306,9 +308,9 @@ def test_method_steps_through_ddp_match_one_process(two_ranks, name):
         state = dict(got["state"])
         if name == "swav":
             mine = slice(rank * per_rank, (rank + 1) * per_rank)
-            torch.testing.assert_close(state.pop("queue")[:, :per_rank],
-                                       expected["state"]["queue"][:, mine])
-            assert int(state.pop("queue_filled")) == per_rank
+            queue = state.pop("queue")
+            torch.testing.assert_close(queue[:, :per_rank], expected["state"]["queue"][:, mine])
+            assert not queue[:, per_rank:].any()  # the rows one rank does not use
         for key, value in state.items():
             torch.testing.assert_close(value, expected["state"][key], atol=1e-5, rtol=1e-5,
                                        msg=f"{name} rank {rank} {key}")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sslreg import CheckpointError, DivergedError, OptimConfig, RunConfig
+from sslreg import CheckpointError, DivergedError, OptimConfig, RunConfig, Schedule
 from sslreg.engine import pretrain
 from sslreg.engine import trainer as trainer_module
 from sslreg.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -78,6 +78,43 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path):
     save_checkpoint(path, {"config_digest": "aaa"})
     with pytest.raises(CheckpointError, match="written for config aaa, not this run's bbb"):
         load_checkpoint(path, expected_digest="bbb")
+
+
+def test_a_checkpoint_from_before_the_schedules_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": 1, "config_digest": "aaa", "model": {}}, path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path, expected_digest="aaa")
+    message = str(error.value)
+    assert "\n" not in message
+    assert message == (f"checkpoint {path} is format 1, from before the engine kept its "
+                       "schedules; this sslreg cannot resume or evaluate it: train the run "
+                       "again (delete it or use another --out), or use the sslreg that wrote it")
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [
+    (Schedule.constant(0.3), [0.3] * 5),
+    # A warm-up over 2.5 steps: s / 2.5 of the way, then the end value.
+    (Schedule.linear(0.04, 0.07, steps=2.5), [0.04, 0.052, 0.064, 0.07, 0.07]),
+    (Schedule.linear(0.04, 0.07, steps=0), [0.07] * 5),
+    # DINO's weight decay: 0.04 on the first step, 0.4 on the last, cosine between.
+    (Schedule.cosine(0.04, 0.4), [0.4 - 0.36 * (1 + math.cos(math.pi * s / 4)) / 2
+                                  for s in range(5)]),
+    # An EMA momentum for the state after step s: t = (s + 1) / n, 1 after the last.
+    (Schedule.cosine(0.996, 1.0, after_step=True),
+     [1 - 0.004 * (1 + math.cos(math.pi * (s + 1) / 5)) / 2 for s in range(5)]),
+])
+def test_a_schedule_equals_its_formula_at_every_step(schedule, expected):
+    values = schedule.values(5)
+    assert values.dtype == torch.float64 and len(values) == 5
+    assert values.tolist() == pytest.approx(expected, abs=1e-15)
+
+
+def test_cosine_schedules_start_and_end_where_declared():
+    wd = Schedule.cosine(0.04, 0.4).values(1000)
+    assert wd[0].item() == pytest.approx(0.04, abs=1e-16) and wd[-1].item() == 0.4
+    assert wd[500].item() == pytest.approx(0.22 - 0.18 * math.cos(math.pi * 500 / 999))
+    assert Schedule.cosine(0.04, 0.4).values(1).tolist() == pytest.approx([0.04])  # one step
 
 
 def _weights(run):

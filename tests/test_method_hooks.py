@@ -7,7 +7,7 @@ import attrs
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sslreg import Method, MethodSpec, RunConfig, StepOutput, hookimpl, testing
+from sslreg import Method, MethodSpec, RunConfig, Schedule, StepOutput, hookimpl, testing
 from sslreg.engine import pretrain
 from sslreg.nn import mlp
 
@@ -119,3 +119,103 @@ def test_a_method_refuses_a_backbone_family_it_cannot_use():
         assert RunConfig.build(registry, "vit-only", backbone="vit-mini").backbone == "vit-mini"
         assert testing.tiny_backbone("vit-only", registry) == "vit-mini"
         assert testing.tiny_backbone("simclr", registry) == "resnet18-narrow"
+
+
+# --- the clock and schedules ---------------------------------------------------------------
+
+class Clocked(Method):
+    """Declares schedules and reads the clock in both step hooks."""
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        self.head = mlp(backbone.output_dim, 16, 8)
+
+    def schedules(self, context):
+        return {"temp": Schedule.linear(1.0, 2.0, steps=3),
+                "weight_decay": Schedule.cosine(1.0, 10.0)}
+
+    def training_step(self, views, clock):
+        SEEN.setdefault("step", []).append(clock)
+        z = self.head(self.backbone(views[0]))
+        return StepOutput(loss=z.pow(2).mean() * clock["temp"], embeddings=z.detach())
+
+    def on_step_end(self, clock):
+        SEEN.setdefault("end", []).append(clock)
+
+
+class Legacy(Method):
+    """A third-party method written before the clock: no clock, progress at the end, and
+    a ``labels`` parameter it never asked for (no uses_labels)."""
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        self.head = mlp(backbone.output_dim, 16, 8)
+
+    def training_step(self, views, labels=None):
+        SEEN.setdefault("labels", []).append(labels)
+        z = self.head(self.backbone(views[0]))
+        return StepOutput(loss=z.pow(2).mean(), embeddings=z.detach())
+
+    def on_step_end(self, progress):
+        SEEN.setdefault("progress", []).append(progress)
+
+
+class ClockPlugin:
+    @hookimpl
+    def register_methods(self, register):
+        for name, factory in (("clocked", Clocked), ("legacy", Legacy)):
+            register(MethodSpec(name=name, factory=factory, config_class=ProbeConfig,
+                                paper="-", views="simclr", objective="nt_xent"))
+
+
+def _clock_run(tmp_path, name):
+    SEEN.clear()
+    with testing.registered(ClockPlugin(), "clock-plugin"):
+        from sslreg import load_registry
+
+        registry = load_registry()
+        config = RunConfig.build(registry, name, [
+            "train.epochs=2", "train.batch_size=32", "train.train_subset=96",
+            "optim.name=adamw", "optim.weight_decay=0.05"],
+            dataset="synthetic", backbone="resnet18-narrow")
+        return pretrain(config, registry, tmp_path, evaluate=False, progress=False)
+
+
+def test_the_engine_hands_both_step_hooks_the_clock_with_the_schedules(tmp_path):
+    from sslreg.engine.checkpoint import load_checkpoint
+
+    run = _clock_run(tmp_path, "clocked")  # 2 epochs of 3 steps
+    seen = SEEN["step"]
+    assert SEEN["end"] == seen  # the same clock after the optimizer step
+    assert [(c.step, c.epoch, c.epoch_step, c.total_steps) for c in seen] == [
+        (s, s // 3, s % 3, 6) for s in range(6)]
+    assert [c.progress for c in seen] == [(s + 1) / 6 for s in range(6)]
+    assert [c["temp"] for c in seen] == [1.0, 1 + 1 / 3, 1 + 2 / 3, 2.0, 2.0, 2.0]
+    assert seen[0]["weight_decay"] == 1.0 and seen[-1]["weight_decay"] == 10.0
+    # The engine applies "weight_decay" to the decayed group as a factor of optim's.
+    state = load_checkpoint(run.checkpoint)
+    decays = [group["weight_decay"] for group in state["optimizer"]["param_groups"]]
+    assert decays == [0.05 * 10.0, 0.0]
+    assert set(state["schedules"]) == {"lr", "temp", "weight_decay"}
+    assert all(len(table) == 6 for table in state["schedules"].values())
+
+
+def test_a_method_written_before_the_clock_gets_progress_and_no_labels(tmp_path):
+    _clock_run(tmp_path, "legacy")
+    assert SEEN["progress"] == [(s + 1) / 6 for s in range(6)]
+    assert SEEN["labels"] == [None] * 6  # labels only for a method with uses_labels
+
+
+def test_a_schedule_may_not_take_the_engines_name(tmp_path):
+    import pytest
+
+    from sslreg import PluginError
+
+    original = Clocked.schedules
+    Clocked.schedules = lambda self, context: {"lr": Schedule.constant(1.0)}
+    try:
+        with pytest.raises(PluginError, match=r"method 'clocked': schedule names \['lr'\] "
+                                              "are the engine's"):
+            _clock_run(tmp_path, "clocked")
+    finally:
+        Clocked.schedules = original

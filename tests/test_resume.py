@@ -20,7 +20,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslreg import ConfigError, DivergedError, RunConfig, RunInterrupted, WriteError, testing
+from sslreg import (
+    CheckpointError,
+    ConfigError,
+    DivergedError,
+    RunConfig,
+    RunInterrupted,
+    WriteError,
+    testing,
+)
 from sslreg.config import checkpoint_cadence
 from sslreg.engine import pretrain
 from sslreg.engine import trainer as trainer_module
@@ -151,6 +159,30 @@ def test_a_crash_inside_an_epoch_resumes_to_the_same_weights(registry, tmp_path,
     assert_same_weights(reference, resumed)
     a, b = (r.read_json(r.train_info) for r in (reference, resumed))
     assert a["steps"] == b["steps"] == STEPS and a["monitor_warnings"] == b["monitor_warnings"]
+
+
+def test_a_checkpoint_whose_schedules_do_not_fit_the_run_is_refused_in_one_line(
+        registry, tmp_path, monkeypatch):
+    from sslreg.engine.checkpoint import save_checkpoint
+
+    config = tiny_config(registry, "byol", ["train.checkpoint_every=2"])  # lr and momentum
+    undo = crash_before_step(monkeypatch, 3)
+    with pytest.raises(Crash):
+        train(registry, config, tmp_path)
+    undo()
+    run = RunDir.for_config(tmp_path, config)
+    state = load_checkpoint(run.checkpoint)
+    assert sorted(state["schedules"]) == ["lr", "momentum"]
+    assert all(len(table) == STEPS for table in state["schedules"].values())
+    # As if the data had changed under the same config: 12 steps saved, 16 in the run.
+    state["schedules"]["momentum"] = state["schedules"]["momentum"][:12]
+    save_checkpoint(run.checkpoint, {k: v for k, v in state.items() if k != "format"})
+    with pytest.raises(CheckpointError) as error:
+        train(registry, config, tmp_path, resume=True)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"checkpoint {run.checkpoint} does not fit")
+    assert ("its schedule 'momentum' has 12 steps where this run has 16 (epochs x steps per "
+            "epoch); resume with the data it was written with, or start over") in message
 
 
 def test_time_cadence_writes_mid_epoch_checkpoints_and_changes_nothing(registry, tmp_path,

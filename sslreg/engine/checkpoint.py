@@ -12,7 +12,9 @@ import torch
 
 from sslreg.errors import CheckpointError, WriteError
 
-FORMAT_VERSION = 1
+# 2: the engine's schedules are kept ("schedules") and methods read the step from the
+# engine's clock, so the counters DINO, SwAV, CLIP and MoCo kept are gone from "model".
+FORMAT_VERSION = 2
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -85,6 +87,11 @@ def load_checkpoint(path: Path, *, expected_digest: str | None = None,
         raise CheckpointError(
             f"cannot read checkpoint {path} ({reason}); restore it or delete it to start over"
         ) from None
+    if isinstance(state, dict) and state.get("format") == 1:
+        raise CheckpointError(
+            f"checkpoint {path} is format 1, from before the engine kept its schedules; "
+            "this sslreg cannot resume or evaluate it: train the run again (delete it or "
+            "use another --out), or use the sslreg that wrote it")
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not an sslreg checkpoint (format {FORMAT_VERSION})")
     digest = state.get("config_digest")

@@ -90,3 +90,13 @@ def lr_schedule(config: OptimConfig, batch_size: int, steps_per_epoch: int,
     if len(rates) != total:
         raise AssertionError("schedule length does not match the number of steps")
     return rates
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float,
+                        base_decay: list[float], decay_scale: float | None = None) -> None:
+    """This step's rate on every group and, with a weight-decay schedule, each group's
+    built weight decay times its value (groups built without decay keep none)."""
+    for group, decay in zip(optimizer.param_groups, base_decay, strict=True):
+        group["lr"] = lr
+        if decay_scale is not None:
+            group["weight_decay"] = decay * decay_scale

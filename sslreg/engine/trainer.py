@@ -22,11 +22,19 @@ from sslreg.engine.curve import CurveProbe, curve_point, curve_probe, due, log_c
 from sslreg.engine.device import device_name, resolve_device, use_bf16
 from sslreg.engine.interrupt import Cadence, StopRequest, signal_name
 from sslreg.engine.mfu import backbone_flops_per_image, mfu, peak_flops
-from sslreg.engine.optim import build_optimizer, lr_schedule
+from sslreg.engine.optim import build_optimizer, lr_schedule, set_hyperparameters
 from sslreg.engine.splits import RunData, load_run_data
-from sslreg.errors import ConfigError, DivergedError, RunInterrupted, SslregError
-from sslreg.interfaces import Method, RunContext
+from sslreg.errors import (
+    CheckpointError,
+    ConfigError,
+    DivergedError,
+    PluginError,
+    RunInterrupted,
+    SslregError,
+)
+from sslreg.interfaces import Method, RunContext, StepCall
 from sslreg.runs import RunDir, write_json
+from sslreg.schedules import Timeline
 from sslreg.views import normalize
 
 if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
@@ -43,10 +51,14 @@ class Trainer:
     policy: Any
     monitors: list[Any]
     images: torch.Tensor  # uint8 (N, C, H, W) on the device
-    # (N,) on the device, None for unlabelled images; only methods with uses_labels see them
+    # (N,) on the device, None for unlabelled images; ``calls`` decides who sees them
     labels: torch.Tensor | None
     optimizer: torch.optim.Optimizer
-    schedule: torch.Tensor  # (epochs * steps_per_epoch,) learning rates
+    # Every per-step schedule, (epochs * steps_per_epoch,) each: "lr" and the method's.
+    timeline: Timeline
+    calls: StepCall  # what the method's training_step and on_step_end receive
+    # Each parameter group's weight decay as built, which a "weight_decay" schedule scales.
+    base_decay: list[float]
     device: torch.device
     bf16: bool
     steps_per_epoch: int
@@ -91,15 +103,31 @@ def build_method(config: RunConfig, registry: Registry, data: RunData) -> Method
         config.backbone, in_channels=channels, image_size=image_size)
     method = registry.build_method(config.method, config.method_config, backbone)
     pool = data.train if data.pretrain is None else data.pretrain
-    if method.uses_labels and not pool.labelled:
+    if StepCall.of(method).labels and not pool.labelled:
         raise ConfigError(
             f"method '{config.method}' trains with labels but {pool.name} has none; "
             "pretrain it on a labelled dataset or choose a self-supervised method")
-    method.setup(RunContext(
+    method.setup(run_context(config, data))
+    return method
+
+
+def run_context(config: RunConfig, data: RunData) -> RunContext:
+    channels, image_size = data.train.channels, data.train.images.shape[-1]
+    return RunContext(
         epochs=config.train.epochs,
         steps_per_epoch=len(data.pretraining(config)) // config.train.batch_size,
-        channels=channels, image_size=image_size, class_names=_class_names(data)))
-    return method
+        channels=channels, image_size=image_size, class_names=_class_names(data))
+
+
+def build_timeline(config: RunConfig, method: Method, steps_per_epoch: int) -> Timeline:
+    """The learning rate and the method's schedules, for every step of the run."""
+    lr = lr_schedule(config.optim, config.train.batch_size, steps_per_epoch,
+                     config.train.epochs)
+    try:
+        return Timeline.build(method.schedules(method.context), len(lr), steps_per_epoch,
+                              lr=lr)
+    except ValueError as error:
+        raise PluginError(f"method '{config.method}': {error}") from None
 
 
 def _class_names(data: RunData) -> tuple[str, ...]:
@@ -146,15 +174,16 @@ def build_trainer(config: RunConfig, registry: Registry, run: RunDir,
         # and the method's own step logic stay eager (queues, EMA, Sinkhorn).
         method.backbone.compile()
     policy = build_policy(config, registry, pool, data.stats)
+    optimizer = build_optimizer(method, config.optim, device)
     return Trainer(
         config=config, run=run, method=method, policy=policy,
         monitors=[registry.monitors.create(name) for name in registry.monitors.names()],
         images=pool.images.to(device), device=device,
         labels=None if pool.labels is None else pool.labels.to(device),
         preview=preview_images(method, data, device),
-        optimizer=build_optimizer(method, config.optim, device),
-        schedule=lr_schedule(config.optim, config.train.batch_size, steps_per_epoch,
-                             config.train.epochs).tolist(),
+        optimizer=optimizer, timeline=build_timeline(config, method, steps_per_epoch),
+        calls=StepCall.of(method),
+        base_decay=[group["weight_decay"] for group in optimizer.param_groups],
         bf16=use_bf16(config.train.precision, device), steps_per_epoch=steps_per_epoch,
         curve=curve_probe(config, data) if config.eval.curve_every else None,
         parallel=distributed.data_parallel(method, device),
@@ -197,6 +226,7 @@ def restore(trainer: Trainer) -> None:
     except (RuntimeError, ValueError, KeyError) as error:
         raise SslregError(f"checkpoint {trainer.run.checkpoint} does not fit this model "
                           f"({str(error).splitlines()[0][:160]})") from None
+    trainer.timeline = restore_timeline(trainer, state["schedules"])
     trainer.epoch, trainer.step = state["epoch"], state["step"]
     trainer.epoch_step = state.get("epoch_step", 0)  # older checkpoints: epoch ends only
     trainer.elapsed, trainer.images_seen = state["elapsed"], state["images_seen"]
@@ -209,6 +239,17 @@ def restore(trainer: Trainer) -> None:
         info = trainer.run.read_json(trainer.run.train_info)
         trainer.monitor_warnings = list(info.get("monitor_warnings", []))
         trainer.curve_points = [p for p in info.get("curve", []) if p[0] <= trainer.epoch]
+
+
+def restore_timeline(trainer: Trainer, saved: dict[str, torch.Tensor]) -> Timeline:
+    """The checkpoint's schedules, which the run goes on reading, once they fit it."""
+    timeline = trainer.timeline
+    problem = timeline.mismatch(saved)
+    if problem:
+        raise CheckpointError(
+            f"checkpoint {trainer.run.checkpoint} does not fit this run: its {problem}; "
+            "resume with the data it was written with, or start over with another --out")
+    return Timeline(saved, timeline.total_steps, timeline.steps_per_epoch)
 
 
 def random_states(trainer: Trainer, views_rng: torch.Generator | None) -> list[dict]:
@@ -265,6 +306,7 @@ def checkpoint(trainer: Trainer, views_rng: torch.Generator | None = None,
         "images_seen": trainer.images_seen,
         "model": trainer.method.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
+        "schedules": trainer.timeline.tables,
         "random": states,
         "monitor_warnings": list(trainer.monitor_warnings),
         "curve": [list(point) for point in trainer.curve_points],
@@ -383,22 +425,18 @@ def train_step(trainer: Trainer, batch: torch.Tensor, labels: torch.Tensor | Non
     views = trainer.policy(batch, views_rng)
     if trainer.device.type == "cuda":
         views = [view.contiguous(memory_format=torch.channels_last) for view in views]
-    lr = trainer.schedule[trainer.step]
-    for group in trainer.optimizer.param_groups:
-        group["lr"] = lr
+    clock = trainer.timeline.clock(trainer.step)
+    set_hyperparameters(trainer.optimizer, clock["lr"], trainer.base_decay,
+                        clock.values.get("weight_decay"))
     autocast = (torch.autocast(trainer.device.type, dtype=torch.bfloat16) if trainer.bf16
                 else contextlib.nullcontext())
     step = trainer.parallel or trainer.method.training_step
     with autocast:
-        if trainer.method.uses_labels:
-            output = step(views, labels=labels)
-        else:
-            output = step(views)
+        output = step(views, **trainer.calls.arguments(labels, clock))
     trainer.optimizer.zero_grad(set_to_none=True)
     output.loss.backward()
     trainer.optimizer.step()
-    total = trainer.steps_per_epoch * trainer.config.train.epochs
-    trainer.method.on_step_end((trainer.step + 1) / total)
+    trainer.calls.end(trainer.method, clock)
     return output
 
 
@@ -442,7 +480,9 @@ def log_step(trainer: Trainer, writer: SummaryWriter, output: Any, rate: float,
     step = trainer.step
     loss = output.loss.item()
     writer.add_scalar("train/loss", loss, step)
-    writer.add_scalar("train/lr", trainer.schedule[step - 1], step)
+    for name in trainer.timeline.tables:  # "train/lr", then the method's own schedules
+        tag = "train/lr" if name == "lr" else f"schedule/{name}"
+        writer.add_scalar(tag, trainer.timeline.value(name, step - 1), step)
     writer.add_scalar("train/images_per_s", rate, step)
     utilisation = mfu(rate, trainer.flops_per_image, trainer.peak_flops)
     if utilisation is not None:

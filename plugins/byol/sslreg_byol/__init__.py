@@ -17,8 +17,18 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, OptimConfig, StepOutput, fields, hookimpl
-from sslreg.nn import cosine_momentum, ema_update, make_target, mlp
+from sslreg import (
+    Clock,
+    Method,
+    MethodSpec,
+    OptimConfig,
+    RunContext,
+    Schedule,
+    StepOutput,
+    fields,
+    hookimpl,
+)
+from sslreg.nn import ema_update, make_target, mlp
 
 PAPER = "Grill et al. 2020, Bootstrap Your Own Latent (BYOL)"
 
@@ -47,7 +57,10 @@ class BYOL(Method):
         self.predictor = mlp(config.proj_dim, config.pred_hidden_dim, config.proj_dim)
         self.target_backbone = make_target(backbone)
         self.target_projector = make_target(self.projector)
-        self.momentum = config.base_momentum
+
+    def schedules(self, context: RunContext) -> dict[str, Schedule]:
+        """The target's EMA momentum, from ``base_momentum`` to 1 on a cosine (sec. 3.2)."""
+        return {"momentum": Schedule.cosine(self.config.base_momentum, 1.0, after_step=True)}
 
     def training_step(self, views: list[Tensor]) -> StepOutput:
         # One pass per view, as the paper's code does: each view's batch norm statistics
@@ -58,13 +71,11 @@ class BYOL(Method):
             t1, t2 = (self.target_projector(self.target_backbone(view)) for view in views[:2])
         # p1 predicts the target of view 2 and p2 that of view 1 (symmetrised loss).
         loss = 4 + 2 * (self.objective(p1, t2) + self.objective(p2, t1))
-        return StepOutput(loss=loss, embeddings=z1.detach(),
-                          metrics={"ema_momentum": torch.tensor(self.momentum)})
+        return StepOutput(loss=loss, embeddings=z1.detach())
 
-    def on_step_end(self, progress: float) -> None:
-        self.momentum = cosine_momentum(self.config.base_momentum, progress)
-        ema_update(self.target_backbone, self.backbone, self.momentum)
-        ema_update(self.target_projector, self.projector, self.momentum)
+    def on_step_end(self, clock: Clock) -> None:
+        ema_update(self.target_backbone, self.backbone, clock["momentum"])
+        ema_update(self.target_projector, self.projector, clock["momentum"])
 
 
 @hookimpl

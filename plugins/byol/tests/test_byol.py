@@ -18,6 +18,15 @@ def test_cosine_momentum_runs_from_base_to_one():
     assert cosine_momentum(0.996, 1.0) == 1.0
 
 
+def test_momentum_schedule_gives_the_values_byol_computed_itself_before():
+    # BYOL moved its target with cosine_momentum(base, (step + 1) / total) after each
+    # step; the schedule is that very float, so runs do not drift.
+    method, _ = testing.build("byol")  # 2 epochs of 4 steps
+    values = method.schedules(method.context)["momentum"].values(8)
+    assert values.tolist() == [cosine_momentum(0.996, (step + 1) / 8) for step in range(8)]
+    assert testing.clock(method, 7)["momentum"] == 1.0
+
+
 def test_ema_update_formula():
     online = torch.nn.Linear(2, 2)
     target = make_target(online)
@@ -38,7 +47,7 @@ def test_target_gets_no_gradient_and_follows_online():
     with torch.no_grad():
         for p in method.backbone.parameters():
             p.add_(0.1)
-    method.on_step_end(progress=0.0)  # momentum stays at the base value at progress 0
+    testing.step_end(method)  # step 0: momentum just above the base value
     after = list(method.target_backbone.parameters())
     moved = [not torch.equal(a, b) for a, b in zip(after, before, strict=True)]
     assert all(moved)
@@ -48,7 +57,7 @@ def test_loss_is_symmetrised_normalised_mse():
     method, policy = testing.build("byol")
     method.train()
     views = policy(testing.tiny_images(), torch.Generator().manual_seed(0))
-    loss = method.training_step(views).loss
+    loss = testing.training_step(method, views).loss
     p1, p2 = (method.predictor(method.projector(method.backbone(v))) for v in views)
     t1, t2 = (method.target_projector(method.target_backbone(v)) for v in views)
 

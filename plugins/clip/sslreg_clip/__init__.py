@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, RunContext, StepOutput, fields, hookimpl
+from sslreg import Clock, Method, MethodSpec, RunContext, StepOutput, fields, hookimpl
 from sslreg.objectives import infonce_bound
 from sslreg_clip.text import TextEncoder
 from sslreg_clip.tokenizer import PAD_ID, ByteTokenizer
@@ -60,7 +60,7 @@ TEMPLATES = (
     "a blurry photo of the {}.",
 )
 
-# Length of the fixed table of random template draws read by a step counter; a prime,
+# Length of the fixed table of random template draws read by the global step; a prime,
 # so that batches of any size walk through all of it before repeating.
 TEMPLATE_DRAWS = 4093
 
@@ -120,12 +120,11 @@ class CLIP(Method):
             vocab_size=self.tokenizer.vocab_size, context_length=config.context_length,
             width=config.text_width, layers=config.text_layers, heads=config.text_heads,
             out_dim=config.proj_dim)
-        # Random template draws from the seeded global RNG, read through a step counter:
-        # deterministic, free of host syncs, and both in the state_dict, so a resumed
+        # Random template draws from the seeded global RNG, read at the engine's global
+        # step: deterministic, free of host syncs, and in the state_dict, so a resumed
         # run draws what an uninterrupted one would have.
         self.register_buffer("template_draws",
                              torch.randint(len(TEMPLATES), (TEMPLATE_DRAWS,)))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         # (classes, templates, length) caption tokens, rebuilt from the class names by
         # setup() on every run, so not saved.
         self.register_buffer("captions", self._tokenize(()), persistent=False)
@@ -154,11 +153,11 @@ class CLIP(Method):
         """The objective's logit scale exp(logit_scale), 0-d, with its gradient."""
         return self.objective.scale()
 
-    def template_choices(self, batch: int) -> Tensor:
-        """(batch,) template indices for this step: a window of the fixed random draws
+    def template_choices(self, batch: int, step: int) -> Tensor:
+        """(batch,) template indices for ``step``: a window of the fixed random draws
         that moves by ``batch`` every optimizer step."""
-        offsets = torch.arange(batch, device=self.steps.device)
-        return self.template_draws[(self.steps * batch + offsets) % TEMPLATE_DRAWS]
+        offsets = torch.arange(batch, device=self.template_draws.device)
+        return self.template_draws[(step * batch + offsets) % TEMPLATE_DRAWS]
 
     def caption_embeddings(self, labels: Tensor, templates: Tensor) -> Tensor:
         """(N,) labels and template indices -> (N, proj_dim) caption embeddings.
@@ -171,10 +170,12 @@ class CLIP(Method):
         table = self.encode_text(self.captions.view(classes * count, length))  # (C*T, D)
         return table.view(classes, count, -1)[labels, templates]  # (N, D)
 
-    def training_step(self, views: list[Tensor], labels: Tensor | None = None) -> StepOutput:
+    def training_step(self, views: list[Tensor], clock: Clock,
+                      labels: Tensor | None = None) -> StepOutput:
         self._check_captions(labels)
         image = self.encode_image(views[0])  # (N, D)
-        text = self.caption_embeddings(labels, self.template_choices(len(labels)))  # (N, D)
+        templates = self.template_choices(len(labels), clock.step)
+        text = self.caption_embeddings(labels, templates)  # (N, D)
         scale = self.scale()
         loss = self.objective(image, text)
         embeddings = F.normalize(image.detach().float(), dim=1)  # what the monitors watch
@@ -192,8 +193,7 @@ class CLIP(Method):
             raise ValueError("clip has no class names to caption: call "
                              "setup(RunContext(class_names=...)) first")
 
-    def on_step_end(self, progress: float) -> None:
-        self.steps.add_(1)
+    def on_step_end(self, clock: Clock) -> None:
         self.objective.clamp_()  # the paper's clip of the learned scale (sec. 2.5)
 
     @torch.no_grad()

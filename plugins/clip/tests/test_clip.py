@@ -149,11 +149,11 @@ def test_logit_scale_is_learned_and_clipped_at_100():
     assert logit_scale.grad is not None and logit_scale.grad != 0
     with torch.no_grad():
         logit_scale.fill_(math.log(500.0))
-    method.on_step_end(0.5)
+    testing.step_end(method)
     assert method.scale().item() == pytest.approx(100.0)
     with torch.no_grad():
         logit_scale.fill_(-1.0)
-    method.on_step_end(0.5)
+    testing.step_end(method)
     assert method.scale().item() == pytest.approx(1.0)
     fixed = _method(learn_temperature=False)
     assert not fixed.objective.logit_scale.requires_grad
@@ -186,25 +186,25 @@ def test_setup_tokenizes_every_class_through_every_template():
     assert "captions" not in method.state_dict()  # rebuilt by setup, not saved
     bare = CLIP(CLIPConfig(), method.backbone, CLIPLoss())
     with pytest.raises(ValueError, match="class names"):
-        bare.training_step([torch.randn(2, 1, 28, 28)], labels=torch.tensor([0, 1]))
+        bare.training_step([torch.randn(2, 1, 28, 28)], testing.clock(bare),
+                           labels=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="labels"):
-        method.training_step([torch.randn(2, 1, 28, 28)])
+        method.training_step([torch.randn(2, 1, 28, 28)], testing.clock(method))
 
 
-def test_templates_are_random_per_sample_and_move_with_the_step_counter():
+def test_templates_are_random_per_sample_and_move_with_the_global_step():
     method = _method()
-    first = method.template_choices(64)
+    first = method.template_choices(64, step=0)
     assert first.shape == (64,) and set(first.tolist()) == set(range(len(TEMPLATES)))
-    torch.testing.assert_close(_method().template_choices(64), first)  # same seed, same draws
-    assert not torch.equal(_method(seed=1).template_choices(64), first)
-    method.on_step_end(0.1)
-    assert method.steps.item() == 1
-    assert not torch.equal(method.template_choices(64), first)
-    # The counter and the draws are saved: a resumed model draws what this one would.
-    method.on_step_end(0.2)
+    torch.testing.assert_close(_method().template_choices(64, 0), first)  # same seed, same draws
+    assert not torch.equal(_method(seed=1).template_choices(64, 0), first)
+    assert not torch.equal(method.template_choices(64, step=1), first)
+    # The draws are saved and the step is the engine's: a resumed model draws what this
+    # one would, with no counter of its own.
     resumed = _method(seed=5)
     resumed.load_state_dict(method.state_dict())
-    torch.testing.assert_close(resumed.template_choices(64), method.template_choices(64))
+    assert "steps" not in method.state_dict()
+    torch.testing.assert_close(resumed.template_choices(64, 2), method.template_choices(64, 2))
 
 
 def test_caption_embeddings_equal_encoding_each_samples_caption():
@@ -224,13 +224,13 @@ def test_training_step_is_the_plain_reference():
     views = policy(testing.tiny_images(), torch.Generator().manual_seed(0))
     assert len(views) == 1  # one view is enough for an image-text loss
     labels = testing.tiny_labels()
-    templates = method.template_choices(len(labels))
+    templates = method.template_choices(len(labels), step=0)
     texts = [TEMPLATES[t].format(testing.CLASS_NAMES[c])
              for c, t in zip(labels.tolist(), templates.tolist(), strict=True)]
     image = method.encode_image(views[0])
     text = method.encode_text(method.tokenizer.encode(texts))
     expected = CLIPLoss(temperature=0.07)(image, text)  # the scale is still at 1 / 0.07
-    output = method.training_step(views, labels=labels)
+    output = testing.training_step(method, views)  # step 0, testing.tiny_labels()
     torch.testing.assert_close(output.loss, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(output.metrics["infonce_bound"], math.log(8) - output.loss.detach())
     torch.testing.assert_close(output.metrics["logit_scale"], torch.tensor(1 / 0.07))

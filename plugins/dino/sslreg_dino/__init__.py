@@ -29,9 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, ObjectiveSpec, RunContext, StepOutput, fields, hookimpl
+from sslreg import (
+    Clock,
+    Method,
+    MethodSpec,
+    ObjectiveSpec,
+    RunContext,
+    Schedule,
+    StepOutput,
+    fields,
+    hookimpl,
+)
 from sslreg.distributed import global_batch_mean
-from sslreg.nn import cosine_momentum, ema_update, make_target
+from sslreg.nn import ema_update, make_target
 from sslreg_dino.loss import DINOLoss, teacher_probabilities
 
 __all__ = ["DINO", "DINOConfig", "DINOHead", "DINOLoss", "attention_maps", "view_options"]
@@ -43,6 +53,11 @@ PAPER = "Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transf
 # and the prototypes stay frozen for 1 of 100 (sec. 4 and appendix; main_dino.py).
 TEACHER_TEMP_WARMUP_SHARE = 0.3
 FREEZE_SHARE = 0.01
+
+# The paper's ViTs raise the weight decay on a cosine from 0.04 to 0.4 over the run
+# (main_dino.py's weight_decay and weight_decay_end); its ResNet-50 keeps it constant.
+# As a factor of optim.weight_decay, so --set optim.weight_decay=0.04 gives 0.04 -> 0.4.
+VIT_WEIGHT_DECAY_RISE = 10.0
 
 
 # The paper's two multi-crop recipes, (global crop scale, local crop scale): its
@@ -173,9 +188,10 @@ class DINO(Method):
     touches parameters only).
 
     State kept for resume: ``center`` (1, out_dim), the EMA of the teacher's batch-mean
-    output (the mean over the global batch under torchrun, the same on every rank), and
-    ``steps``, the optimizer steps taken (the teacher-temperature warm-up and the
-    frozen-prototype epochs are read from it).
+    output (the mean over the global batch under torchrun, the same on every rank).
+    The teacher temperature, the EMA momentum and (on a ViT) the weight decay are
+    schedules (:meth:`schedules`) read from the engine's clock, and the prototypes are
+    frozen by the clock's step, so no step counter of its own has to survive a resume.
     """
 
     def __init__(self, config: DINOConfig, backbone: nn.Module, objective: nn.Module) -> None:
@@ -188,46 +204,43 @@ class DINO(Method):
         self.teacher_backbone = make_target(backbone)
         self.teacher_head = make_target(self.head)
         self.register_buffer("center", torch.zeros(1, config.out_dim))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        # A host copy of ``steps``: deciding whether the prototypes are frozen must not
-        # read the device tensor each step. Refreshed whenever a state_dict is loaded.
-        self.steps_done = 0
-        self.register_load_state_dict_post_hook(_refresh_steps_done)
-        self.momentum = config.base_momentum
+        self.vit = hasattr(backbone, "last_self_attention")
         self._pending_teacher: Tensor | None = None  # this step's teacher output
-        self.setup(self.context)
 
-    def setup(self, context: RunContext) -> None:
-        super().setup(context)
+    def schedules(self, context: RunContext) -> dict[str, Schedule]:
+        """The teacher temperature warms up linearly from ``warmup_teacher_temp`` to
+        ``teacher_temp``, then stays; the EMA momentum rises from ``base_momentum`` to 1
+        on a cosine; on a ViT the weight decay rises x10 on a cosine (the paper's
+        0.04 -> 0.4)."""
         c = self.config
         warmup = min(c.warmup_teacher_temp_epochs, TEACHER_TEMP_WARMUP_SHARE * context.epochs)
-        freeze = min(c.freeze_last_layer_epochs, FREEZE_SHARE * context.epochs)
-        self.warmup_steps = warmup * context.steps_per_epoch
-        self.freeze_steps = freeze * context.steps_per_epoch
-
-    def teacher_temperature(self) -> Tensor:
-        """Linear from ``warmup_teacher_temp`` to ``teacher_temp`` over the warm-up steps,
-        then constant; a 0-d float tensor computed on the device (no host sync)."""
-        c = self.config
-        if self.warmup_steps > 0:
-            progress = (self.steps.float() / self.warmup_steps).clamp(max=1.0)
-        else:
-            progress = self.steps.new_ones((), dtype=torch.float32)
-        return c.warmup_teacher_temp + (c.teacher_temp - c.warmup_teacher_temp) * progress
+        schedules = {
+            "teacher_temp": Schedule.linear(c.warmup_teacher_temp, c.teacher_temp,
+                                            steps=warmup * context.steps_per_epoch),
+            "momentum": Schedule.cosine(c.base_momentum, 1.0, after_step=True),
+        }
+        if self.vit:
+            schedules["weight_decay"] = Schedule.cosine(1.0, VIT_WEIGHT_DECAY_RISE)
+        return schedules
 
     @property
-    def prototypes_frozen(self) -> bool:
-        """The paper freezes the last layer during the first epoch: it helps training."""
-        return self.steps_done < self.freeze_steps
+    def freeze_steps(self) -> float:
+        freeze = min(self.config.freeze_last_layer_epochs, FREEZE_SHARE * self.context.epochs)
+        return freeze * self.context.steps_per_epoch
 
-    def student_outputs(self, views: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    def prototypes_frozen(self, clock: Clock) -> bool:
+        """The paper freezes the last layer during the first epoch: it helps training."""
+        return clock.step < self.freeze_steps
+
+    def student_outputs(self, views: list[Tensor], frozen: bool = False
+                        ) -> tuple[Tensor, list[Tensor]]:
         """The first global crop's bottleneck (N, bottleneck_dim) and every crop's
-        logits, V tensors (N, out_dim)."""
+        logits, V tensors (N, out_dim); ``frozen`` keeps gradients off the prototypes."""
         # One backbone pass per resolution: the global crops, then the local ones.
         features = [self.backbone(torch.cat(views[:2]))]  # (2N, D)
         if len(views) > 2:
             features.append(self.backbone(torch.cat(views[2:])))  # ((V-2)N, D)
-        z, logits = self.head(torch.cat(features), freeze_prototypes=self.prototypes_frozen)
+        z, logits = self.head(torch.cat(features), freeze_prototypes=frozen)
         return z[: len(views[0])], list(logits.chunk(len(views)))
 
     @torch.no_grad()
@@ -236,20 +249,18 @@ class DINO(Method):
         _, logits = self.teacher_head(self.teacher_backbone(torch.cat(views[:2])))
         return list(logits.chunk(2))
 
-    def training_step(self, views: list[Tensor]) -> StepOutput:
-        z, student = self.student_outputs(views)
+    def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:
+        z, student = self.student_outputs(views, frozen=self.prototypes_frozen(clock))
         teacher = self.teacher_outputs(views)
-        temperature = self.teacher_temperature()
+        temperature = clock["teacher_temp"]
         loss = self.objective(student, teacher, self.center, temperature)
         self._pending_teacher = torch.cat(teacher)  # (2N, out_dim), centres after the step
         return StepOutput(loss=loss, embeddings=z.detach(), metrics={
-            "teacher_temp": temperature.detach(),
             "teacher_entropy": self.teacher_entropy(teacher, temperature),
-            "ema_momentum": torch.tensor(self.momentum),
         })
 
     @torch.no_grad()
-    def teacher_entropy(self, teacher: list[Tensor], temperature: Tensor) -> Tensor:
+    def teacher_entropy(self, teacher: list[Tensor], temperature: float) -> Tensor:
         """Mean entropy of the teacher's targets: log(out_dim) when uniform, 0 when
         one-hot; the paper watches it to tell the two kinds of collapse apart."""
         q = teacher_probabilities(torch.cat(teacher), self.center, temperature)
@@ -264,15 +275,13 @@ class DINO(Method):
         batch_center = global_batch_mean(teacher.float())  # (1, out_dim)
         self.center.lerp_(batch_center, 1.0 - self.config.center_momentum)
 
-    def on_step_end(self, progress: float) -> None:
-        self.momentum = cosine_momentum(self.config.base_momentum, progress)
-        ema_update(self.teacher_backbone, self.backbone, self.momentum, copy_buffers=False)
-        ema_update(self.teacher_head, self.head, self.momentum, copy_buffers=False)
+    def on_step_end(self, clock: Clock) -> None:
+        momentum = clock["momentum"]
+        ema_update(self.teacher_backbone, self.backbone, momentum, copy_buffers=False)
+        ema_update(self.teacher_head, self.head, momentum, copy_buffers=False)
         if self._pending_teacher is not None:
             self.update_center(self._pending_teacher)
             self._pending_teacher = None
-        self.steps += 1
-        self.steps_done += 1
 
     @property
     def evaluated_backbone(self) -> nn.Module:
@@ -310,10 +319,6 @@ def _unit_range(maps: Tensor) -> Tensor:
     low = maps.amin(dim=(1, 2, 3), keepdim=True)
     high = maps.amax(dim=(1, 2, 3), keepdim=True)
     return (maps - low) / (high - low).clamp_min(1e-12)
-
-
-def _refresh_steps_done(module: DINO, _incompatible_keys: Any) -> None:
-    module.steps_done = int(module.steps)
 
 
 def view_options(config: DINOConfig, backbone_family: str = "convnet") -> dict[str, Any]:
@@ -354,7 +359,8 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         view_options=view_options,
         # The paper's ResNet-50 run (its released args): LARS at 0.3 x batch/256, weight
         # decay 1e-6, 10 warm-up epochs. Its ViT recipe is AdamW at 5e-4 x batch/256 with
-        # weight decay 0.04 -> 0.4 on a cosine (sslreg's is constant: use 0.04), i.e.
+        # weight decay 0.04 -> 0.4 on a cosine (on a ViT the method's weight-decay
+        # schedule raises optim.weight_decay x10), i.e.
         # --set optim.name=adamw optim.lr=5e-4 optim.weight_decay=0.04.
         optim={"name": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10},
     ))

@@ -66,7 +66,7 @@ def test_builds_and_steps_on_a_vit_at_every_image_size(shape, local):
     assert method.backbone.patch_size == sizes.vit_patch_size(shape.size)
     views = policy(testing.tiny_images(4, shape=shape), torch.Generator().manual_seed(0))
     assert [v.shape[-1] for v in views] == [shape.size] * 2 + [local] * 6
-    output = method.training_step(views)
+    output = testing.training_step(method, views)
     output.loss.backward()
     assert torch.isfinite(output.loss) and method.backbone.patch_embed.weight.grad is not None
 
@@ -214,11 +214,11 @@ def test_training_step_is_the_loss_of_student_against_teacher_on_global_crops():
         student = [method.head(method.backbone(v))[1] for v in views]  # all 8 crops
         teacher = [method.teacher_head(method.teacher_backbone(v))[1] for v in views[:2]]
     expected = _reference_loss(student, teacher, method.center, 0.1, 0.04)
-    output = method.training_step(views)
+    output = testing.training_step(method, views)  # step 0: teacher temperature 0.04
     torch.testing.assert_close(output.loss, expected, rtol=1e-4, atol=1e-5)
     assert output.embeddings.shape == (8, 256)  # the first global crop's bottleneck
-    assert set(output.metrics) == {"teacher_temp", "teacher_entropy", "ema_momentum"}
-    torch.testing.assert_close(output.metrics["teacher_temp"], torch.tensor(0.04))
+    # The temperature and momentum are the engine's schedules, logged as schedule/*.
+    assert set(output.metrics) == {"teacher_entropy"}
     assert 0 < output.metrics["teacher_entropy"] <= math.log(4096) + 1e-4
 
 
@@ -226,15 +226,15 @@ def test_student_gets_the_gradient_and_the_teacher_follows_by_ema():
     method, policy = testing.build("dino")
     assert not any(p.requires_grad for p in method.teacher_backbone.parameters())
     assert not any(p.requires_grad for p in method.teacher_head.parameters())
-    method.steps_done = 10**6  # past the frozen-prototype steps
     before = [p.clone() for p in method.teacher_head.parameters()]
-    output = testing.step(method, policy, testing.tiny_images())
+    output = testing.step(method, policy, testing.tiny_images(), at=1)  # past the freeze
     output.loss.backward()
     assert method.head.prototypes.grad is not None
     with torch.no_grad():
         for p in method.head.parameters():
             p.add_(1.0)
-    method.on_step_end(0.0)  # momentum 0.996 at the start of the run
+    clock = attrs.evolve(testing.clock(method, 1), values={"momentum": 0.996})
+    method.on_step_end(clock)
     for old, new, online in zip(before, method.teacher_head.parameters(),
                                 method.head.parameters(), strict=True):
         torch.testing.assert_close(new, 0.996 * old + 0.004 * online)
@@ -256,54 +256,92 @@ def test_center_moves_after_the_step_from_the_global_crops_teacher_output():
     method, policy = testing.build("dino")
     views = policy(testing.tiny_images(), torch.Generator().manual_seed(0))
     method.train()
-    output = method.training_step(views)
+    output = testing.training_step(method, views)
     torch.testing.assert_close(method.center, torch.zeros_like(method.center))  # not yet
     with torch.no_grad():
         teacher = torch.cat(method.teacher_outputs(views))  # the teacher is unchanged
     output.loss.backward()
-    method.on_step_end(0.5)
+    testing.step_end(method)
     torch.testing.assert_close(method.center, 0.1 * teacher.mean(dim=0, keepdim=True))
 
 
-def _temperature(method: DINO, steps: int) -> float:
-    method.steps.fill_(steps)
-    return float(method.teacher_temperature())
+def _schedule(method: DINO, name: str, context: RunContext) -> torch.Tensor:
+    return method.schedules(context)[name].values(context.total_steps)
 
 
 def test_teacher_temperature_warms_up_linearly_then_stays():
     method = _method()
-    method.setup(RunContext(epochs=100, steps_per_epoch=10))  # the paper: 30 of 100 epochs
-    assert method.warmup_steps == 300
-    temperatures = [_temperature(method, s) for s in (0, 150, 300, 301, 1000)]
-    assert temperatures == pytest.approx([0.04, 0.055, 0.07, 0.07, 0.07])
-    method.setup(RunContext(epochs=2, steps_per_epoch=10))  # short: 30% of the run
-    assert method.warmup_steps == pytest.approx(6)
-    assert _temperature(method, 3) == pytest.approx(0.055)
+    paper = RunContext(epochs=100, steps_per_epoch=10)  # the paper: 30 of 100 epochs
+    temperatures = _schedule(method, "teacher_temp", paper)[[0, 150, 300, 301, 999]]
+    assert temperatures.tolist() == pytest.approx([0.04, 0.055, 0.07, 0.07, 0.07])
+    short = RunContext(epochs=2, steps_per_epoch=10)  # short: 30% of the run, 6 steps
+    assert _schedule(method, "teacher_temp", short)[3] == pytest.approx(0.055)
     method = _method(warmup_teacher_temp_epochs=0)
-    method.setup(RunContext(epochs=100, steps_per_epoch=10))
-    assert _temperature(method, 0) == pytest.approx(0.07)
+    assert _schedule(method, "teacher_temp", paper)[0] == pytest.approx(0.07)
 
 
-def _prototype_grad(method: DINO, policy) -> torch.Tensor | None:
+def _old_teacher_temperature(config: DINOConfig, steps: int, warmup_steps: float) -> float:
+    """The temperature as DINO computed it from its own step counter before the clock:
+    float32 on the device."""
+    done = torch.tensor(steps, dtype=torch.long)
+    progress = ((done.float() / warmup_steps).clamp(max=1.0) if warmup_steps > 0
+                else done.new_ones((), dtype=torch.float32))
+    return float(config.warmup_teacher_temp
+                 + (config.teacher_temp - config.warmup_teacher_temp) * progress)
+
+
+def test_schedules_give_the_values_dino_computed_itself_before():
+    # So results do not drift: the momentum is the very float of cosine_momentum at
+    # (step + 1) / total, the temperature the old float32 value to float32 rounding.
+    from sslreg.nn import cosine_momentum
+
+    method = _method()
+    context = RunContext(epochs=10, steps_per_epoch=7)  # warm-up 3 epochs, 21 steps
+    momentum = _schedule(method, "momentum", context)
+    temperature = _schedule(method, "teacher_temp", context)
+    for step in (0, 1, 10, 20, 21, 22, 50, 69):
+        assert momentum[step].item() == cosine_momentum(0.996, (step + 1) / 70)
+        assert temperature[step].item() == pytest.approx(
+            _old_teacher_temperature(method.config, step, 21.0), rel=3e-7, abs=0)
+
+
+def test_on_a_vit_weight_decay_rises_on_the_papers_cosine_from_0_04_to_0_4():
+    from sslreg.engine.trainer import build_timeline
+
+    registry = load_registry()
+    config = RunConfig.build(registry, "dino", ["optim.name=adamw", "optim.weight_decay=0.04",
+                                                "train.epochs=3"], backbone="vit-mini")
+    method = DINO(config.method_config, registry.backbones.create(
+        "vit-mini", in_channels=1, image_size=28))
+    method.setup(RunContext(epochs=3, steps_per_epoch=5))
+    timeline = build_timeline(config, method, steps_per_epoch=5)
+    decay = timeline.tables["weight_decay"] * config.optim.weight_decay  # as the engine sets it
+    assert decay[0].item() == pytest.approx(0.04, abs=1e-15)
+    assert decay[14].item() == pytest.approx(0.4, abs=1e-15)
+    assert decay[7].item() == pytest.approx(0.4 + (0.04 - 0.4) * (1 + math.cos(math.pi / 2)) / 2)
+    assert decay[3].item() == pytest.approx(0.4 + (0.04 - 0.4) * (1 + math.cos(math.pi * 3 / 14))
+                                            / 2)
+    # The paper's ResNet-50 keeps its weight decay constant: no schedule on a convnet.
+    assert "weight_decay" not in _method().schedules(RunContext())
+
+
+def _prototype_grad(method: DINO, policy, step: int) -> torch.Tensor | None:
     method.zero_grad(set_to_none=True)
-    testing.step(method, policy, testing.tiny_images()).loss.backward()
+    testing.step(method, policy, testing.tiny_images(), at=step).loss.backward()
     return method.head.prototypes.grad
 
 
 def test_prototypes_are_frozen_for_the_first_epoch():
     method, policy = testing.build("dino")
     method.setup(RunContext(epochs=100, steps_per_epoch=2))  # 1 epoch = 2 steps
-    for _ in range(2):
-        assert _prototype_grad(method, policy) is None
+    for step in range(2):
+        assert _prototype_grad(method, policy, step) is None
         assert any(p.grad is not None for p in method.head.mlp.parameters())
-        method.on_step_end(0.01)
-    assert _prototype_grad(method, policy) is not None
-    # A resumed run reads the step count from the state_dict.
-    resumed, _ = testing.build("dino")
-    resumed.setup(RunContext(epochs=100, steps_per_epoch=2))
-    assert resumed.prototypes_frozen
-    resumed.load_state_dict(method.state_dict())
-    assert int(resumed.steps) == 2 and not resumed.prototypes_frozen
+        testing.step_end(method, step)
+    # The global step decides, so a resumed run freezes as an uninterrupted one.
+    assert _prototype_grad(method, policy, 2) is not None
+    assert method.prototypes_frozen(testing.clock(method, 1))
+    assert not method.prototypes_frozen(testing.clock(method, 2))
 
 
 # --- evaluation and pictures ----------------------------------------------------------
@@ -330,9 +368,9 @@ def test_teacher_keeps_its_own_batch_norm_statistics():
     images = testing.tiny_images()
     teachers = (method.teacher_backbone, method.teacher_head)
     for step in range(3):
-        testing.step(method, policy, images, seed=step)
+        testing.step(method, policy, images, seed=step, at=step)
         before = [_buffers(m, "") for m in teachers]
-        method.on_step_end(0.1)
+        testing.step_end(method, step)
         # The EMA update moves the parameters and leaves the teacher's buffers alone.
         for module, old in zip(teachers, before, strict=True):
             assert all(torch.equal(a, b) for a, b in zip(_buffers(module, ""), old,

@@ -27,9 +27,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, StepOutput, distributed, fields, hookimpl
+from sslreg import (
+    Clock,
+    Method,
+    MethodSpec,
+    RunContext,
+    Schedule,
+    StepOutput,
+    distributed,
+    fields,
+    hookimpl,
+)
 from sslreg.interfaces import ViTBackbone
-from sslreg.nn import cosine_momentum, ema_update, make_target, mlp
+from sslreg.nn import ema_update, make_target, mlp
 from sslreg.nn.split_bn import convert_split_batchnorm
 from sslreg.objectives import infonce_bound
 
@@ -139,41 +149,37 @@ class KeyQueue(nn.Module):
     it left the representation collapsed (measured: std x sqrt(D) of the projections
     0.07 by step 4, loss stuck at log(1 + K)). So this queue starts empty and
     :meth:`negatives` returns only the keys pushed so far.
+
+    Every optimizer step pushes one global batch of keys, so the steps done say how
+    many rows are filled and where the next push goes: the queue keeps no counter.
     """
 
     def __init__(self, length: int, dim: int) -> None:
         super().__init__()
         self.register_buffer("keys", torch.zeros(length, dim))
-        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
-        self.register_buffer("count", torch.zeros((), dtype=torch.long))
-        # A host-side copy of ``count``, so no step waits on the device to read it; read
-        # from the buffer once after construction or loading a state_dict.
-        self._count: int | None = None
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._forget_count())
 
-    def _forget_count(self) -> None:
-        self._count = None
+    def written(self, steps: int, batch: int) -> int:
+        """Rows written by ``steps`` pushes of ``batch`` keys (a push keeps at most
+        ``length`` of them)."""
+        return steps * min(batch, len(self.keys))
 
-    def negatives(self) -> Tensor | None:
-        """The stored keys (a copy, as the queue changes in place while autograd still
-        needs them), or ``None`` while empty."""
-        if self._count is None:
-            self._count = int(self.count)
-        if self._count == len(self.keys):
+    def negatives(self, steps: int, batch: int) -> Tensor | None:
+        """The keys stored after ``steps`` pushes of ``batch`` (a copy, as the queue
+        changes in place while autograd still needs them), or ``None`` while empty."""
+        count = min(self.written(steps, batch), len(self.keys))
+        if count == len(self.keys):
             return self.keys.clone()
-        return self.keys[:self._count].clone() if self._count else None
+        return self.keys[:count].clone() if count else None
 
     @torch.no_grad()
-    def push(self, keys: Tensor) -> None:
-        """Overwrite the oldest ``len(keys)`` entries (wrapping around the end)."""
+    def push(self, keys: Tensor, steps: int) -> None:
+        """After ``steps`` earlier pushes of as many keys, overwrite the oldest
+        ``len(keys)`` entries (wrapping around the end)."""
         length = self.keys.shape[0]
         keys = F.normalize(keys.detach().float(), dim=1)[-length:]
-        rows = (self.pointer + torch.arange(len(keys), device=keys.device)) % length
+        start = self.written(steps, len(keys)) % length
+        rows = (start + torch.arange(len(keys), device=keys.device)) % length
         self.keys[rows] = keys.to(self.keys.dtype)
-        self.pointer.copy_((self.pointer + len(keys)) % length)
-        self.count.copy_(torch.clamp(self.count + len(keys), max=length))
-        if self._count is not None:
-            self._count = min(self._count + len(keys), length)
 
 
 class MoCo(Method):
@@ -195,7 +201,6 @@ class MoCo(Method):
             self.predictor = convert_split_batchnorm(self.predictor, config.bn_splits)
         self.key_backbone = make_target(self.backbone)
         self.key_projector = make_target(self.projector)
-        self.momentum = config.base_momentum
         self._pending_keys: Tensor | None = None  # this step's keys, queued at its end
 
     @torch.no_grad()
@@ -208,15 +213,25 @@ class MoCo(Method):
         keys = self.key_projector(self.key_backbone(view[order]))
         return keys[torch.argsort(order)]
 
-    def training_step(self, views: list[Tensor]) -> StepOutput:
+    def schedules(self, context: RunContext) -> dict[str, Schedule]:
+        """The key encoder's EMA momentum: constant for v2, base -> 1 on a cosine for v3."""
+        base = self.config.base_momentum
         if self.config.version == 2:
-            return self._v2_step(views[0], views[1])
+            return {"momentum": Schedule.constant(base)}
+        return {"momentum": Schedule.cosine(base, 1.0, after_step=True)}
+
+    def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:
+        if self.config.version == 2:
+            return self._v2_step(views[0], views[1], clock)
         return self._v3_step(views[0], views[1])
 
-    def _v2_step(self, query_view: Tensor, key_view: Tensor) -> StepOutput:
+    def _v2_step(self, query_view: Tensor, key_view: Tensor, clock: Clock) -> StepOutput:
         q = self.projector(self.backbone(query_view))  # (N, D)
         k = self.keys(key_view)  # (N, D)
-        negatives = self.queue.negatives()  # None on the first step: in-batch negatives
+        # Every rank pushes the global batch's keys each step.
+        global_batch = len(q) * distributed.world_size()
+        # None on the first step: in-batch negatives.
+        negatives = self.queue.negatives(clock.step, global_batch)
         loss = self.objective(q, k, negatives)
         # Queued in on_step_end, after the optimizer step (the paper's algorithm 1): a
         # loss computed without a step must leave the queue alone. Under torchrun every
@@ -224,8 +239,7 @@ class MoCo(Method):
         # ranks' queues stay identical.
         self._pending_keys = distributed.gather_with_grad(k).detach()
         # In-batch negatives are gathered from every rank under torchrun.
-        in_batch = len(q) * distributed.world_size()
-        candidates = in_batch if negatives is None else 1 + len(negatives)
+        candidates = global_batch if negatives is None else 1 + len(negatives)
         bound = infonce_bound(loss, num_candidates=candidates)
         return StepOutput(loss=loss, embeddings=q.detach(), metrics={"infonce_bound": bound})
 
@@ -238,14 +252,12 @@ class MoCo(Method):
         bound = infonce_bound(one_way / 2, num_candidates=len(q1) * distributed.world_size())
         return StepOutput(loss=loss, embeddings=q1.detach(), metrics={"infonce_bound": bound})
 
-    def on_step_end(self, progress: float) -> None:
+    def on_step_end(self, clock: Clock) -> None:
         if self._pending_keys is not None:
-            self.queue.push(self._pending_keys)
+            self.queue.push(self._pending_keys, clock.step)
             self._pending_keys = None
-        if self.config.version == 3:
-            self.momentum = cosine_momentum(self.config.base_momentum, progress)
-        ema_update(self.key_backbone, self.backbone, self.momentum)
-        ema_update(self.key_projector, self.projector, self.momentum)
+        ema_update(self.key_backbone, self.backbone, clock["momentum"])
+        ema_update(self.key_projector, self.projector, clock["momentum"])
 
 
 def view_options(config: MoCoConfig) -> dict[str, Any]:

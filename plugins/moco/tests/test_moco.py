@@ -9,7 +9,7 @@ from sslreg_moco import KeyQueue, MoCo, MoCoConfig
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sslreg import ConfigError, RunConfig, load_registry, testing
+from sslreg import ConfigError, RunConfig, RunContext, load_registry, testing
 from sslreg.nn.split_bn import SplitBatchNorm, convert_split_batchnorm, split_count
 
 
@@ -45,40 +45,40 @@ def test_registered_with_paper_defaults():
 
 
 def test_queue_is_a_fifo_that_wraps_around():
+    # Each step pushes one batch of 3 keys; the steps done say where the next one goes.
     queue = KeyQueue(length=4, dim=2)
-    assert queue.negatives() is None  # starts empty
+    assert queue.negatives(steps=0, batch=3) is None  # starts empty
     first = torch.tensor([[3.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
-    queue.push(first)
-    torch.testing.assert_close(queue.negatives(), F.normalize(first, dim=1))
-    assert int(queue.pointer) == 3 and int(queue.count) == 3
-    queue.push(torch.tensor([[0.0, -1.0], [-5.0, 0.0]]))  # rows 3, then 0 (oldest)
-    negatives = queue.negatives()
-    assert negatives.shape == (4, 2) and int(queue.count) == 4
-    torch.testing.assert_close(negatives[3], torch.tensor([0.0, -1.0]))
-    torch.testing.assert_close(negatives[0], torch.tensor([-1.0, 0.0]))
-    torch.testing.assert_close(negatives[1:3], F.normalize(first[1:], dim=1))
-    assert int(queue.pointer) == 1
+    queue.push(first, steps=0)
+    torch.testing.assert_close(queue.negatives(1, 3), F.normalize(first, dim=1))
+    queue.push(torch.tensor([[0.0, -1.0], [-5.0, 0.0], [0.0, 7.0]]), steps=1)  # rows 3, 0, 1
+    negatives = queue.negatives(2, 3)
+    assert negatives.shape == (4, 2)
+    torch.testing.assert_close(negatives[[3, 0, 1]],
+                               torch.tensor([[0.0, -1.0], [-1.0, 0.0], [0.0, 1.0]]))
+    torch.testing.assert_close(negatives[2], F.normalize(first[2], dim=0))
     negatives.add_(1.0)  # a copy: changing it leaves the queue alone
     torch.testing.assert_close(queue.keys[3], torch.tensor([0.0, -1.0]))
 
 
-def test_queue_survives_a_state_dict_round_trip():
+def test_queue_survives_a_state_dict_round_trip_and_keeps_no_counter():
     queue = KeyQueue(length=4, dim=2)
-    queue.push(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    queue.push(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), steps=0)
     restored = KeyQueue(length=4, dim=2)
     restored.load_state_dict(queue.state_dict())
-    torch.testing.assert_close(restored.negatives(), queue.negatives())
-    assert int(restored.pointer) == 2
+    assert list(queue.state_dict()) == ["keys"]
+    torch.testing.assert_close(restored.negatives(1, 2), queue.negatives(1, 2))
 
 
 def test_v2_loss_is_info_nce_against_the_queue_and_keys_are_queued_at_step_end():
     method, policy = testing.build("moco")
     method.train()
     views = policy(testing.tiny_images(), torch.Generator().manual_seed(0))
-    method.queue.push(torch.randn(16, 128))  # a full queue would do as well
-    queue_before = method.queue.negatives()
+    method.queue.push(torch.randn(16, 128), steps=0)  # two steps' keys of 8 images
+    queue_before = method.queue.negatives(steps=2, batch=8)
+    assert len(queue_before) == 16
     torch.manual_seed(1)  # the key encoder's shuffle
-    output = method.training_step(views)
+    output = testing.training_step(method, views, at=2)
     q = F.normalize(method.projector(method.backbone(views[0])), dim=1)
     torch.manual_seed(1)
     k = F.normalize(method.keys(views[1]), dim=1)
@@ -86,8 +86,9 @@ def test_v2_loss_is_info_nce_against_the_queue_and_keys_are_queued_at_step_end()
     logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue_before.T], dim=1) / 0.2
     expected = -torch.log_softmax(logits, dim=1)[:, 0].mean()
     torch.testing.assert_close(output.loss, expected, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(method.queue.negatives(), queue_before)  # not yet queued
-    method.on_step_end(0.5)  # after the optimizer step
+    torch.testing.assert_close(method.queue.keys[:16], queue_before)  # not yet queued
+    assert not method.queue.keys[16:].any()
+    testing.step_end(method, 2)  # after the optimizer step
     torch.testing.assert_close(method.queue.keys[16:24], k)
     bound = math.log(1 + 16) - expected
     torch.testing.assert_close(output.metrics["infonce_bound"], bound, rtol=1e-4, atol=1e-5)
@@ -97,7 +98,7 @@ def test_v3_loss_is_symmetric_in_batch_and_scaled_by_two_t():
     method = _method(version=3, proj_hidden_dim=32, proj_dim=16)
     method.train()
     views = [torch.randn(6, 1, 28, 28), torch.randn(6, 1, 28, 28)]
-    loss = method.training_step(views).loss
+    loss = testing.training_step(method, views).loss
     q1, q2 = (method.predictor(method.projector(method.backbone(v))) for v in views)
     k1, k2 = (method.key_projector(method.key_backbone(v)) for v in views)
 
@@ -114,8 +115,8 @@ def test_v3_normalises_each_view_by_its_own_batch():
     method = _method(version=3, proj_hidden_dim=32, proj_dim=16)
     method.train()
     view1, view2 = torch.randn(6, 1, 28, 28), torch.randn(6, 1, 28, 28)
-    first = method.training_step([view1, view2]).embeddings
-    second = method.training_step([view1, view2 * 5 + 1]).embeddings
+    first = testing.training_step(method, [view1, view2]).embeddings
+    second = testing.training_step(method, [view1, view2 * 5 + 1]).embeddings
     torch.testing.assert_close(first, second)
 
 
@@ -216,10 +217,20 @@ def test_key_encoder_follows_the_query_encoder_by_ema():
     with torch.no_grad():
         for p in method.backbone.parameters():
             p.add_(1.0)
-    method.on_step_end(progress=0.5)
+    testing.step_end(method)  # v2: a constant momentum
     for key, old, query in zip(method.key_backbone.parameters(), before,
                                method.backbone.parameters(), strict=True):
         torch.testing.assert_close(key, 0.9 * old + 0.1 * query)
+
+
+def test_momentum_schedules_give_the_values_moco_computed_itself_before():
+    from sslreg.nn import cosine_momentum
+
+    context = RunContext(epochs=3, steps_per_epoch=5)
+    v2 = _method().schedules(context)["momentum"].values(context.total_steps)
+    assert v2.tolist() == [0.99] * 15
+    v3 = _method(version=3).schedules(context)["momentum"].values(context.total_steps)
+    assert v3.tolist() == [cosine_momentum(0.99, (step + 1) / 15) for step in range(15)]
 
 
 def test_overrides_are_validated():

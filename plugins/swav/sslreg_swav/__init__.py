@@ -35,7 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslreg import Method, MethodSpec, ObjectiveSpec, StepOutput, distributed, fields, hookimpl
+from sslreg import (
+    Clock,
+    Method,
+    MethodSpec,
+    ObjectiveSpec,
+    StepOutput,
+    distributed,
+    fields,
+    hookimpl,
+)
 from sslreg.nn import mlp
 from sslreg_swav.loss import SwAVLoss, sinkhorn
 
@@ -101,9 +110,10 @@ class SwAV(Method):
     """Backbone -> projector -> L2-normalise -> prototypes (a bias-free Linear whose rows
     are kept on the unit sphere) -> swapped prediction of Sinkhorn codes.
 
-    The step counter and the queue are buffers, so a resumed run freezes the prototypes
-    and uses the queue exactly as an uninterrupted one; host-side copies of the two
-    counters decide the Python branches without a device sync each step.
+    The queue is a buffer; whether the prototypes are frozen, whether the queue has
+    started and how full it is follow from the engine's clock (the global step), so a
+    resumed run freezes and queues exactly as an uninterrupted one, with no counter of
+    its own and no device sync to decide the Python branches.
     """
 
     def __init__(self, config: SwAVConfig, backbone: nn.Module, objective: nn.Module) -> None:
@@ -111,24 +121,18 @@ class SwAV(Method):
         super().__init__(config, backbone, objective)
         self.projector = mlp(backbone.output_dim, config.proj_hidden_dim, config.proj_dim)
         self.prototypes = nn.Linear(config.proj_dim, config.num_prototypes, bias=False)
-        self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
         # Past normalised projections of each global crop, newest first.
         self.register_buffer("queue", torch.zeros(GLOBAL_CROPS, config.queue_length,
                                                   config.proj_dim))  # (2, L, D)
-        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
-        self._steps = 0  # host copy of step_count
-        self._filled = 0  # host copy of queue_filled
         self._pending: Tensor | None = None  # this step's projections, enqueued at its end
-        self.register_load_state_dict_post_hook(_sync_counters)
 
     @property
     def freeze_steps(self) -> int:
         """How many steps from the start the prototypes stay frozen."""
         return round(self.config.freeze_prototypes_fraction * self.context.total_steps)
 
-    @property
-    def prototypes_frozen(self) -> bool:
-        return self._steps < self.freeze_steps
+    def prototypes_frozen(self, clock: Clock) -> bool:
+        return clock.step < self.freeze_steps
 
     @property
     def queue_rows(self) -> int:
@@ -138,15 +142,18 @@ class SwAV(Method):
         length, so checkpoints load whatever the number of processes."""
         return self.config.queue_length // distributed.world_size()
 
-    @property
-    def queue_started(self) -> bool:
+    def queue_started(self, clock: Clock) -> bool:
+        """Projections are queued from the end of step ``queue_start_epoch`` x steps
+        per epoch on."""
         start = self.config.queue_start_epoch * self.context.steps_per_epoch
-        return self.queue_rows > 0 and self._steps >= start
+        return self.queue_rows > 0 and clock.step >= start
 
-    @property
-    def queue_full(self) -> bool:
-        # >=: a checkpoint from fewer processes may have filled more rows than this uses.
-        return self.queue_started and self._filled >= self.queue_rows
+    def queue_full(self, clock: Clock, batch: int) -> bool:
+        """Every step since the start pushed ``batch`` rows (the engine's batches are
+        all whole), so the step tells how full the queue is."""
+        start = self.config.queue_start_epoch * self.context.steps_per_epoch
+        pushed = max(clock.step - start, 0) * batch
+        return self.queue_started(clock) and pushed >= self.queue_rows
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
@@ -159,7 +166,7 @@ class SwAV(Method):
         """(N, C, H, W) -> (N, proj_dim) L2-normalised projections."""
         return F.normalize(self.projector(self.backbone(images)).float(), dim=1)
 
-    def training_step(self, views: list[Tensor]) -> StepOutput:
+    def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:
         self.normalize_prototypes()
         batch = len(views[0])
         # One pass per resolution, as the reference code: the globals, then all locals.
@@ -169,34 +176,31 @@ class SwAV(Method):
         z = torch.cat(z)  # (V*B, D)
         # No gradient reaches frozen prototypes, so their .grad stays None and the
         # optimizer skips them (the reference code sets p.grad = None instead).
+        frozen, queue_full = self.prototypes_frozen(clock), self.queue_full(clock, batch)
         weight = self.prototypes.weight  # (K, D)
-        if self.prototypes_frozen:
+        if frozen:
             weight = weight.detach()
         scores = list(cosine_scores(z, weight).split(batch))  # V x (B, K)
         globals_ = z[:GLOBAL_CROPS * batch].detach().view(GLOBAL_CROPS, batch, -1)
-        loss = self.objective(scores, self.queue_scores())
+        loss = self.objective(scores, self.queue_scores() if queue_full else None)
         self._pending = globals_  # (2, B, D)
         return StepOutput(loss=loss, embeddings=globals_[0], metrics={
-            "prototypes_frozen": torch.tensor(float(self.prototypes_frozen)),
-            "queue_in_use": torch.tensor(float(self.queue_full)),
+            "prototypes_frozen": torch.tensor(float(frozen)),
+            "queue_in_use": torch.tensor(float(queue_full)),
         })
 
     @torch.no_grad()
-    def queue_scores(self) -> list[Tensor] | None:
-        """Each global crop's queue scored against the prototypes, once the queue is
-        full (as the reference code), else ``None``."""
-        if not self.queue_full:
-            return None
+    def queue_scores(self) -> list[Tensor]:
+        """Each global crop's queue scored against the prototypes; used once the queue
+        is full, as the reference code does."""
         weight, rows = self.prototypes.weight, self.queue_rows
         return [cosine_scores(self.queue[i, :rows], weight)
                 for i in range(GLOBAL_CROPS)]  # 2 x (L, K), L / W under torchrun
 
-    def on_step_end(self, progress: float) -> None:
-        if self.queue_started and self._pending is not None:
+    def on_step_end(self, clock: Clock) -> None:
+        if self.queue_started(clock) and self._pending is not None:
             self.enqueue(self._pending)
         self._pending = None
-        self.step_count += 1
-        self._steps += 1
 
     @torch.no_grad()
     def enqueue(self, projections: Tensor) -> None:
@@ -206,8 +210,6 @@ class SwAV(Method):
         n = min(projections.shape[1], rows)
         self.queue[:, n:rows] = self.queue[:, :rows - n].clone()
         self.queue[:, :n] = projections[:, :n]
-        self._filled = min(self._filled + n, rows)
-        self.queue_filled.fill_(self._filled)
 
 
 def cosine_scores(z: Tensor, prototypes: Tensor) -> Tensor:
@@ -216,12 +218,6 @@ def cosine_scores(z: Tensor, prototypes: Tensor) -> Tensor:
     scores (steps of 0.004 below 1) into errors of several percent in the codes."""
     with torch.autocast(z.device.type, enabled=False):
         return z.float() @ prototypes.float().T
-
-
-def _sync_counters(module: SwAV, _incompatible_keys: Any) -> None:
-    # After load_state_dict (resume, tests): one sync to refresh the host copies.
-    module._steps = int(module.step_count)
-    module._filled = int(module.queue_filled)
 
 
 @hookimpl

@@ -1,6 +1,5 @@
 """SwAV plugin tests."""
 
-import io
 import math
 
 import attrs
@@ -39,7 +38,7 @@ def test_builds_and_steps_on_a_vit_at_every_image_size(shape, local):
     method, policy = testing.build("swav", backbone="vit-mini", shape=shape)
     views = policy(testing.tiny_images(4, shape=shape), torch.Generator().manual_seed(0))
     assert [v.shape[-1] for v in views] == [shape.size] * 2 + [local] * 6
-    output = method.training_step(views)
+    output = testing.training_step(method, views)
     output.loss.backward()
     assert torch.isfinite(output.loss) and method.backbone.patch_embed.weight.grad is not None
 
@@ -200,7 +199,7 @@ def test_two_global_crops_alone_predict_each_other():
     method.train()
     _, policy = testing.build("swav")
     views = policy(testing.tiny_images(), torch.Generator().manual_seed(0))[:2]
-    assert torch.isfinite(method.training_step(views).loss)
+    assert torch.isfinite(testing.training_step(method, views).loss)
 
 
 def test_codes_take_no_gradient_and_predictions_do():
@@ -240,7 +239,7 @@ def test_training_step_is_the_loss_of_the_normalised_crops():
     views = _views(method)
     with torch.no_grad():
         method.prototypes.weight.mul_(3.0)  # off the sphere: the step puts it back
-    output = method.training_step(views)
+    output = testing.training_step(method, views)
     weight = method.prototypes.weight
     torch.testing.assert_close(weight.norm(dim=1), torch.ones(len(weight)))
     z_global = method.embed(torch.cat(views[:2]))
@@ -259,7 +258,7 @@ def test_scores_stay_float32_under_bf16_autocast():
         scores = cosine_scores(z, prototypes)
         method = _method()
         method.train()
-        loss = method.training_step(_views(method)).loss
+        loss = testing.training_step(method, _views(method)).loss
     assert scores.dtype == torch.float32 and loss.dtype == torch.float32
     torch.testing.assert_close(scores, z @ prototypes.T)
     assert torch.isfinite(loss)
@@ -272,14 +271,13 @@ def test_prototypes_frozen_for_their_share_of_the_run():
     views = _views(method)
     for step in range(5):
         method.zero_grad(set_to_none=True)
-        output = method.training_step(views)
+        output = testing.training_step(method, views, at=step)
         output.loss.backward()
         frozen = step < 3
         assert (method.prototypes.weight.grad is None) == frozen, step
         assert output.metrics["prototypes_frozen"] == float(frozen)
         assert all(p.grad is not None for p in method.backbone.parameters())
-        method.on_step_end((step + 1) / 6)
-    assert method.step_count == 5
+        testing.step_end(method, step)
 
 
 def test_freeze_steps_scale_with_the_run():
@@ -288,30 +286,21 @@ def test_freeze_steps_scale_with_the_run():
     method.setup(RunContext(epochs=400, steps_per_epoch=5005))
     assert method.freeze_steps == 5005
     method.setup(RunContext(epochs=2, steps_per_epoch=23))  # 46 steps: 0.115 rounds to 0
-    assert method.freeze_steps == 0 and not method.prototypes_frozen
+    assert method.freeze_steps == 0 and not method.prototypes_frozen(testing.clock(method))
     method = _method(freeze_prototypes_fraction=0.05)
     method.setup(RunContext(epochs=10, steps_per_epoch=100))
     assert method.freeze_steps == 50
     method = _method(freeze_prototypes_fraction=1)
     assert method.freeze_steps == 8  # _method's run: 2 epochs of 4 steps
-    for _ in range(8):
-        assert method.prototypes_frozen
-        method.on_step_end(0.5)
-    assert not method.prototypes_frozen  # the run is over
+    assert all(method.prototypes_frozen(testing.clock(method, step)) for step in range(8))
 
 
-def test_step_counter_survives_state_dict():
+def test_freezing_follows_the_global_step_so_a_resumed_run_freezes_alike():
+    # Nothing counts steps inside SwAV: a fresh model at step 3 is where a resumed one is.
     first = _method(steps_per_epoch=3, freeze_prototypes_fraction=0.5)
-    for _ in range(3):
-        first.on_step_end(0.5)
-    assert not first.prototypes_frozen
-    second = _method(steps_per_epoch=3, freeze_prototypes_fraction=0.5)
-    assert second.prototypes_frozen
-    buffer = io.BytesIO()
-    torch.save(first.state_dict(), buffer)
-    buffer.seek(0)
-    second.load_state_dict(torch.load(buffer, weights_only=True))
-    assert second.step_count == 3 and not second.prototypes_frozen
+    assert first.prototypes_frozen(testing.clock(first, 2))
+    assert not first.prototypes_frozen(testing.clock(first, 3))
+    assert "step_count" not in first.state_dict() and "queue_filled" not in first.state_dict()
 
 
 def test_queue_enqueue_dequeue():
@@ -320,9 +309,10 @@ def test_queue_enqueue_dequeue():
     batches = [torch.arange(4.0).view(2, 2, 1).expand(2, 2, 2) + 10 * n for n in range(3)]
     for batch in batches[:2]:
         method.enqueue(batch)
-    assert method.queue_filled == 4 and not method.queue_full
+    # Pushes of 2 rows from step 0 on: 4 rows after two steps, 5 (all) after three.
+    assert not method.queue_full(testing.clock(method, 2), batch=2)
     method.enqueue(batches[2])
-    assert method.queue_filled == 5 and method.queue_full
+    assert method.queue_full(testing.clock(method, 3), batch=2)
     # Newest first; the oldest sample of the first batch fell off the end.
     expected_rows = [20, 21, 10, 11, 0]  # global crop 0's first coordinate
     assert method.queue[0, :, 0].tolist() == expected_rows
@@ -335,17 +325,17 @@ def test_queue_starts_after_its_epoch_and_is_used_only_for_codes():
     method.train()
     queue_used = []
     for step in range(5):  # batches of 8: the queue is full after 2 steps of filling
-        output = method.training_step(_views(method, seed=step))
+        output = testing.training_step(method, _views(method, seed=step), at=step)
         queue_used.append(output.metrics["queue_in_use"].item())
-        method.on_step_end(0.5)
+        testing.step_end(method, step)
     # Steps 0-1: before the queue's epoch; 2-3: filling; 4: full and used.
     assert queue_used == [0, 0, 0, 0, 1]
-    assert method.queue_filled == 16 and "queue" in method.state_dict()
+    assert "queue" in method.state_dict() and method.queue.abs().sum(dim=-1).all()
     assert not method.queue.requires_grad
     # With the queue, codes come from Sinkhorn over queue + batch; predictions are
     # unchanged, so the loss is the criterion with the queue's scores.
     views = _views(method, seed=5)
-    output = method.training_step(views)
+    output = testing.training_step(method, views, at=5)
     weight = method.prototypes.weight
     z = torch.cat([method.embed(torch.cat(views[:2])), method.embed(torch.cat(views[2:]))])
     scores = list((z @ weight.T).split(8))
@@ -358,10 +348,9 @@ def test_queue_starts_after_its_epoch_and_is_used_only_for_codes():
 
 def test_no_queue_by_default():
     method = _method()
-    assert method.queue.shape == (2, 0, 128) and method.queue_scores() is None
-    for _ in range(20):
-        method.on_step_end(0.5)
-    assert method.queue_filled == 0
+    assert method.queue.shape == (2, 0, 128)
+    clock = testing.clock(method, 7)
+    assert not method.queue_started(clock) and not method.queue_full(clock, batch=8)
 
 
 def test_overrides_are_validated():
