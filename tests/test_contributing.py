@@ -284,7 +284,7 @@ def test_the_plugin_examples_register_without_failures():
                            ("objectives", "align_uniform"), ("monitors", "spread"),
                            ("datasets", "stripes")]:
             assert name in registry.catalog(kind), (kind, name)
-        assert registry.methods.get("mymethod").optim["name"] == "lars"
+        assert registry.methods.get("mymethod").optim.name == "lars"
 
 
 def test_the_queue_example_passes_every_check():

@@ -311,8 +311,9 @@ def test_on_a_vit_weight_decay_rises_on_the_papers_cosine_from_0_04_to_0_4():
     registry = load_registry()
     config = RunConfig.build(registry, "dino", ["optim.name=adamw", "optim.weight_decay=0.04",
                                                 "train.epochs=3"], backbone="vit-mini")
-    method = DINO(config.method_config, registry.backbones.create(
+    method = registry.build_method("dino", config.method_config, registry.backbones.create(
         "vit-mini", in_channels=1, image_size=28))
+    assert isinstance(method, DINO)
     method.setup(RunContext(epochs=3, steps_per_epoch=5))
     timeline = build_timeline(config, method, steps_per_epoch=5)
     decay = timeline.tables["weight_decay"] * config.optim.weight_decay  # as the engine sets it
