@@ -58,10 +58,17 @@ def plugins(hook: str | None) -> None:
             click.echo(name)
         return
     for info in registry.plugins:
-        things = ", ".join(f"{kind[:-1]}:{name}" for kind, name in info.registered) or "-"
+        things = ", ".join(_registered(registry, kind, name)
+                           for kind, name in info.registered) or "-"
         click.echo(f"{info.name} {info.version or '?'}: {things}")
     for failure in registry.failures:
         click.echo(f"FAILED {failure.name}: {failure.error}")
+
+
+def _registered(registry: Any, kind: str, name: str) -> str:
+    """``view:crop-flip (alias mae)``: the kind, the name, and the names it answers to."""
+    aliases = "".join(f" (alias {a})" for a in registry.catalog(kind).aliases_of(name))
+    return f"{kind[:-1]}:{name}{aliases}"
 
 
 @cli.command()

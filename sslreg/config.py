@@ -253,7 +253,16 @@ class RunConfig:
         return self.data_root if self.eval_dataset == self.dataset else ""
 
     def views_name(self, registry: Registry) -> str:
-        return self.views or registry.methods.get(self.method).views
+        """The run's view policy: ``views``, else the method's default. A name for the
+        method's default policy under another name (an alias, as ``mae`` is of
+        ``crop-flip``) gives the method's own name, so its view options still apply.
+        ``views`` itself is kept as written: it is part of the run's digest."""
+        default = registry.methods.get(self.method).views
+        chosen = self.views or default
+        if chosen != default and chosen in registry.views and default in registry.views \
+                and registry.views.get(chosen).name == registry.views.get(default).name:
+            return default
+        return chosen
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

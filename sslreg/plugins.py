@@ -25,13 +25,24 @@ from sslreg.registry import Catalog, PluginFailure, PluginInfo, Registry
 from sslreg.specs import SPEC_TYPES
 
 ENTRY_POINT_GROUP = "sslreg"
+# The core's own registrations, one module per kind (the library code they register
+# lives in sslreg.backbones, sslreg.views, ...; importing those registers nothing).
 DEFAULT_PLUGINS = (
-    "sslreg.backbones",
-    "sslreg.views",
-    "sslreg.objectives",
-    "sslreg.monitors",
-    "sslreg.data",
+    "sslreg.builtins.backbones",
+    "sslreg.builtins.views",
+    "sslreg.builtins.objectives",
+    "sslreg.builtins.monitors",
+    "sslreg.builtins.datasets",
 )
+# What the default plugins were called before they had modules of their own, so an
+# SSLREG_DISABLE_PLUGINS written then still disables them.
+_FORMER_NAMES = {
+    "sslreg.backbones": "sslreg.builtins.backbones",
+    "sslreg.views": "sslreg.builtins.views",
+    "sslreg.objectives": "sslreg.builtins.objectives",
+    "sslreg.monitors": "sslreg.builtins.monitors",
+    "sslreg.data": "sslreg.builtins.datasets",
+}
 
 pm = pluggy.PluginManager("sslreg")
 pm.add_hookspecs(hookspecs)
@@ -54,7 +65,8 @@ def load_plugins() -> pluggy.PluginManager:
     if _loaded:
         return pm
     _loaded = True
-    disabled = _env_names("SSLREG_DISABLE_PLUGINS") or set()
+    disabled = {_FORMER_NAMES.get(name, name)
+                for name in _env_names("SSLREG_DISABLE_PLUGINS") or ()}
     for module_name in DEFAULT_PLUGINS:
         if module_name not in disabled:
             pm.register(importlib.import_module(module_name), name=module_name)

@@ -38,13 +38,18 @@ _NOUN = {
 
 
 class Catalog(Generic[S]):
-    """Specs of one kind, by name. Refuses duplicates; unknown names list the choices."""
+    """Specs of one kind, by name. Refuses duplicates; unknown names list the choices.
+
+    A spec's ``aliases`` (view policies have them) are further names ``get`` and
+    ``create`` accept for it; ``names()`` and iteration give registered names only.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.noun = _NOUN[kind]
         self.spec_type = SPEC_TYPES[kind]
         self._specs: dict[str, S] = {}
+        self._aliases: dict[str, str] = {}  # alias -> registered name
 
     def add(self, spec: Any, plugin: str) -> None:
         if not isinstance(spec, self.spec_type):
@@ -54,23 +59,41 @@ class Catalog(Generic[S]):
             )
         if isinstance(spec, MethodSpec):
             check_method_defaults(spec, plugin)
-        existing = self._specs.get(spec.name)
-        if existing is not None:
-            raise DuplicateNameError(
-                f"{self.noun} '{spec.name}' is registered by both plugin "
-                f"'{existing.plugin}' and plugin '{plugin}'; disable one of them with "
-                "SSLREG_DISABLE_PLUGINS"
-            )
+        aliases = getattr(spec, "aliases", ())
+        for name in (spec.name, *aliases):
+            self._refuse_taken(name, plugin)
         self._specs[spec.name] = attrs.evolve(spec, plugin=plugin)
+        self._aliases.update(dict.fromkeys(aliases, spec.name))
+
+    def _refuse_taken(self, name: str, plugin: str) -> None:
+        existing = self._specs.get(self._aliases.get(name, name))
+        if existing is None:
+            return
+        alias = "" if name == existing.name else f" (an alias of '{existing.name}')"
+        raise DuplicateNameError(
+            f"{self.noun} '{name}'{alias} is registered by both plugin "
+            f"'{existing.plugin}' and plugin '{plugin}'; disable one of them with "
+            "SSLREG_DISABLE_PLUGINS"
+        )
 
     def get(self, name: str) -> S:
+        """The spec registered as ``name`` or with ``name`` among its aliases."""
         try:
-            return self._specs[name]
+            return self._specs[self._aliases.get(name, name)]
         except KeyError:
-            choices = ", ".join(sorted(self._specs)) or "(none registered)"
             raise UnknownNameError(
-                f"unknown {self.noun} '{name}'; choose from: {choices}"
+                f"unknown {self.noun} '{name}'; choose from: {self._choices()}"
             ) from None
+
+    def _choices(self) -> str:
+        if not self._specs:
+            return "(none registered)"
+        return ", ".join(name + "".join(f" (alias {a})" for a in self.aliases_of(name))
+                         for name in self.names())
+
+    def aliases_of(self, name: str) -> list[str]:
+        """The other names registered name ``name`` answers to, sorted."""
+        return sorted(alias for alias, target in self._aliases.items() if target == name)
 
     def create(self, name: str, /, **options: Any) -> Any:
         """Build the named thing: ``spec.factory(**options)`` (datasets: use ``get``)."""
@@ -85,12 +108,14 @@ class Catalog(Generic[S]):
     def remove(self, name: str) -> None:
         """Forget ``name`` (a method whose objective is missing, see check_objectives)."""
         del self._specs[name]
+        for alias in self.aliases_of(name):
+            del self._aliases[alias]
 
     def __iter__(self) -> Iterator[S]:
         return iter(self._specs[name] for name in self.names())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._specs
+        return name in self._specs or name in self._aliases
 
     def __len__(self) -> int:
         return len(self._specs)

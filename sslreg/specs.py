@@ -29,6 +29,19 @@ def _valid_name(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
         )
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):  # ("mae") is a string, not a tuple of one name
+        raise TypeError(f"aliases must be a tuple of names, got the string {value!r}")
+    return tuple(value)
+
+
+def _valid_aliases(instance: Any, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
+    for alias in value:
+        _valid_name(instance, attribute, alias)
+    if len(set(value)) != len(value) or instance.name in value:
+        raise ValueError(f"aliases {value!r} repeat a name (of {instance.name!r})")
+
+
 def _optim(value: Any) -> OptimConfig:
     """An :class:`OptimConfig`; the ``{field: value}`` dict plugins used to pass converts."""
     if isinstance(value, OptimConfig):
@@ -111,11 +124,13 @@ class BackboneSpec:
 @attrs.frozen(kw_only=True)
 class ViewSpec:
     """A view policy: ``factory(channels=, image_size=, mean=, std=, **options)`` returns a
-    :class:`sslreg.interfaces.ViewPolicy`."""
+    :class:`sslreg.interfaces.ViewPolicy`. ``aliases`` are other names the catalog
+    accepts for it (a policy's former names), never listed as policies of their own."""
 
     name: str = field(validator=_valid_name)
     factory: Callable[..., Any] = field(validator=is_callable())
     description: str = field(default="", validator=instance_of(str))
+    aliases: tuple[str, ...] = field(default=(), converter=_names, validator=_valid_aliases)
     plugin: str | None = field(default=None, validator=optional(instance_of(str)))
 
 

@@ -29,7 +29,9 @@ def test_plugins_lists_plugins_and_registrations():
     result = run("plugins")
     assert result.exit_code == 0
     assert "simclr 0.1.0: method:simclr" in result.output
-    assert "sslreg.backbones 0.1.0: backbone:resnet18, backbone:resnet18-narrow" in result.output
+    assert "sslreg.builtins.backbones 0.1.0: backbone:resnet18, backbone:resnet18-narrow" \
+        in result.output
+    assert "view:crop-flip (alias mae)" in result.output
 
 
 def test_plugins_shows_a_failing_plugin_while_others_work():
@@ -102,6 +104,8 @@ def test_pretrain_then_eval(tmp_path):
     (["--method", "simclar"], ["unknown method 'simclar'", "choose from: ", "simclr"]),
     (["--method", "simclr", "--backbone", "vgg"], ["unknown backbone 'vgg'", "resnet18"]),
     (["--method", "simclr", "--dataset", "mnist"], ["unknown dataset 'mnist'", "fashion-mnist"]),
+    (["--method", "simclr", "--set", "views=crops"],
+     ["unknown view policy 'crops'", "choose from: byol, crop-flip (alias mae), multicrop"]),
     (["--method", "simclr", "--set", "method.tau=1"], ["unknown key 'method.tau'"]),
     (["--method", "simclr", "--set", "method.temperature=hot"], ["expected a number"]),
     (["--method", "simclr", "--set", "optim.name=adam"], ["must be in"]),

@@ -388,7 +388,7 @@ def objectives():
 def test_registry_creates_each_objective_with_paper_defaults(objectives, name):
     cls, defaults = PAPER_DEFAULTS[name]
     spec = objectives.get(name)
-    assert spec.factory is cls and spec.plugin == "sslreg.objectives" and spec.paper
+    assert spec.factory is cls and spec.plugin == "sslreg.builtins.objectives" and spec.paper
     loss = objectives.create(name)
     assert isinstance(loss, torch.nn.Module) and type(loss) is cls
     for attribute, value in defaults.items():
@@ -399,7 +399,7 @@ def test_registry_creates_each_objective_with_paper_defaults(objectives, name):
 
 def test_registry_creates_cross_entropy(objectives):
     spec = objectives.get("cross_entropy")
-    assert spec.factory is CrossEntropyLoss and spec.plugin == "sslreg.objectives"
+    assert spec.factory is CrossEntropyLoss and spec.plugin == "sslreg.builtins.objectives"
     assert objectives.create("cross_entropy", label_smoothing=0.1).label_smoothing == 0.1
 
 

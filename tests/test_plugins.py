@@ -1,5 +1,9 @@
 """The plugin manager and the registry: duplicates, broken plugins, hook coverage."""
 
+import importlib
+import os
+import subprocess
+import sys
 import types
 
 import attrs
@@ -12,9 +16,11 @@ from sslreg import (
     MethodSpec,
     PluginError,
     UnknownNameError,
+    ViewSpec,
     hookimpl,
     hookspecs,
     load_registry,
+    plugins,
     testing,
 )
 from sslreg.registry import Catalog
@@ -29,7 +35,75 @@ def test_builtins_register_through_hooks(registry):
     assert {"nt_xent", "info_nce", "negative_cosine", "barlow_twins", "vicreg", "clip"} <= set(
         registry.objectives.names())
     assert {"embedding_std", "rankme"} <= set(registry.monitors.names())
-    assert registry.backbones.get("resnet18").plugin == "sslreg.backbones"
+    assert registry.backbones.get("resnet18").plugin == "sslreg.builtins.backbones"
+
+
+@pytest.mark.parametrize("package", ["sslreg.backbones", "sslreg.views", "sslreg.objectives",
+                                     "sslreg.monitors", "sslreg.data"])
+def test_library_packages_hold_no_hook_implementations(package):
+    # Their registrations live in sslreg.builtins, so importing one registers nothing.
+    module = importlib.import_module(package)
+    assert not [name for name in dir(module)
+                if plugins.pm.parse_hookimpl_opts(module, name) is not None]
+
+
+def test_builtins_are_the_default_plugins(registry):
+    assert all(name.startswith("sslreg.builtins.") for name in plugins.DEFAULT_PLUGINS)
+    by_plugin = {info.name: {kind for kind, _ in info.registered} for info in registry.plugins}
+    assert {name: by_plugin[name] for name in plugins.DEFAULT_PLUGINS} == {
+        "sslreg.builtins.backbones": {"backbones"}, "sslreg.builtins.views": {"views"},
+        "sslreg.builtins.objectives": {"objectives"},
+        "sslreg.builtins.monitors": {"monitors"}, "sslreg.builtins.datasets": {"datasets"}}
+    assert set(plugins._FORMER_NAMES.values()) == set(plugins.DEFAULT_PLUGINS)
+
+
+def test_disabling_a_builtin_by_its_former_name_still_works():
+    code = ("from sslreg import load_registry; r = load_registry(); "
+            "print(len(r.views), len(r.backbones))")
+    env = {**os.environ, "SSLREG_DISABLE_PLUGINS": "sslreg.views", "SSLREG_LOAD_PLUGINS": ""}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split() == ["0", "4"]
+
+
+def _views(name, aliases=()):
+    return ViewSpec(name=name, factory=lambda **options: None, aliases=aliases)
+
+
+def test_catalog_alias_resolves_and_is_not_listed():
+    catalog = Catalog("views")
+    catalog.add(_views("crop-flip", aliases=("mae",)), "core")
+    assert catalog.get("mae") is catalog.get("crop-flip") and "mae" in catalog
+    assert catalog.names() == ["crop-flip"] and catalog.aliases_of("crop-flip") == ["mae"]
+    with pytest.raises(UnknownNameError, match=r"^unknown view policy 'x'; choose from: "
+                                               r"crop-flip \(alias mae\)$"):
+        catalog.get("x")
+    catalog.remove("crop-flip")
+    assert "mae" not in catalog
+
+
+@pytest.mark.parametrize("taken, spec", [
+    ("mae", _views("mae")),
+    ("mae", _views("other", aliases=("mae",))),
+    ("crop-flip", _views("other", aliases=("crop-flip",))),
+])
+def test_catalog_refuses_a_name_an_alias_holds(taken, spec):
+    catalog = Catalog("views")
+    catalog.add(_views("crop-flip", aliases=("mae",)), "core")
+    with pytest.raises(DuplicateNameError, match=f"view policy '{taken}'.* both plugin 'core' "
+                                                 "and plugin 'late'"):
+        catalog.add(spec, "late")
+    assert catalog.names() == ["crop-flip"]
+
+
+@pytest.mark.parametrize("aliases, message", [
+    ("mae", "must be a tuple of names"),
+    (("crop-flip",), "repeat a name"),
+    (("Bad Name",), "must start with a lowercase letter"),
+])
+def test_view_spec_refuses_bad_aliases(aliases, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        _views("crop-flip", aliases=aliases)
 
 
 def test_entry_point_methods_are_found(registry):
@@ -64,7 +138,7 @@ class DuplicatePlugin:
 def test_duplicate_from_a_plugin_is_recorded_and_others_work():
     with testing.registered(DuplicatePlugin(), "dup"):
         registry = load_registry()
-    assert registry.backbones.get("resnet18").plugin == "sslreg.backbones"
+    assert registry.backbones.get("resnet18").plugin == "sslreg.builtins.backbones"
     assert "only-here" in registry.backbones
     assert any(f.name == "dup" and "resnet18" in f.error for f in registry.failures)
 

@@ -3,6 +3,7 @@ cases, shapes, validation and registration."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from sslreg import load_registry
 from sslreg.backbones import sizes
 from sslreg.config import RunConfig
-from sslreg.errors import ConfigError
+from sslreg.errors import ConfigError, UnknownNameError
 from sslreg.interfaces import ViewPolicy
 from sslreg.views import (
     BYOLViews,
@@ -389,7 +390,7 @@ def test_registry_builds_the_builtin_policies():
     policy = registry.views.create("simclr", channels=1, image_size=28, mean=(0.5,), std=(0.25,))
     views = policy(uint8_images(4, 1, 28), generator())
     assert [view.shape for view in views] == [(4, 1, 28, 28)] * 2
-    assert registry.views.get("byol").plugin == "sslreg.views"
+    assert registry.views.get("byol").plugin == "sslreg.builtins.views"
 
 
 def test_multicrop_returns_two_global_and_n_local_views():
@@ -473,7 +474,51 @@ def test_crop_flip_views_only_crop_and_flip():
         CropFlipViews(channels=1, image_size=28, hue=0.1, **MNIST_STATS)
 
 
-def test_registry_has_multicrop_and_mae_views():
+def test_registry_has_multicrop_and_crop_flip_views():
     registry = load_registry()
-    assert {"multicrop", "swav-multicrop", "mae"} <= set(registry.views.names())
+    assert {"multicrop", "swav-multicrop", "crop-flip"} <= set(registry.views.names())
     assert registry.views.get("swav-multicrop").factory is SwAVMultiCropViews
+
+
+def test_mae_is_an_alias_of_crop_flip(registry):
+    crop_flip = registry.views.get("crop-flip")
+    assert registry.views.get("mae") is crop_flip and crop_flip.factory is CropFlipViews
+    assert crop_flip.aliases == ("mae",) and "mae" in registry.views
+    assert "mae" not in registry.views.names()  # listed once, under its own name
+    by_alias, by_name = (registry.views.create(name, channels=1, image_size=28, **MNIST_STATS)
+                         for name in ("mae", "crop-flip"))
+    images = uint8_images(4, 1, 28)
+    torch.testing.assert_close(by_alias(images, generator(3)), by_name(images, generator(3)))
+
+
+@pytest.mark.parametrize("method", ["mae", "clip", "supervised"])
+def test_views_mae_in_a_config_runs_the_methods_policy_and_keeps_its_digest(registry, method):
+    backbone = {"backbone": "vit-mini"} if method == "mae" else {}
+    default = RunConfig.build(registry, method, **backbone)
+    aliased = RunConfig.build(registry, method, ["views=mae"], **backbone)
+    assert registry.methods.get(method).views == "crop-flip"
+    assert default.views_name(registry) == aliased.views_name(registry) == "crop-flip"
+    # The digest hashes `views` as written: "" (the method's default) or "mae", exactly
+    # as before the rename, so existing run directories keep their names.
+    assert (default.to_dict()["views"], aliased.to_dict()["views"]) == ("", "mae")
+    assert RunConfig.from_dict(aliased.to_dict(), registry) == aliased
+
+
+def test_a_method_naming_the_alias_keeps_its_view_options(registry):
+    # A plugin written before the rename: its default views say "mae".
+    method = attrs.evolve(registry.methods.get("simclr"), name="aliased", views="mae")
+    registry.methods.add(method, "old-plugin")  # this fixture's registry only
+    for views in ("", "mae", "crop-flip"):
+        config = RunConfig.build(registry, "aliased", [f"views={views}"] if views else [])
+        assert config.views_name(registry) == "mae"  # the method's name: options apply
+    other = RunConfig.build(registry, "aliased", ["views=simclr"])
+    assert other.views_name(registry) == "simclr"
+
+
+def test_unknown_view_name_lists_the_valid_names(registry):
+    with pytest.raises(UnknownNameError) as error:
+        RunConfig.build(registry, "simclr", ["views=crops"])
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("unknown view policy 'crops'; choose from: byol, crop-flip "
+                              "(alias mae), multicrop, ")

@@ -1,26 +1,9 @@
-"""Built-in collapse monitors, registered through the same hook a third-party plugin uses."""
+"""Collapse monitors on embeddings. The built-in specs are registered by
+:mod:`sslreg.builtins.monitors`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from sslreg.hookspecs import hookimpl
 from sslreg.monitors.embedding_std import EmbeddingStd
 from sslreg.monitors.rankme import RankMe
-from sslreg.specs import MonitorSpec
 
-__all__ = ["EmbeddingStd", "RankMe", "register_monitors"]
-
-
-@hookimpl
-def register_monitors(register: Callable[[MonitorSpec], None]) -> None:
-    register(MonitorSpec(
-        name="embedding_std",
-        factory=EmbeddingStd,
-        description="std of L2-normalised embeddings: ~1/sqrt(D) healthy, ~0 collapsed",
-    ))
-    register(MonitorSpec(
-        name="rankme",
-        factory=RankMe,
-        description="effective rank of the embeddings (RankMe): ~1 means collapse",
-    ))
+__all__ = ["EmbeddingStd", "RankMe"]

@@ -1,11 +1,8 @@
-"""Built-in objectives, registered through the same hook a third-party plugin uses."""
+"""Objectives: one loss module per file, typed keyword arguments with the papers'
+defaults. The built-in specs are registered by :mod:`sslreg.builtins.objectives`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from sslreg.hookspecs import hookimpl
 from sslreg.objectives.barlow_twins import BarlowTwinsLoss
 from sslreg.objectives.bounds import infonce_bound
 from sslreg.objectives.clip import CLIPLoss, clip_loss
@@ -20,7 +17,6 @@ from sslreg.objectives.vicreg import (
     variance_term,
     vicreg_terms,
 )
-from sslreg.specs import ObjectiveSpec
 
 __all__ = [
     "BarlowTwinsLoss",
@@ -34,67 +30,6 @@ __all__ = [
     "covariance_term",
     "infonce_bound",
     "invariance_term",
-    "register_objectives",
     "variance_term",
     "vicreg_terms",
 ]
-
-_SPECS = (
-    ObjectiveSpec(
-        name="nt_xent",
-        factory=NTXentLoss,
-        paper="Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual "
-        "Representations (SimCLR)",
-        description="(z1, z2): 2N anchors, the pair as positive, the other 2N-2 as negatives",
-    ),
-    ObjectiveSpec(
-        name="info_nce",
-        factory=InfoNCELoss,
-        paper="He et al. 2020, Momentum Contrast for Unsupervised Visual Representation "
-        "Learning (MoCo)",
-        description="(query, key, negatives=None): q.k+ against a (K, D) queue or the "
-        "batch's other keys",
-    ),
-    ObjectiveSpec(
-        name="negative_cosine",
-        factory=NegativeCosineLoss,
-        paper="Chen and He 2021, Exploring Simple Siamese Representation Learning (SimSiam)",
-        description="(p, z): mean of -cos(p, z), gradient stopped on z",
-    ),
-    ObjectiveSpec(
-        name="barlow_twins",
-        factory=BarlowTwinsLoss,
-        paper="Zbontar et al. 2021, Barlow Twins: Self-Supervised Learning via Redundancy "
-        "Reduction",
-        description="(z1, z2): drive the cross-correlation of standardized views to identity",
-    ),
-    ObjectiveSpec(
-        name="vicreg",
-        factory=VICRegLoss,
-        paper="Bardes, Ponce and LeCun 2022, VICReg: Variance-Invariance-Covariance "
-        "Regularization for Self-Supervised Learning",
-        description="(z1, z2): invariance (MSE) + variance hinge + covariance penalty",
-    ),
-    ObjectiveSpec(
-        name="clip",
-        factory=CLIPLoss,
-        paper="Radford et al. 2021, Learning Transferable Visual Models From Natural "
-        "Language Supervision (CLIP)",
-        description="(image_emb, text_emb): symmetric cross-entropy over cosine "
-        "similarities at a learned temperature (logit scale clipped at 100)",
-    ),
-    ObjectiveSpec(
-        name="cross_entropy",
-        factory=CrossEntropyLoss,
-        paper="cross-entropy with the labels (the supervised ceiling); label smoothing: "
-        "Szegedy et al. 2016, Rethinking the Inception Architecture",
-        description="(logits, labels): mean cross-entropy, optional label smoothing",
-    ),
-)
-
-
-@hookimpl
-def register_objectives(register: Callable[[Any], None]) -> None:
-    """Register the built-in objectives."""
-    for spec in _SPECS:
-        register(spec)

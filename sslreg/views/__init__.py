@@ -1,16 +1,10 @@
-"""Built-in views, registered through the same hook a third-party plugin uses.
-
-Augmentation is batched tensor work on the images' device (see :mod:`sslreg.views.ops`);
-:func:`normalize` alone is the evaluation transform.
+"""View policies: batched augmentation on the images' device (see :mod:`sslreg.views.ops`);
+:func:`normalize` alone is the evaluation transform. The built-in policies are
+registered by :mod:`sslreg.builtins.views`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from sslreg.hookspecs import hookimpl
-from sslreg.specs import ViewSpec
 from sslreg.views.ops import normalize
 from sslreg.views.policies import (
     BYOLViews,
@@ -27,47 +21,4 @@ __all__ = [
     "SimCLRViews",
     "SwAVMultiCropViews",
     "normalize",
-    "register_views",
 ]
-
-
-@hookimpl
-def register_views(register: Callable[[Any], None]) -> None:
-    register(
-        ViewSpec(
-            name="simclr",
-            factory=SimCLRViews,
-            description="SimCLR: 2 symmetric views (crop, flip, colour jitter, grayscale, blur)",
-        )
-    )
-    register(
-        ViewSpec(
-            name="byol",
-            factory=BYOLViews,
-            description="BYOL: 2 asymmetric views (view 2 solarized with p 0.2; blur p "
-            "1.0 / 0.1 above 32 px, none at <= 32 px)",
-        )
-    )
-    register(
-        ViewSpec(
-            name="multicrop",
-            factory=MultiCropViews,
-            description="multi-crop, DINO's recipe: 2 global views (BYOL's asymmetric "
-            "blur and solarize) + num_local (default 6) small views",
-        )
-    )
-    register(
-        ViewSpec(
-            name="swav-multicrop",
-            factory=SwAVMultiCropViews,
-            description="multi-crop, SwAV's recipe: 2 global + num_local (default 6) small "
-            "views, all with the same transform (colour strength 1, no solarization)",
-        )
-    )
-    register(
-        ViewSpec(
-            name="mae",
-            factory=CropFlipViews,
-            description="MAE: 1 view, random resized crop (scale 0.2-1) and flip only",
-        )
-    )

@@ -21,7 +21,7 @@ normalised embeddings (the paper's prompt ensembling, sec. 3.1.4).
 Sizes scaled down for 28-32 px images: a 128-d joint space (the paper: 512-1024), a
 2-block, 128-wide text transformer with 64-d heads (the paper: 12 blocks, 512 wide,
 64-d heads), 64 byte tokens (the paper: 76 BPE tokens). Views: one, from the built-in
-``mae`` policy (random resized crop, scale 0.2-1, and flip); the paper's only
+``crop-flip`` policy (random resized crop, scale 0.2-1, and flip); the paper's only
 augmentation is a random square crop, and one view suffices for an image-text loss.
 
 Its learning test is tests/test_learning.py's, like every method's.
@@ -243,7 +243,7 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         config_class=CLIPConfig,
         paper=PAPER,
         # One view: crop and flip, close to the paper's random square crop.
-        views="mae",
+        views="crop-flip",
         objective="clip",
         objective_options=objective_options,
         description="image-text contrast with captions built from class names, learned "

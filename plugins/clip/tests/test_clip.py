@@ -30,7 +30,7 @@ def test_conformance_with_a_vit():
 def test_registered_with_paper_defaults():
     spec = load_registry().methods.get("clip")
     assert spec.plugin == "clip"
-    assert (spec.views, spec.objective) == ("mae", "clip")
+    assert (spec.views, spec.objective) == ("crop-flip", "clip")
     assert spec.factory.uses_labels is True
     assert "labels" in spec.description.lower()
     config = spec.config_class()

@@ -6,7 +6,7 @@ Learners." CVPR 2022. https://arxiv.org/abs/2111.06377
 
 Defaults: mask ratio 0.75 (sec. 4.1, fig. 5) and the per-patch normalised pixel target
 (table 1d); AdamW at 1.5e-4 x batch/256, betas (0.9, 0.95), weight decay 0.05, 40
-warm-up epochs (appendix A.1); crop scale (0.2, 1) and flip only (the ``mae`` views).
+warm-up epochs (appendix A.1); crop scale (0.2, 1) and flip only (the ``crop-flip`` views).
 The paper's decoder (512-d, 8 blocks, 16 heads) is sized for ViT-L at 224 px; for 28-32 px
 images and the small ViTs used here it is scaled down to 128-d, 2 blocks, 4 heads (32-d
 heads as the paper's): table 1a-b shows a 1-block or 128-d decoder still trains (the
@@ -96,7 +96,7 @@ class MAE(Method):
         return pred, mask, latent
 
     def training_step(self, views: list[Tensor]) -> StepOutput:
-        images = views[0]  # the ``mae`` policy gives one view
+        images = views[0]  # the ``crop-flip`` policy gives one view
         pred, mask, latent = self.reconstruct(images)
         target = patchify(images, self.backbone.patch_size)  # (B, L, p * p * C)
         loss = self.objective(pred, target, mask)
@@ -156,7 +156,7 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         factory=MAE,
         config_class=MAEConfig,
         paper=PAPER,
-        views="mae",
+        views="crop-flip",
         objective="mae",
         description="ViT encodes a random 25% of the patches; a light decoder "
         "reconstructs the masked pixels",

@@ -28,7 +28,7 @@ def test_registered_with_paper_defaults():
     registry = load_registry()
     spec = registry.methods.get("mae")
     assert spec.plugin == "mae"
-    assert (spec.views, spec.objective, spec.backbone_families) == ("mae", "mae", ("vit",))
+    assert (spec.views, spec.objective, spec.backbone_families) == ("crop-flip", "mae", ("vit",))
     config = spec.config_class()
     assert (config.mask_ratio, config.norm_pix_loss) == (0.75, True)
     assert (config.decoder_dim, config.decoder_depth, config.decoder_heads) == (128, 2, 4)

@@ -3,7 +3,7 @@ and views as the self-supervised methods, then frozen and evaluated exactly like
 
 It is not a self-supervised method: leaderboards show it as the ceiling a method would
 reach if it knew the labels. It trains a linear classifier on the backbone's features
-with cross-entropy, on one crop-and-flip view (the ``mae`` view policy: the standard
+with cross-entropy, on one crop-and-flip view (the ``crop-flip`` view policy: the standard
 supervised augmentation).
 """
 
@@ -61,7 +61,7 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         factory=Supervised,
         config_class=SupervisedConfig,
         paper=PAPER,
-        views="mae",
+        views="crop-flip",
         objective="cross_entropy",
         description="CEILING, USES THE LABELS: the backbone trained with cross-entropy on "
         "the same budget",

@@ -10,7 +10,7 @@ from sslreg import load_registry, testing
 def test_registered_as_a_labelled_ceiling():
     spec = load_registry().methods.get("supervised")
     assert spec.plugin == "supervised" and spec.factory.uses_labels
-    assert "LABELS" in spec.description and spec.views == "mae"
+    assert "LABELS" in spec.description and spec.views == "crop-flip"
 
 
 def test_loss_is_cross_entropy_of_the_linear_classifier():
