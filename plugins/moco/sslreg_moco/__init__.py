@@ -240,7 +240,7 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         # v2: SGD, momentum 0.9, weight decay 1e-4, cosine decay, no warm-up (Chen et
         # al. 2020, sec. 3); lr 0.3 x batch/256, solo-learn's CIFAR rate, instead of the
         # paper's ImageNet 0.03. A suite runs the rate `sslreg tune` chose on the
-        # validation split (1, 4 or 16 times this one; sslreg/bench/tuned/).
+        # validation split (1, 4 or 16 times this one; sslreg/suites/tuned/).
         optim={"name": "sgd", "lr": 0.3, "weight_decay": 1e-4, "momentum": 0.9,
                "warmup_epochs": 0},
     ))

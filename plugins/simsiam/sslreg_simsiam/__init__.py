@@ -96,7 +96,7 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         # SGD, momentum 0.9, cosine decay, no warm-up (appendix D); lr 0.5 x batch/256 and
         # weight decay 1e-5 are solo-learn's CIFAR settings, in place of the paper's CIFAR
         # lr 0.03 (wd 5e-4); a suite runs the rate `sslreg tune` chose on the validation
-        # split (1, 4 or 16 times this one; sslreg/bench/tuned/). Weight decay 1e-5 beat
+        # split (1, 4 or 16 times this one; sslreg/suites/tuned/). Weight decay 1e-5 beat
         # 5e-4 on validation at the quick CPU budget, 3 seeds: linear 71.8 ± 2.0 against
         # 66.9 ± 2.0, kNN20 64.0 ± 3.8 against 57.4 ± 2.3
         # (benchmarks/results/quick-defaults-val.md). The ImageNet
