@@ -1,4 +1,5 @@
-# Two entry points on a fresh machine: `make bench` (the main job) and `make test`.
+# Two entry points on a fresh machine: `make bench` (the main job: `sslreg bench quick`;
+# benchmarks/ holds measurement scripts, not this) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

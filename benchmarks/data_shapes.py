@@ -33,8 +33,8 @@ import torch
 from PIL import Image
 
 from sslreg import load_registry, testing
-from sslreg.bench.runner import backbone_for
-from sslreg.bench.suite import load_suite
+from sslreg.suites.runner import backbone_for
+from sslreg.suites.suite import load_suite
 from sslreg.data import imagefolder
 from sslreg.engine.device import device_name
 from sslreg.engine.optim import build_optimizer

@@ -236,15 +236,15 @@ def stub(kind: str) -> Any:
 def stubbed() -> Iterator[None]:
     """sslreg's CLI with its work replaced by stubs: pretraining, the suite runner and the
     leaderboard's read of the index each raise :class:`Captured` with what they got."""
-    import sslreg.bench
-    import sslreg.bench.leaderboard
-    import sslreg.bench.runner
+    import sslreg.suites
+    import sslreg.suites.leaderboard
+    import sslreg.suites.runner
     import sslreg.engine
 
     with mock.patch.object(sslreg.engine, "pretrain", stub("pretrain")), \
-            mock.patch.object(sslreg.bench, "run_suite", stub("bench")), \
-            mock.patch.object(sslreg.bench.runner, "run_suite", stub("bench")), \
-            mock.patch.object(sslreg.bench.leaderboard, "leaderboard_frame",
+            mock.patch.object(sslreg.suites, "run_suite", stub("bench")), \
+            mock.patch.object(sslreg.suites.runner, "run_suite", stub("bench")), \
+            mock.patch.object(sslreg.suites.leaderboard, "leaderboard_frame",
                               stub("leaderboard")):
         yield
 
@@ -293,8 +293,8 @@ def check_pretrain(captured: Captured, registry: Any, device: str) -> list[str]:
 
 def suite_configs(suite: Any, registry: Any) -> list[Any]:
     """The configs ``sslreg bench`` builds under CUDA (the suite's GPU budget)."""
-    from sslreg.bench.runner import backbone_for
-    from sslreg.bench.suite import suite_sets, variants
+    from sslreg.suites.runner import backbone_for
+    from sslreg.suites.suite import suite_sets, variants
     from sslreg.config import RunConfig
 
     budget = suite.gpu
@@ -307,7 +307,7 @@ def suite_configs(suite: Any, registry: Any) -> list[Any]:
 
 
 def check_bench(captured: Captured, registry: Any) -> list[str]:
-    from sslreg.bench.runner import floor_configs
+    from sslreg.suites.runner import floor_configs
     from sslreg.engine.splits import load_run_data
 
     suite = captured.args_[0]
@@ -405,9 +405,9 @@ def reduced_sets(sets: list[str], epochs: int, data_root: str) -> list[str]:
 def write_suite(args: argparse.Namespace) -> str:
     from importlib import resources
 
-    from sslreg.bench import load_suite
+    from sslreg.suites import load_suite
 
-    source = resources.files("sslreg.bench") / "suites" / "fmnist.toml"
+    source = resources.files("sslreg.suites") / "builtin" / "fmnist.toml"
     data = tomllib.loads(source.read_text())
     full = dict(item.split("=", 1) for item in data["budget"]["gpu"]["set"]).get("train.epochs")
     data["name"] = args.name
@@ -667,7 +667,7 @@ def pretrain_section(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 
 def bench_section(args: argparse.Namespace) -> tuple[str, list[str]]:
-    from sslreg.bench import load_suite
+    from sslreg.suites import load_suite
     from sslreg.plugins import load_registry
     from sslreg.runs import open_index
 

@@ -15,7 +15,7 @@ import argparse
 import pandas as pd
 
 from sslreg import load_registry
-from sslreg.bench.leaderboard import gaps_over_floor, leaderboard_frame, method_readouts
+from sslreg.suites.leaderboard import gaps_over_floor, leaderboard_frame, method_readouts
 
 METRICS = {"linear_acc": "linear", "knn20_acc": "kNN20"}
 

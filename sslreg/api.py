@@ -177,8 +177,8 @@ def run_suite(suite: str = "quick", out: Path | str = "runs", *, progress: bool 
               registry: Registry | None = None) -> pd.DataFrame:
     """Run every method of ``suite`` (a built-in name or a TOML file), as
     ``sslreg bench``; returns its leaderboard."""
-    from sslreg.bench import load_suite
-    from sslreg.bench import run_suite as run
+    from sslreg.suites import load_suite
+    from sslreg.suites import run_suite as run
 
     registry = _registry(registry)
     run(load_suite(suite), registry, Path(out), progress=progress)
@@ -189,7 +189,7 @@ def leaderboard(suite: str = "quick", out: Path | str = "runs", *, split: str = 
                 registry: Registry | None = None) -> pd.DataFrame:
     """``suite``'s leaderboard as a DataFrame: the table ``sslreg leaderboard`` renders
     (mean ± std over seeds as text, the ceiling, the floors)."""
-    from sslreg.bench.leaderboard import leaderboard_frame, method_readouts, summary
+    from sslreg.suites.leaderboard import leaderboard_frame, method_readouts, summary
 
     _runs_folder(out)
     name, reference, trials = suite_reference(suite)
@@ -202,7 +202,7 @@ def render_leaderboard(suite: str = "quick", out: Path | str = "runs", *,
                        format: str = "md", split: str = "test",
                        registry: Registry | None = None) -> str:
     """The leaderboard as text: ``md``, ``csv``, ``latex`` or ``html``."""
-    from sslreg.bench.leaderboard import FORMATS, document, leaderboard_frame, method_readouts
+    from sslreg.suites.leaderboard import FORMATS, document, leaderboard_frame, method_readouts
 
     if format not in FORMATS:
         raise SslregError(f"unknown format '{format}'; choose from: {', '.join(FORMATS)}")
@@ -221,7 +221,7 @@ def suite_reference(suite: str) -> tuple[str, Any, dict[str, int] | None]:
     name is looked up in the index as it is."""
     import torch
 
-    from sslreg.bench.suite import builtin_suites, load_suite
+    from sslreg.suites.suite import builtin_suites, load_suite
 
     if suite in builtin_suites() or suite.endswith(".toml"):
         loaded = load_suite(suite)

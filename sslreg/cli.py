@@ -258,8 +258,8 @@ def bench(suite: str, out: str, quiet: bool, table_file: str | None, workers: in
     worker prints the table once every run is done. Runs under torchrun too: every
     process trains each run, rank 0 claims, evaluates, writes and prints."""
     from sslreg import distributed
-    from sslreg.bench import load_suite
-    from sslreg.bench.runner import provenance
+    from sslreg.suites import load_suite
+    from sslreg.suites.runner import provenance
 
     _check_bench_options(workers, executor, scheduling)
     started = time.perf_counter()
@@ -285,20 +285,20 @@ def _bench(suite: str, loaded: Any, out: str, quiet: bool, workers: int | None,
            executor: str | None, scheduling: dict[str, Any]) -> tuple[str, list[str]]:
     """Run the suite as this one worker, as ``workers`` local ones or as executor jobs;
     returns the table and the local workers that failed."""
-    from sslreg.bench import run_suite
-    from sslreg.bench.runner import leaderboard_frame, method_readouts, plan, render_table
+    from sslreg.suites import run_suite
+    from sslreg.suites.runner import leaderboard_frame, method_readouts, plan, render_table
 
     registry = _registry()
     if not (workers or executor):
         return run_suite(loaded, registry, Path(out), progress=not quiet), []
     runs = len(plan(loaded, registry)[0])  # a bad suite is refused before any worker
     if executor:
-        from sslreg.bench.executor import ExecutorOptions, submit_suite
+        from sslreg.suites.executor import ExecutorOptions, submit_suite
 
         options = ExecutorOptions(cluster=executor, folder=scheduling.pop("slurm_folder"),
                                   time_min=scheduling.pop("time_min") or 240, **scheduling)
         return submit_suite(suite, loaded.name, out, runs, options), []
-    from sslreg.bench.workers import run_local_workers
+    from sslreg.suites.workers import run_local_workers
 
     statuses = run_local_workers(suite, out, workers)
     failed = [f"w{k} exited with status {code}" for k, code in enumerate(statuses) if code]
@@ -347,7 +347,7 @@ def leaderboard(suite: str, out: str, fmt: str, plot_dir: str | None,
     """Render SUITE's leaderboard from the run index: mean ± std over seeds per method,
     cost columns, the ceiling and the floors, and published numbers where the suite
     quotes them."""
-    from sslreg.bench.leaderboard import FORMATS, document, leaderboard_frame, method_readouts
+    from sslreg.suites.leaderboard import FORMATS, document, leaderboard_frame, method_readouts
 
     if fmt not in FORMATS:
         raise SslregError(f"unknown format '{fmt}'; choose from: {', '.join(FORMATS)}")
@@ -389,9 +389,9 @@ def tune(suite: str, out: str, write_file: str | None, table_file: str | None,
     """Give every method of SUITE the same learning-rate trials (1, 4 and 16 times its
     default, seed 0, the suite's budget), choose on the validation split, print the
     trials and the chosen settings."""
-    from sslreg.bench import load_suite
-    from sslreg.bench.tune import trials_table, tuned_toml
-    from sslreg.bench.tune import tune as run_tuning
+    from sslreg.suites import load_suite
+    from sslreg.suites.tune import trials_table, tuned_toml
+    from sslreg.suites.tune import tune as run_tuning
 
     loaded = load_suite(suite)
     frame = run_tuning(loaded, _registry(), Path(out), progress=not quiet)
@@ -412,7 +412,7 @@ def tune(suite: str, out: str, write_file: str | None, table_file: str | None,
 def _figures(frame: Any, folder: str | None) -> list[Path]:
     if folder is None:
         return []
-    from sslreg.bench.plots import write_figures
+    from sslreg.suites.plots import write_figures
 
     return write_figures(frame, folder)
 

@@ -505,8 +505,8 @@ def learning_run(method: str, out: Any, overrides: tuple[str, ...] = (), *, seed
     clear margin), and the collapse monitors' warnings (a healthy run has none). The
     floor is computed once per process for each key.
     """
-    from sslreg.bench.runner import backbone_for
-    from sslreg.bench.suite import load_suite, suite_sets
+    from sslreg.suites.runner import backbone_for
+    from sslreg.suites.suite import load_suite, suite_sets
     from sslreg.engine import floors, pretrain
 
     registry = registry or load_registry()

@@ -4,8 +4,8 @@ import pytest
 from sslreg_simclr import SimCLR, SimCLRConfig
 
 from sslreg import MethodSpec, SslregError, hookimpl, load_registry, testing
-from sslreg.bench.runner import backbone_for, run_suite
-from sslreg.bench.suite import Budget, parse_suite
+from sslreg.suites.runner import backbone_for, run_suite
+from sslreg.suites.suite import Budget, parse_suite
 from sslreg.errors import ConfigError
 
 SUITE = """
@@ -58,7 +58,7 @@ def test_a_budget_without_a_fitting_backbone_is_refused():
 
 
 def test_per_method_overrides_for_every_budget_and_for_one():
-    from sslreg.bench.suite import suite_sets
+    from sslreg.suites.suite import suite_sets
 
     suite = parse_suite(SUITE + """
 [method.simclr]
@@ -77,7 +77,7 @@ set = ["optim.lr=1.0"]
 def test_per_method_overrides_beside_tuned_settings():
     """A budget with both `tuned` and [budget.cpu.method.NAME] was refused (attrs.evolve
     converted the method tables twice); CONTRIBUTING's suite example has both."""
-    from sslreg.bench.suite import suite_sets
+    from sslreg.suites.suite import suite_sets
 
     suite = parse_suite("""
 [budget.cpu]
@@ -92,7 +92,7 @@ backbone = "resnet18"
     assert suite_sets(suite, suite.cpu, "simclr", 0) == [*tuned, "optim.lr=1.0", "train.seed=0"]
 
 def test_builtin_quick_suite_parses():
-    from sslreg.bench.suite import load_suite
+    from sslreg.suites.suite import load_suite
 
     suite = load_suite("quick")
     assert suite.methods == ("*",) and suite.cpu.tuned == "quick-cpu"
@@ -232,7 +232,7 @@ def test_an_interrupted_suite_resumes_its_unfinished_run(tmp_path, interrupt_sec
 
 
 def test_fmnist_suite_is_the_gpu_leaderboard():
-    from sslreg.bench.suite import load_suite
+    from sslreg.suites.suite import load_suite
 
     suite = load_suite("fmnist")
     assert suite.seeds == (0, 1, 2) and suite.gpu.backbone == "resnet18"
@@ -287,7 +287,7 @@ def test_smoke_suite_end_to_end_every_registered_method(tmp_path):
 
 
 def test_every_builtin_suite_parses_and_names_registered_methods():
-    from sslreg.bench.suite import builtin_suites, load_suite
+    from sslreg.suites.suite import builtin_suites, load_suite
 
     names = set(load_registry().methods.names())
     for name in builtin_suites():
@@ -300,8 +300,8 @@ def test_every_builtin_suite_parses_and_names_registered_methods():
 
 
 def test_tune_gives_every_method_the_same_trials_and_chooses_on_validation(tmp_path):
-    from sslreg.bench.suite import parse_tuned
-    from sslreg.bench.tune import tune, tuned_toml
+    from sslreg.suites.suite import parse_tuned
+    from sslreg.suites.tune import tune, tuned_toml
 
     suite = parse_suite(SUITE.replace('["simclr", "vit-simclr"]', '["simclr", "byol"]'))
     frame = tune(suite, load_registry(), tmp_path, multipliers=(1.0, 4.0), progress=False)
@@ -323,8 +323,8 @@ def test_tune_gives_every_method_the_same_trials_and_chooses_on_validation(tmp_p
 
 
 def test_a_suite_reads_its_tuned_settings_and_the_leaderboard_counts_trials(tmp_path):
-    from sslreg.bench.leaderboard import leaderboard_frame, summary
-    from sslreg.bench.suite import suite_sets
+    from sslreg.suites.leaderboard import leaderboard_frame, summary
+    from sslreg.suites.suite import suite_sets
 
     tuned = tmp_path / "tuned.toml"
     tuned.write_text('[method.simclr]\nset = ["optim.lr=1.2"]\ntrials = 3\n')
@@ -362,7 +362,7 @@ def _board_frame(label_efficient: bool):
 
 
 def test_label_efficient_columns_show_only_when_some_row_has_them():
-    from sslreg.bench.leaderboard import FORMATS, render, summary
+    from sslreg.suites.leaderboard import FORMATS, render, summary
 
     titles = ["1% linear", "10% linear", "1-shot", "10-shot", "fine-tune"]
     table = summary(_board_frame(True)).set_index("method")

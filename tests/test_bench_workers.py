@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from sslreg_simclr import SimCLR, SimCLRConfig
 
 from sslreg import MethodSpec, hookimpl, load_registry, testing
-from sslreg.bench.claims import Worker, read_claims_log
-from sslreg.bench.runner import run_suite
-from sslreg.bench.suite import parse_suite
+from sslreg.suites.claims import Worker, read_claims_log
+from sslreg.suites.runner import run_suite
+from sslreg.suites.suite import parse_suite
 from sslreg.cli import cli
 from sslreg.runs import RunDir, RunIndex, open_index
 
@@ -217,8 +217,8 @@ def test_a_worker_killed_under_the_workers_option_loses_nothing(tmp_path):
 
 
 def test_workers_spread_over_the_visible_gpus_and_share_the_cores(monkeypatch):
-    from sslreg.bench.workers import gpu_slots
-    from sslreg.bench.workers import worker_env as env_of
+    from sslreg.suites.workers import gpu_slots
+    from sslreg.suites.workers import worker_env as env_of
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     assert gpu_slots() == ["3", "5"]
@@ -308,7 +308,7 @@ def test_slurm_options_become_the_job_arrays_sbatch_lines(tmp_path, monkeypatch)
     pytest.importorskip("submitit")
     from submitit.slurm.slurm import _make_sbatch_string
 
-    from sslreg.bench.executor import ExecutorOptions, make_executor
+    from sslreg.suites.executor import ExecutorOptions, make_executor
 
     fake = tmp_path / "bin"
     fake.mkdir()

@@ -4,7 +4,7 @@ Python blocks are executed as modules: blocks with hook implementations are plug
 (registered with ``sslreg.testing.registered``, nothing installed), blocks with
 ``test_*`` functions are called like pytest would, with the plugins registered (a block
 that imports a plugin module registers it itself). TOML blocks are suites (loaded by
-``sslreg.bench.suite``) or ``pyproject.toml`` fragments (compared with sslreg's own and
+``sslreg.suites.suite``) or ``pyproject.toml`` fragments (compared with sslreg's own and
 the scaffold's). ``sh`` blocks run in bash inside a throwaway venv that sees this
 environment's packages plus the guide's plugins, as installed ones. A block preceded by
 ``<!-- not run: reason -->`` is only parsed, and must say why. Together this is a new
@@ -31,7 +31,7 @@ import attrs
 import pytest
 
 from sslreg import OptimConfig, load_registry, testing
-from sslreg.bench.suite import Budget, Reference, Suite, Sweep, load_suite, suite_sets
+from sslreg.suites.suite import Budget, Reference, Suite, Sweep, load_suite, suite_sets
 from sslreg.config import OPTIMIZERS
 
 if sys.version_info >= (3, 11):

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from sslreg import DataError, DatasetSpec, load_registry
-from sslreg.bench.leaderboard import summary
+from sslreg.suites.leaderboard import summary
 from sslreg.cli import cli
 from sslreg.config import METRIC_ONLY_KEYS, RunConfig
 from sslreg.data import ImageDataset, checked_load, cifar, imagefolder, load_dataset, stl10

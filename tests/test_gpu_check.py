@@ -277,7 +277,7 @@ def test_throughput_section_refuses_what_was_not_measured(tmp_path, capsys) -> N
 
 
 def test_write_suite_is_fmnist_at_one_epoch_and_one_seed(tmp_path, capsys) -> None:
-    from sslreg.bench import load_suite
+    from sslreg.suites import load_suite
 
     out = tmp_path / "suite.toml"
     status, text, _ = helper("write-suite", "--epochs", "1", "--data-root", str(tmp_path),

@@ -96,7 +96,7 @@ class ShuffledPlugin:
 def test_simclr_with_positives_shuffled_across_the_batch_stays_near_the_floor(tmp_path):
     """Within a few points of the floor (measured +2.3 linear, +3.7 kNN20 at seed 0): a
     loose bound, since at this budget real SimCLR is no further above it."""
-    from sslreg.bench.suite import load_suite
+    from sslreg.suites.suite import load_suite
 
     tuned = load_suite(testing.LEARNING_SUITE).cpu.tuned_settings.sets.get("simclr", ())
     with testing.registered(ShuffledPlugin(), "shuffled-positives"):

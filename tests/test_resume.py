@@ -281,7 +281,7 @@ set = ["train.epochs=2", "train.batch_size=16", "train.train_subset=64"]
 
 def test_sigterm_stops_a_suite_instead_of_going_on_to_its_next_run(registry, tmp_path,
                                                                     monkeypatch):
-    from sslreg.bench import load_suite, run_suite
+    from sslreg.suites import load_suite, run_suite
 
     (tmp_path / "stop.toml").write_text(SUITE)
     signal_during_step(monkeypatch, 1, signal.SIGTERM)

@@ -216,7 +216,7 @@ def test_on_a_network_file_system_the_index_uses_the_rollback_journal(tmp_path, 
 
 
 def test_a_bad_lease_or_timeout_in_the_environment_is_one_line(tmp_path, monkeypatch):
-    from sslreg.bench.claims import this_worker
+    from sslreg.suites.claims import this_worker
 
     monkeypatch.setenv("SSLREG_LEASE_S", "soon")
     with pytest.raises(SslregError, match=r"\$SSLREG_LEASE_S=soon is not a number of seconds"):

@@ -7,7 +7,7 @@ import sys
 
 from click.testing import CliRunner
 
-from sslreg.bench.leaderboard import leaderboard_frame
+from sslreg.suites.leaderboard import leaderboard_frame
 from sslreg.cli import cli
 from sslreg.runs import RunDir, RunIndex, add_suite, open_index, write_json
 from sslreg.runs.index import FLOOR_FILE
@@ -121,7 +121,7 @@ def test_a_floor_is_an_index_row_named_after_the_floor(tmp_path):
 
 
 def test_leaderboard_in_every_format_from_a_fixture_index(tmp_path):
-    from sslreg.bench.leaderboard import FORMATS, render, summary
+    from sslreg.suites.leaderboard import FORMATS, render, summary
 
     _suite_fixture(tmp_path)
     frame = leaderboard_frame(tmp_path, "tiny")
@@ -145,8 +145,8 @@ def test_leaderboard_in_every_format_from_a_fixture_index(tmp_path):
 
 def test_leaderboard_orders_methods_then_ceiling_then_floors_with_variants_and_reference(
         tmp_path):
-    from sslreg.bench.leaderboard import summary
-    from sslreg.bench.suite import Reference
+    from sslreg.suites.leaderboard import summary
+    from sslreg.suites.suite import Reference
 
     _suite_fixture(tmp_path)
     for name, method, knn, variant in [("sup", "supervised", 0.9, ""),
@@ -198,7 +198,7 @@ def test_leaderboard_of_the_validation_split_and_a_bad_split(tmp_path):
 
 
 def test_gap_over_the_floor_pairs_each_seed_with_its_own_floor(tmp_path):
-    from sslreg.bench.leaderboard import summary
+    from sslreg.suites.leaderboard import summary
 
     _suite_fixture(tmp_path)
     floor = fake_run(tmp_path, "floor-random init-1", seed=1, knn=0.45)
@@ -231,7 +231,7 @@ def test_a_result_keeps_the_commit_it_was_made_with_through_re_records_and_rebui
 
 
 def test_gap_over_the_floor_pairs_a_run_with_the_floor_read_its_way(tmp_path):
-    from sslreg.bench.leaderboard import summary
+    from sslreg.suites.leaderboard import summary
 
     _suite_fixture(tmp_path)  # byol (kNN 50) and the plain random-init floor (kNN 25)
     pooled = fake_run(tmp_path, "floor-random init-pooled", knn=0.40)

@@ -4,14 +4,8 @@ so each feature is invariant to the augmentation and the features are not redund
 Zbontar, Jing, Misra, LeCun, Deny. "Barlow Twins: Self-Supervised Learning via Redundancy
 Reduction." ICML 2021. https://arxiv.org/abs/2103.03230
 
-The paper's ImageNet projector is 8192-8192-8192 (three linear layers, BN and ReLU after
-the first two). For small images the defaults follow the CIFAR-10 settings of solo-learn
-(``scripts/pretrain/cifar/barlow.yaml``: ``proj_hidden_dim`` = ``proj_output_dim`` = 2048)
-and lightly (``BarlowTwinsProjectionHead(512, 2048, 2048)`` in its examples).
-
-Views: the ``byol`` policy, as the paper uses BYOL's augmentations, with no blur at
-<= 32 px as in solo-learn's CIFAR ``barlow.yaml``; see
-:class:`sslreg.views.policies.BYOLOptions`.
+The plugin's README.md says where every default comes from and where sslreg departs
+from the paper.
 """
 
 from __future__ import annotations
@@ -34,7 +28,7 @@ class BarlowTwinsConfig:
 
     ``lambda_offdiag`` is the paper's trade-off lambda = 5e-3 (sec. 2, also the default of
     ``sslreg.objectives.BarlowTwinsLoss``; the reference code's 0.0051 differs by 2%).
-    The projector sizes are the small-image ones of solo-learn and lightly (see above).
+    The projector sizes are the small-image ones of solo-learn and lightly (README.md).
     """
 
     lambda_offdiag: float = fields.nonnegative_float(

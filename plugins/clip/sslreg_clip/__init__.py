@@ -1,30 +1,10 @@
-"""CLIP: contrastive image-text pre-training, with captions built from class names.
+"""CLIP: contrastive image-text pre-training, with captions built from class names, so
+the labels reach the model through the captions (closer to supervised learning than SSL).
 
-Radford, Kim, Hallacy, Ramesh, Goh, Agarwal, Sastry, Askell, Mishkin, Clark, Krueger and
-Sutskever. "Learning Transferable Visual Models From Natural Language Supervision."
+Radford et al. "Learning Transferable Visual Models From Natural Language Supervision."
 ICML 2021. https://arxiv.org/abs/2103.00020
 
-Not self-supervised in the sense of the other methods: the only text a labelled image
-dataset offers is its class names, so each image's caption is "a photo of a {its
-class}." (a random template per sample per step) and the labels reach the model through
-the captions. Scores are therefore closer to supervised learning's than to SSL's.
-
-The model: image -> backbone -> linear projection; caption -> byte-level tokens -> a small
-causal transformer read at the EOS token -> linear projection; both into a joint space
-where the symmetric InfoNCE loss of the paper's figure 3 pairs row i with column i, at a
-learned temperature (logit scale initialised to 1/0.07, clipped at 100). With few
-classes a batch holds many captions of the same class, which this loss counts as
-negatives; the paper's loss is kept as is. Zero-shot classification
-(``zero_shot_acc``) embeds every class name through every template and averages the
-normalised embeddings (the paper's prompt ensembling, sec. 3.1.4).
-
-Sizes scaled down for 28-32 px images: a 128-d joint space (the paper: 512-1024), a
-2-block, 128-wide text transformer with 64-d heads (the paper: 12 blocks, 512 wide,
-64-d heads), 64 byte tokens (the paper: 76 BPE tokens). Views: one, from the built-in
-``crop-flip`` policy (random resized crop, scale 0.2-1, and flip); the paper's only
-augmentation is a random square crop, and one view suffices for an image-text loss.
-
-Its learning test is tests/test_learning.py's, like every method's.
+The plugin's README.md describes the model and says where sslreg departs from the paper.
 """
 
 from __future__ import annotations

@@ -4,18 +4,8 @@ sharpened distribution over prototypes across multi-crop views.
 Caron, Touvron, Misra, Jégou, Mairal, Bojanowski, Joulin. "Emerging Properties in
 Self-Supervised Vision Transformers." ICCV 2021. https://arxiv.org/abs/2104.14294
 
-The student sees every crop (two global, ``num_local`` local), the teacher only the two
-global ones; the loss (``dino`` objective, :mod:`sslreg_dino.loss`) is the cross-entropy
-between the teacher's ``softmax((t - center) / teacher_temp)`` and the student's
-``softmax(s / 0.1)`` over every pair of different crops. The centre is an EMA of the
-teacher's mean output over the global batch: under torchrun every rank's rows, as the
-reference code all-reduces it. Works on convnets and ViTs; on a ViT,
-:meth:`DINO.visualize` draws the [CLS] token's last-layer attention.
-
-Views: the ``multicrop`` policy, main_dino.py's DataAugmentationDINO (global crops with
-BYOL's asymmetric blur and solarize, local crops blurred with p 0.5; no blur at <= 32 px,
-see :class:`sslreg.views.policies.MultiCropOptions`), with the crop scales of
-:class:`DINOConfig` (:func:`view_options`).
+The plugin's README.md describes the method and says where every default comes from and
+where sslreg departs from the paper.
 """
 
 from __future__ import annotations
@@ -61,7 +51,7 @@ VIT_WEIGHT_DECAY_RISE = 10.0
 
 
 # The paper's two multi-crop recipes, (global crop scale, local crop scale): its
-# ResNet-50 run (the README's command) and its ViTs (main_dino.py's defaults).
+# ResNet-50 run (the command in its repository's README) and its ViTs (main_dino.py's defaults).
 CROP_SCALES = {
     "convnet": ((0.14, 1.0), (0.05, 0.14)),
     "vit": ((0.4, 1.0), (0.05, 0.4)),
@@ -84,29 +74,8 @@ def _local_size(_instance: Any, attribute: attrs.Attribute, value: int | None) -
 @attrs.frozen(kw_only=True)
 class DINOConfig:
     """DINO hyperparameters; defaults from the paper (sec. 3.1, 4 and appendix) and its
-    reference code (main_dino.py), except ``out_dim``.
-
-    ``out_dim`` is 4096 prototypes, solo-learn's CIFAR setting (the paper's 65536 is for
-    ImageNet's 1.3M images; 4096 is ample for 10-100 classes). ``num_local`` is the
-    built-in ``multicrop`` policy's default, 6 as in the paper's ResNet-50 run and one
-    arm of its multi-crop ablation (2x224 + 6x96). The teacher temperature warms up
-    from 0.04 to 0.07 as in the paper's 100-epoch ViT-S run; ``warmup_teacher_temp_epochs``
-    (30) and ``freeze_last_layer_epochs`` (1) are that run's, cut to 30% and 1% of a
-    shorter run (see ``TEACHER_TEMP_WARMUP_SHARE``). ``use_bn_in_head=None`` follows the
-    paper's two recipes: BN in the head's hidden layers for a convnet (its ResNet-50
-    run), none for a ViT. ``evaluate_teacher`` gives the EMA teacher's backbone, with its
-    own BatchNorm running statistics, to the linear probe and kNN, as the paper does
-    (eval_knn.py's default); off by default because a short run leaves the teacher far
-    behind the student.
-
-    ``global_crops_scale`` and ``local_crops_scale`` (main_dino.py's names) default to
-    ``None``: the paper's recipe for the run's backbone (``CROP_SCALES``), (0.14, 1) and
-    (0.05, 0.14) on a convnet as its ResNet-50 run (the README's command), (0.4, 1) and
-    (0.05, 0.4) on a ViT as main_dino.py's defaults; a pair set here wins on either.
-    ``local_size`` (``None``: the image side x 96/224 in whole ViT patches) must be a
-    multiple of the ViT patch for the image size (12 px at 96 px); see
-    :func:`sslreg.backbones.multicrop_sizes`.
-    """
+    reference code (main_dino.py), except ``out_dim`` (4096, not 65536). The plugin's
+    README.md says where each comes from."""
 
     out_dim: int = fields.positive_int(4096, "prototypes: width of the head's output")
     hidden_dim: int = fields.positive_int(2048, "hidden width of the head's MLP")

@@ -4,15 +4,8 @@ light decoder reconstructs the pixels of the masked 75% from them and mask token
 He, Chen, Xie, Li, Dollar and Girshick. "Masked Autoencoders Are Scalable Vision
 Learners." CVPR 2022. https://arxiv.org/abs/2111.06377
 
-Defaults: mask ratio 0.75 (sec. 4.1, fig. 5) and the per-patch normalised pixel target
-(table 1d); AdamW at 1.5e-4 x batch/256, betas (0.9, 0.95), weight decay 0.05, 40
-warm-up epochs (appendix A.1); crop scale (0.2, 1) and flip only (the ``crop-flip`` views).
-The paper's decoder (512-d, 8 blocks, 16 heads) is sized for ViT-L at 224 px; for 28-32 px
-images and the small ViTs used here it is scaled down to 128-d, 2 blocks, 4 heads (32-d
-heads as the paper's): table 1a-b shows a 1-block or 128-d decoder still trains (the
-narrower and shallower decoder costs linear-probe accuracy, not fine-tuning), and small-
-image MAE ports use a decoder no wider than the encoder (IcarusWizard/MAE on CIFAR-10:
-192-d encoder and decoder, 4 decoder blocks).
+The plugin's README.md says where every default comes from and where sslreg departs
+from the paper.
 """
 
 from __future__ import annotations
@@ -50,7 +43,7 @@ def _multiple_of_four(_instance: Any, attribute: attrs.Attribute, value: int) ->
 
 @attrs.frozen(kw_only=True)
 class MAEConfig:
-    """MAE hyperparameters; see the module docstring for where each default comes from.
+    """MAE hyperparameters; the plugin's README.md says where each default comes from.
 
     ``norm_pix_loss=False`` regresses raw (dataset-normalised) pixels, the paper's
     baseline target (table 1d, slightly worse than the normalised one).

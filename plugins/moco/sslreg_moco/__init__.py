@@ -2,19 +2,11 @@
 slowly moving (EMA) copy of itself; v2 draws its negatives from a queue of past keys, v3
 from the other keys of the batch, with a predictor and a symmetric loss.
 
-He, Fan, Wu, Xie, Girshick. "Momentum Contrast for Unsupervised Visual Representation
-Learning." CVPR 2020. https://arxiv.org/abs/1911.05722
-Chen, Fan, Girshick, He. "Improved Baselines with Momentum Contrastive Learning" (MoCo
-v2). 2020. https://arxiv.org/abs/2003.04297
-Chen, Xie, He. "An Empirical Study of Training Self-Supervised Vision Transformers"
-(MoCo v3). ICCV 2021. https://arxiv.org/abs/2104.02057
+Papers: He et al. 2020 (MoCo), https://arxiv.org/abs/1911.05722; Chen et al. 2020 (v2),
+https://arxiv.org/abs/2003.04297; Chen, Xie, He 2021 (v3), https://arxiv.org/abs/2104.02057.
 
-Views (:func:`view_options`, on the ``simclr`` policy): v2's are the reference code's
-``--aug-plus`` (main_moco.py: crop scale (0.2, 1), SimCLR's colour jitter, grayscale and
-blur); v3's follow moco-v3's main_moco.py (crop scale (0.08, 1), saturation 0.2, the
-second view solarized with p 0.2) except the blur, which stays the ``simclr`` policy's:
-none at <= 32 px, p 0.5 on both views above, where v3 blurs view 1 always and view 2 with
-p 0.1 (the view options cannot see the image size).
+The plugin's README.md says where every default comes from and where sslreg departs
+from the papers.
 """
 
 from __future__ import annotations
@@ -49,45 +41,9 @@ PAPER = "He et al. 2020, Momentum Contrast (MoCo); v2: Chen et al. 2020; v3: Che
 
 @attrs.frozen(kw_only=True)
 class MoCoConfig:
-    """MoCo hyperparameters; v2's defaults (Chen et al. 2020, sec. 3) unless noted.
-
-    * ``version`` 2: 2-layer MLP head (hidden 2048, output 128), asymmetric loss
-      against a queue, constant momentum (paper 0.999; 0.99 here, see below), Shuffle
-      BN. ``version`` 3: moco-v3's projector and predictor (hidden 4096, output 256;
-      their depth depends on the backbone, see :func:`v3_heads`), symmetric loss
-      against the batch's other keys scaled by 2T, momentum 0.99 -> 1 on a cosine
-      schedule.
-    * ``queue_length``: the paper's 65536 is larger than Fashion-MNIST's training set,
-      so a queue that long would hold stale keys of the very image being queried; 4096
-      (MoCo's smallest ablated size within 1% of its best, fig. 3) fits small datasets.
-    * ``temperature``: 0.2 (v2, and v3 for ViTs; v3 reports 1.0 for its ResNet-50).
-    * ``momentum``: ``None`` takes the version's default: a constant 0.99 for v2 (the
-      paper's 0.999 suits ImageNet's 5000 steps per epoch, while on a short small-image
-      run the key encoder would barely leave its initialisation; solo-learn's CIFAR
-      recipe also starts at 0.99, though it then rises to 0.999) and 0.99 -> 1 for v3
-      (its paper).
-    * ``head_bn``: v2's head has no BN; sslreg adds one after its hidden layer (as
-      SimCLR's and v3's heads have): a randomly initialised small-image ResNet maps
-      every image to nearly one direction, and BN centres them. With it the head is
-      Linear (no bias)-BN-ReLU-Linear; ``method.head_bn=false`` restores the paper's
-      Linear-ReLU-Linear. Measured on the validation split at the quick suite's CPU
-      budget, 3 seeds (benchmarks/results/quick-defaults-val.md): linear 77.1 ± 1.9 /
-      kNN20 71.4 ± 0.5 with it, 73.6 ± 1.3 / 69.7 ± 0.4 without (the random-init floor
-      73.8 / 70.6), so it stays on.
-    * ``shuffle_bn``: MoCo's Shuffle BN (He et al. 2020, sec. 3.3); ``None`` turns it
-      on for v2 and off for v3, whose code normalises over the whole batch (SyncBN).
-      With BN over one batch shared by queries and keys, the paper found the model
-      "cheats" the pretext task through intra-batch communication. With Shuffle BN,
-      every BN in both encoders takes its training statistics from ``bn_splits``
-      sub-batches (:class:`sslreg.nn.split_bn.SplitBatchNorm`), and the key encoder sees
-      the batch in a random order, so the keys' BN sub-batches are a random regrouping
-      of the queries'. Evaluation uses the running statistics as usual.
-    * ``bn_splits``: 8, as MoCo's code runs BN per GPU on 8 GPUs (32 of its 256 images
-      each); a batch that does not split into ``bn_splits`` sub-batches of at least 2
-      images uses the most that do (:func:`sslreg.nn.split_bn.split_count`). Under
-      torchrun each rank splits and shuffles its own rows, where MoCo's code shuffles
-      the global batch across GPUs.
-    """
+    """MoCo hyperparameters; v2's defaults (Chen et al. 2020, sec. 3) unless noted. The
+    plugin's README.md says where each comes from and why ``head_bn``, ``momentum`` and
+    ``queue_length`` depart from the paper."""
 
     version: int = fields.choice(2, (2, 3), "2: queue of negatives, MLP head; 3: in-batch "
                                  "negatives, predictor, symmetric loss")
@@ -121,7 +77,7 @@ class MoCoConfig:
 
 def v2_head(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool) -> nn.Sequential:
     """MoCo v2's MLP head, Linear-ReLU-Linear, with BN after the hidden Linear unless
-    ``batch_norm`` is off (see MoCoConfig.head_bn)."""
+    ``batch_norm`` is off (see README.md, head_bn)."""
     if batch_norm:
         return mlp(in_dim, hidden_dim, out_dim)
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True),
@@ -206,7 +162,7 @@ class MoCo(Method):
     @torch.no_grad()
     def keys(self, view: Tensor) -> Tensor:
         """The key encoder's output, row i for image i. With Shuffle BN the images go
-        through it in a random order (see MoCoConfig.shuffle_bn)."""
+        through it in a random order (README.md, shuffle_bn)."""
         if not self.config.uses_shuffle_bn:
             return self.key_projector(self.key_backbone(view))
         order = torch.randperm(len(view), device=view.device)
@@ -261,7 +217,7 @@ class MoCo(Method):
 
 
 def view_options(config: MoCoConfig) -> dict[str, Any]:
-    """Options for the ``simclr`` policy; see the module docstring."""
+    """Options for the ``simclr`` policy; README.md says where each comes from."""
     if config.version == 2:
         return {"crop_scale": (0.2, 1.0)}
     return {"crop_scale": (0.08, 1.0), "saturation": 0.2, "solarize_p": (0.0, 0.2)}
@@ -275,7 +231,7 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         config_class=MoCoConfig,
         paper=PAPER,
         # v2's augmentation is SimCLR's with blur (Chen et al. 2020, sec. 3); view_options
-        # sets what each version changes (see the module docstring).
+        # sets what each version changes (see README.md).
         views="simclr",
         view_options=view_options,
         objective="info_nce",
@@ -284,7 +240,7 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         # v2: SGD, momentum 0.9, weight decay 1e-4, cosine decay, no warm-up (Chen et
         # al. 2020, sec. 3); lr 0.3 x batch/256, solo-learn's CIFAR rate, instead of the
         # paper's ImageNet 0.03. A suite runs the rate `sslreg tune` chose on the
-        # validation split (1, 4 or 16 times this one; sslreg/bench/tuned/).
+        # validation split (1, 4 or 16 times this one; sslreg/suites/tuned/).
         optim={"name": "sgd", "lr": 0.3, "weight_decay": 1e-4, "momentum": 0.9,
                "warmup_epochs": 0},
     ))

@@ -4,12 +4,8 @@ neither negatives nor a momentum encoder; a stop-gradient alone prevents collaps
 Chen and He. "Exploring Simple Siamese Representation Learning." CVPR 2021.
 https://arxiv.org/abs/2011.10566
 
-Defaults follow the paper's CIFAR-10 setting (appendix D): a 2-layer projection MLP with
-2048-d hidden and output layers and BN on its output, a predictor with a 512-d bottleneck,
-SGD with momentum 0.9, cosine decay, no warm-up, at solo-learn's CIFAR rate (see the
-spec below). Views: the ``simclr`` policy with crop scale (0.2, 1), as the reference
-code's main_simsiam.py (``RandomResizedCrop(scale=(0.2, 1.))``, then SimCLR's colour
-jitter, grayscale and blur; the policy drops blur at <= 32 px).
+The plugin's README.md says where every default comes from and where sslreg departs
+from the paper.
 """
 
 from __future__ import annotations
@@ -100,7 +96,7 @@ def register_methods(register: Callable[[MethodSpec], None]) -> None:
         # SGD, momentum 0.9, cosine decay, no warm-up (appendix D); lr 0.5 x batch/256 and
         # weight decay 1e-5 are solo-learn's CIFAR settings, in place of the paper's CIFAR
         # lr 0.03 (wd 5e-4); a suite runs the rate `sslreg tune` chose on the validation
-        # split (1, 4 or 16 times this one; sslreg/bench/tuned/). Weight decay 1e-5 beat
+        # split (1, 4 or 16 times this one; sslreg/suites/tuned/). Weight decay 1e-5 beat
         # 5e-4 on validation at the quick CPU budget, 3 seeds: linear 71.8 ± 2.0 against
         # 66.9 ± 2.0, kNN20 64.0 ± 3.8 against 57.4 ± 2.3
         # (benchmarks/results/quick-defaults-val.md). The ImageNet

@@ -6,23 +6,8 @@ Caron, Misra, Mairal, Goyal, Bojanowski, Joulin. "Unsupervised Learning of Visua
 Features by Contrasting Cluster Assignments." NeurIPS 2020.
 https://arxiv.org/abs/2006.09882
 
-Defaults: the paper's loss settings (temperature 0.1, epsilon 0.05, 3 Sinkhorn rounds,
-sec. 4 and appendix A.1) and its 2 + 6 multi-crop (the ``swav-multicrop`` policy,
-:class:`sslreg.views.policies.SwAVOptions`: the reference code's src/multicropdataset.py
-and main_swav.py defaults, crop scales (0.14, 1) and (0.05, 0.14), the same colour
-distortion of strength 1 and blur on every crop, no blur at <= 32 px); the small-image
-head of solo-learn's and lightly's CIFAR-10
-settings (2048-d hidden, 128-d output); 3000 prototypes as both the paper (ImageNet) and
-solo-learn's CIFAR-10 config (``scripts/pretrain/cifar/swav.yaml``) use; prototypes frozen
-for the first 1/400 of the run's steps (``FREEZE_FRACTION``); no queue (the reference
-code's default ``queue_length=0``, right for small datasets; its batch-256 script adds a
-3840-long queue from epoch 15: ``--set method.queue_length=3840``).
-
-Under torchrun the codes are those of the global batch: Sinkhorn-Knopp sums the mass
-of Q and of each prototype over the ranks (the reference code's
-``distributed_sinkhorn``), and each rank keeps the codes of its own rows. The queue is
-per rank, as in the reference code, each rank holding ``queue_length / W`` of its own
-past projections: together they are the ``queue_length`` one process would hold.
+The plugin's README.md says where every default comes from and where sslreg departs
+from the paper.
 """
 
 from __future__ import annotations
@@ -65,7 +50,7 @@ FREEZE_FRACTION = 1 / 400
 
 @attrs.frozen(kw_only=True)
 class SwAVConfig:
-    """SwAV hyperparameters; see the module docstring for where each default comes from.
+    """SwAV hyperparameters; the plugin's README.md says where each default comes from.
 
     ``queue_length`` > 0 keeps that many past global-crop projections per global crop;
     once full they join the batch the codes are computed over (never the predictions),

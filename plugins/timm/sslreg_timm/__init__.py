@@ -2,23 +2,8 @@
 
 Registers ``timm/resnet18`` and ``timm/resnet50`` (family ``"convnet"``) and
 ``timm/vit_tiny_patch16_224`` and ``timm/vit_small_patch16_224`` (family ``"vit"``, with
-the token API MAE and DINO read). Each is built with ``pretrained=False`` (sslreg
-pretrains from scratch; nothing is downloaded), ``num_classes=0`` and the run's
-channels as ``in_chans``.
-
-Small images:
-
-* ConvNets keep timm's architecture unchanged, stem included: a ResNet's 7x7 stride-2
-  conv and max-pool (total stride 32) leave 1x1 maps at the last stage at 28-32 px. A
-  size at which a model's maps vanish is refused when it is built, with one line naming
-  the smallest size it takes.
-* ViTs keep timm's widths, depths and heads but take the run's image side as
-  ``img_size`` and a patch by :func:`sslreg.backbones.vit_patch_size` (4 px at 28-32 px,
-  about an 8x8 grid above) instead of 16, as the built-in ViTs do, so multi-crop's local
-  crops are whole patches; their learned positions are resampled to a crop's grid.
-
-Every backbone's ``exports()`` gives its weights in timm's own key names with the code
-that builds the same model in timm and loads them.
+the token API MAE and DINO read). The plugin's README.md says how each is built, what it
+does at small image sizes, and what its ``exports()`` give.
 """
 
 from __future__ import annotations

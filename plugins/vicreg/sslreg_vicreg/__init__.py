@@ -5,14 +5,8 @@ dimension alive and decorrelated, so nothing can collapse without negatives or a
 Bardes, Ponce, LeCun. "VICReg: Variance-Invariance-Covariance Regularization for
 Self-Supervised Learning." ICLR 2022. https://arxiv.org/abs/2105.04906
 
-The paper's ImageNet expander is 8192-8192-8192 (three linear layers, BN and ReLU after
-the first two). For small images the defaults follow the CIFAR-10 settings of solo-learn
-(``scripts/pretrain/cifar/vicreg.yaml``: ``proj_hidden_dim`` = ``proj_output_dim`` = 2048)
-and lightly (``BarlowTwinsProjectionHead(512, 2048, 2048)`` in its VICReg example).
-
-Views: the ``byol`` policy, as the paper uses BYOL's augmentations, with no blur at
-<= 32 px as in solo-learn's CIFAR ``vicreg.yaml``; see
-:class:`sslreg.views.policies.BYOLOptions`.
+The plugin's README.md says where every default comes from and where sslreg departs
+from the paper.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only: no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from sslreg.bench.leaderboard import (  # noqa: E402
+from sslreg.suites.leaderboard import (  # noqa: E402
     CEILINGS,
     one_raw_pixels_row,
     row_label,

@@ -1,7 +1,7 @@
 """``sslreg bench SUITE --executor slurm``: a suite's workers as a SLURM job array.
 
 Through submitit (the optional ``slurm`` dependency group). Each array task is a bench
-worker like any other (:func:`sslreg.bench.runner.run_suite`): it claims runs in the run
+worker like any other (:func:`sslreg.suites.runner.run_suite`): it claims runs in the run
 index, so the jobs split the suite between them, and it leaves, freeing its GPUs, when
 it finds nothing more to claim. The last job to finish sees the suite complete and
 prints the table. A job with several processes (``--gpus-per-job 4``) is one torch
@@ -76,8 +76,8 @@ class BenchJob:
             submitit.helpers.TorchDistributedEnvironment().export(
                 set_cuda_visible_devices=False)
         os.environ["SSLREG_BENCH_SINCE"] = repr(self.since)
-        from sslreg.bench.runner import run_suite
-        from sslreg.bench.suite import load_suite
+        from sslreg.suites.runner import run_suite
+        from sslreg.suites.suite import load_suite
         from sslreg.plugins import load_registry
 
         with Preemption() as preemption:

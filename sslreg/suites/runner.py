@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 
 from sslreg import distributed
-from sslreg.bench.claims import Heartbeat, Worker, log_claim, this_worker
-from sslreg.bench.leaderboard import leaderboard_frame, method_readouts, summary
-from sslreg.bench.suite import Budget, Suite, suite_sets, variants
+from sslreg.suites.claims import Heartbeat, Worker, log_claim, this_worker
+from sslreg.suites.leaderboard import leaderboard_frame, method_readouts, summary
+from sslreg.suites.suite import Budget, Suite, suite_sets, variants
 from sslreg.config import RunConfig
 from sslreg.engine import floors, pretrain
 from sslreg.engine.device import device_name, resolve_device

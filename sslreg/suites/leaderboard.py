@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from sslreg.bench.suite import REFERENCE_METRICS, Reference
+from sslreg.suites.suite import REFERENCE_METRICS, Reference
 from sslreg.errors import SslregError
 from sslreg.runs import data_label, open_index
 

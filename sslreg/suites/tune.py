@@ -17,9 +17,9 @@ import attrs
 import pandas as pd
 import torch
 
-from sslreg.bench.leaderboard import leaderboard_frame
-from sslreg.bench.runner import run_suite
-from sslreg.bench.suite import Suite, Sweep, Tuned
+from sslreg.suites.leaderboard import leaderboard_frame
+from sslreg.suites.runner import run_suite
+from sslreg.suites.suite import Suite, Sweep, Tuned
 from sslreg.engine.device import device_name
 
 if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config

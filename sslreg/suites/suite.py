@@ -157,11 +157,11 @@ class Suite:
 
 
 def builtin_suites() -> list[str]:
-    return _builtin("suites")
+    return _builtin("builtin")
 
 
 def _builtin(folder: str) -> list[str]:
-    files = resources.files("sslreg.bench") / folder
+    files = resources.files("sslreg.suites") / folder
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
 
 
@@ -174,7 +174,7 @@ def _toml_text(name_or_path: str, folder: str, kind: str) -> str:
             raise ValueError(f"{kind} file {path} does not exist")
         return path.read_text()
     if name_or_path in _builtin(folder):
-        return (resources.files("sslreg.bench") / folder / f"{name_or_path}.toml").read_text()
+        return (resources.files("sslreg.suites") / folder / f"{name_or_path}.toml").read_text()
     raise ValueError(f"unknown {kind} '{name_or_path}'; choose from: "
                      f"{', '.join(_builtin(folder)) or 'none'}, or pass a .toml file")
 
@@ -182,7 +182,7 @@ def _toml_text(name_or_path: str, folder: str, kind: str) -> str:
 def load_suite(name_or_path: str) -> Suite:
     """A suite from a TOML file path, or one of the built-in suites by name."""
     try:
-        text = _toml_text(name_or_path, "suites", "suite")
+        text = _toml_text(name_or_path, "builtin", "suite")
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return parse_suite(text, default_name=Path(name_or_path).stem)
