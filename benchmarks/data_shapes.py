@@ -33,11 +33,11 @@ import torch
 from PIL import Image
 
 from sslreg import load_registry, testing
-from sslreg.suites.runner import backbone_for
-from sslreg.suites.suite import load_suite
 from sslreg.data import imagefolder
 from sslreg.engine.device import device_name
 from sslreg.engine.optim import build_optimizer
+from sslreg.suites.runner import backbone_for
+from sslreg.suites.suite import load_suite
 
 
 def parse_shapes(text: str) -> list[testing.DataShape]:

@@ -236,10 +236,10 @@ def stub(kind: str) -> Any:
 def stubbed() -> Iterator[None]:
     """sslreg's CLI with its work replaced by stubs: pretraining, the suite runner and the
     leaderboard's read of the index each raise :class:`Captured` with what they got."""
+    import sslreg.engine
     import sslreg.suites
     import sslreg.suites.leaderboard
     import sslreg.suites.runner
-    import sslreg.engine
 
     with mock.patch.object(sslreg.engine, "pretrain", stub("pretrain")), \
             mock.patch.object(sslreg.suites, "run_suite", stub("bench")), \
@@ -293,9 +293,9 @@ def check_pretrain(captured: Captured, registry: Any, device: str) -> list[str]:
 
 def suite_configs(suite: Any, registry: Any) -> list[Any]:
     """The configs ``sslreg bench`` builds under CUDA (the suite's GPU budget)."""
+    from sslreg.config import RunConfig
     from sslreg.suites.runner import backbone_for
     from sslreg.suites.suite import suite_sets, variants
-    from sslreg.config import RunConfig
 
     budget = suite.gpu
     methods = suite.select(registry.methods.names())
@@ -307,8 +307,8 @@ def suite_configs(suite: Any, registry: Any) -> list[Any]:
 
 
 def check_bench(captured: Captured, registry: Any) -> list[str]:
-    from sslreg.suites.runner import floor_configs
     from sslreg.engine.splits import load_run_data
+    from sslreg.suites.runner import floor_configs
 
     suite = captured.args_[0]
     configs = suite_configs(suite, registry)
@@ -667,9 +667,9 @@ def pretrain_section(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 
 def bench_section(args: argparse.Namespace) -> tuple[str, list[str]]:
-    from sslreg.suites import load_suite
     from sslreg.plugins import load_registry
     from sslreg.runs import open_index
+    from sslreg.suites import load_suite
 
     suite = load_suite(args.suite)
     registry = load_registry()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
-from collections.abc import Callable
 from typing import Any
 
 import pluggy
@@ -182,8 +181,10 @@ def add_commands(cli: Any) -> list[PluginFailure]:
 def hook_implementers(hook_name: str) -> list[str]:
     """Names of the plugins that implement ``hook_name``."""
     load_plugins()
-    caller: Callable | None = getattr(pm.hook, hook_name, None)
-    if caller is None:
-        valid = ", ".join(sorted(n for n in dir(pm.hook) if n.startswith("register_")))
+    caller: Any = getattr(pm.hook, hook_name, None)
+    # A plugin's misspelled hookimpl gives pluggy a caller without a spec: not a hook.
+    if caller is None or caller.spec is None:
+        valid = ", ".join(sorted(n for n in dir(pm.hook) if n.startswith("register_")
+                                 and getattr(pm.hook, n).spec is not None))
         raise SslregError(f"unknown hook '{hook_name}'; choose from: {valid}")
     return sorted(pm.get_name(impl.plugin) for impl in caller.get_hookimpls())

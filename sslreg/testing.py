@@ -505,9 +505,9 @@ def learning_run(method: str, out: Any, overrides: tuple[str, ...] = (), *, seed
     clear margin), and the collapse monitors' warnings (a healthy run has none). The
     floor is computed once per process for each key.
     """
+    from sslreg.engine import floors, pretrain
     from sslreg.suites.runner import backbone_for
     from sslreg.suites.suite import load_suite, suite_sets
-    from sslreg.engine import floors, pretrain
 
     registry = registry or load_registry()
     suite = load_suite(LEARNING_SUITE)

@@ -4,9 +4,9 @@ import pytest
 from sslreg_simclr import SimCLR, SimCLRConfig
 
 from sslreg import MethodSpec, SslregError, hookimpl, load_registry, testing
+from sslreg.errors import ConfigError
 from sslreg.suites.runner import backbone_for, run_suite
 from sslreg.suites.suite import Budget, parse_suite
-from sslreg.errors import ConfigError
 
 SUITE = """
 name = "tiny"

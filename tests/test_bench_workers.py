@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from sslreg_simclr import SimCLR, SimCLRConfig
 
 from sslreg import MethodSpec, hookimpl, load_registry, testing
+from sslreg.cli import cli
+from sslreg.runs import RunDir, RunIndex, open_index
 from sslreg.suites.claims import Worker, read_claims_log
 from sslreg.suites.runner import run_suite
 from sslreg.suites.suite import parse_suite
-from sslreg.cli import cli
-from sslreg.runs import RunDir, RunIndex, open_index
 
 BUDGET = """
 backbone = "resnet18-narrow"

@@ -31,8 +31,8 @@ import attrs
 import pytest
 
 from sslreg import OptimConfig, load_registry, testing
-from sslreg.suites.suite import Budget, Reference, Suite, Sweep, load_suite, suite_sets
 from sslreg.config import OPTIMIZERS
+from sslreg.suites.suite import Budget, Reference, Suite, Sweep, load_suite, suite_sets
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -19,7 +19,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 from sslreg import DataError, DatasetSpec, load_registry
-from sslreg.suites.leaderboard import summary
 from sslreg.cli import cli
 from sslreg.config import METRIC_ONLY_KEYS, RunConfig
 from sslreg.data import ImageDataset, checked_load, cifar, imagefolder, load_dataset, stl10
@@ -28,6 +27,7 @@ from sslreg.engine.splits import load_run_data
 from sslreg.engine.trainer import build_method
 from sslreg.errors import ConfigError, PluginError
 from sslreg.runs import RunDir, open_index
+from sslreg.suites.leaderboard import summary
 
 
 @pytest.fixture(autouse=True)

@@ -7,10 +7,10 @@ import sys
 
 from click.testing import CliRunner
 
-from sslreg.suites.leaderboard import leaderboard_frame
 from sslreg.cli import cli
 from sslreg.runs import RunDir, RunIndex, add_suite, open_index, write_json
 from sslreg.runs.index import FLOOR_FILE
+from sslreg.suites.leaderboard import leaderboard_frame
 
 
 def fake_run(out, name, method="simclr", seed=0, knn=0.5, status="trained"):

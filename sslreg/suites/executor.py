@@ -76,9 +76,9 @@ class BenchJob:
             submitit.helpers.TorchDistributedEnvironment().export(
                 set_cuda_visible_devices=False)
         os.environ["SSLREG_BENCH_SINCE"] = repr(self.since)
+        from sslreg.plugins import load_registry
         from sslreg.suites.runner import run_suite
         from sslreg.suites.suite import load_suite
-        from sslreg.plugins import load_registry
 
         with Preemption() as preemption:
             try:

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from sslreg.suites.suite import REFERENCE_METRICS, Reference
 from sslreg.errors import SslregError
 from sslreg.runs import data_label, open_index
+from sslreg.suites.suite import REFERENCE_METRICS, Reference
 
 if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
     from sslreg.registry import Registry

@@ -17,9 +17,6 @@ import pandas as pd
 import torch
 
 from sslreg import distributed
-from sslreg.suites.claims import Heartbeat, Worker, log_claim, this_worker
-from sslreg.suites.leaderboard import leaderboard_frame, method_readouts, summary
-from sslreg.suites.suite import Budget, Suite, suite_sets, variants
 from sslreg.config import RunConfig
 from sslreg.engine import floors, pretrain
 from sslreg.engine.device import device_name, resolve_device
@@ -33,6 +30,9 @@ from sslreg.engine.evaluate import (
 )
 from sslreg.errors import SslregError
 from sslreg.runs import RunDir, RunIndex, add_suite, open_index, write_json
+from sslreg.suites.claims import Heartbeat, Worker, log_claim, this_worker
+from sslreg.suites.leaderboard import leaderboard_frame, method_readouts, summary
+from sslreg.suites.suite import Budget, Suite, suite_sets, variants
 
 if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
     from sslreg.registry import Registry

@@ -17,10 +17,10 @@ import attrs
 import pandas as pd
 import torch
 
+from sslreg.engine.device import device_name
 from sslreg.suites.leaderboard import leaderboard_frame
 from sslreg.suites.runner import run_suite
 from sslreg.suites.suite import Suite, Sweep, Tuned
-from sslreg.engine.device import device_name
 
 if TYPE_CHECKING:  # for annotations only: no import cycle through sslreg.config
     from sslreg.registry import Registry
