@@ -20,8 +20,8 @@ from sslreg import RunConfig, load_registry, testing
 from sslreg.bench.runner import backbone_for
 from sslreg.bench.suite import load_suite, suite_sets
 from sslreg.engine.evaluate import score
+from sslreg.engine.parts import build_method
 from sslreg.engine.splits import load_run_data
-from sslreg.engine.trainer import build_method
 
 
 @torch.no_grad()

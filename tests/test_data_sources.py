@@ -24,8 +24,8 @@ from sslreg.cli import cli
 from sslreg.config import METRIC_ONLY_KEYS, RunConfig
 from sslreg.data import ImageDataset, checked_load, cifar, imagefolder, load_dataset, stl10
 from sslreg.data.dataset import resize_center_crop
+from sslreg.engine.parts import build_method
 from sslreg.engine.splits import load_run_data
-from sslreg.engine.trainer import build_method
 from sslreg.errors import ConfigError, PluginError
 from sslreg.runs import RunDir, open_index
 

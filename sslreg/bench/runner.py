@@ -21,7 +21,7 @@ from sslreg.bench.claims import Heartbeat, Worker, log_claim, this_worker
 from sslreg.bench.leaderboard import leaderboard_frame, method_readouts, summary
 from sslreg.bench.suite import Budget, Suite, suite_sets, variants
 from sslreg.config import RunConfig
-from sslreg.engine import floors, pretrain
+from sslreg.engine import assemble, floors, pretrain
 from sslreg.engine.device import device_name, resolve_device
 from sslreg.engine.evaluate import (
     RANDOM_INIT,
@@ -134,7 +134,8 @@ def floor_task(config: RunConfig, registry: Registry, out: Path) -> Task:
     """Raw pixels and random init for ``config``'s backbone, readout and seed, claimed
     together (the raw-pixels floor is shared: its claim makes a second worker wait for
     it rather than score it again)."""
-    dirs = tuple(floor_dir(out, config, registry, kind)[0] for kind in (RAW_PIXELS, RANDOM_INIT))
+    parts = assemble(config, registry)  # the floors' directories name its readout
+    dirs = tuple(floor_dir(out, parts, kind)[0] for kind in (RAW_PIXELS, RANDOM_INIT))
     return Task(f"floors: raw pixels and random init ({config.backbone}, {config.method}'s "
                 f"readout), seed {config.train.seed}", dirs, config, floors=True)
 
