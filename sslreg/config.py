@@ -230,10 +230,9 @@ class RunConfig:
             registry.datasets.get(self.eval.dataset)
         backbone = registry.backbones.get(self.backbone)
         registry.views.get(self.views_name(registry))
-        families = registry.methods.get(self.method).backbone_families
-        if families is not None and backbone.family not in families:
-            fitting = [n for n in registry.backbones.names()
-                       if registry.backbones.get(n).family in families]
+        if not registry.backbones_for(self.method, [self.backbone]):
+            families = registry.methods.get(self.method).backbone_families or ()
+            fitting = registry.backbones_for(self.method)
             raise ConfigError(
                 f"method '{self.method}' needs a {' or '.join(families)} backbone "
                 f"({', '.join(fitting) or 'none registered'}); got '{self.backbone}' "

@@ -105,20 +105,18 @@ def tiny_backbone(name: str, registry: Registry | None = None) -> str:
     """The CPU-sized backbone a method works with: ``resnet18-narrow`` if it takes a
     convnet, else ``vit-mini`` if it takes a ViT, else the first that fits."""
     registry = registry or load_registry()
-    families = registry.methods.get(name).backbone_families
-    for backbone in (TINY_BACKBONE, TINY_VIT, *registry.backbones.names()):
-        if families is None or registry.backbones.get(backbone).family in families:
-            return backbone
-    raise AssertionError(f"{name}: no registered backbone fits {families}")
+    fitting = registry.backbones_for(name, [TINY_BACKBONE, TINY_VIT, *registry.backbones.names()])
+    if not fitting:
+        families = registry.methods.get(name).backbone_families
+        raise AssertionError(f"{name}: no registered backbone fits {families}")
+    return fitting[0]
 
 
 def tiny_backbones(name: str, registry: Registry | None = None) -> list[str]:
     """The CPU-sized backbone of each family ``name`` takes: ``resnet18-narrow`` and/or
     ``vit-mini``."""
     registry = registry or load_registry()
-    families = registry.methods.get(name).backbone_families
-    return [backbone for backbone in (TINY_BACKBONE, TINY_VIT)
-            if families is None or registry.backbones.get(backbone).family in families]
+    return registry.backbones_for(name, [TINY_BACKBONE, TINY_VIT])
 
 
 def build(name: str, *, channels: int = 1, size: int = 28, seed: int = 0,

@@ -73,3 +73,21 @@ def test_parts_record_what_the_config_resolved_to():
     # Normalised by the whole training split, validation images included.
     assert parts.data.stats == synthetic.load("train").channel_stats()
     assert len(parts.pool) == len(parts.data.train)
+
+
+def test_one_rule_says_which_backbones_fit_a_method():
+    from sslreg import testing
+    from sslreg.bench.runner import backbone_for
+    from sslreg.bench.suite import Budget
+
+    registry = load_registry()
+    vits = registry.backbones_for("mae")
+    assert vits and all(registry.backbones.get(name).family == "vit" for name in vits)
+    assert registry.backbones_for("simclr") == registry.backbones.names()
+    assert registry.backbones_for("mae", ["resnet18", "vit-mini"]) == ["vit-mini"]
+    # The suite runner, the conformance kit and the config check all follow it.
+    assert backbone_for(registry, "mae", Budget(backbone="resnet18",
+                                                vit_backbone="vit-mini")) == "vit-mini"
+    assert testing.tiny_backbones("mae", registry) == ["vit-mini"]
+    with pytest.raises(Exception, match=f"needs a vit backbone \\({', '.join(vits)}\\)"):
+        RunConfig.build(registry, "mae", backbone="resnet18")

@@ -289,11 +289,11 @@ def floor_configs(configs: list[RunConfig], registry: Registry) -> list[RunConfi
 
 def backbone_for(registry: Registry, method: str, budget: Budget) -> str:
     """The budget's backbone, or its ViT one for methods that only take a ViT."""
+    fitting = registry.backbones_for(
+        method, [name for name in (budget.backbone, budget.vit_backbone) if name])
+    if fitting:
+        return fitting[0]
     families = registry.methods.get(method).backbone_families
-    for backbone in (budget.backbone, budget.vit_backbone):
-        if backbone and (families is None or registry.backbones.get(backbone).family
-                         in families):
-            return backbone
     raise SslregError(f"the suite's budget has no backbone for method '{method}' (it needs "
                       f"a {' or '.join(families or ())} backbone); set vit_backbone in "
                       "[budget.cpu] and [budget.gpu]")
