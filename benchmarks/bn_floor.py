@@ -18,8 +18,8 @@ from torch import nn
 
 from sslreg import RunConfig, load_registry, testing
 from sslreg.engine.evaluate import score
+from sslreg.engine.parts import build_method
 from sslreg.engine.splits import load_run_data
-from sslreg.engine.trainer import build_method
 from sslreg.suites.runner import backbone_for
 from sslreg.suites.suite import load_suite, suite_sets
 

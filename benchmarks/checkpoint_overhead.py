@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from sslreg.config import RunConfig, checkpoint_cadence
+from sslreg.engine import assemble
 from sslreg.engine import trainer as trainer_module
 from sslreg.plugins import load_registry
 from sslreg.runs import RunDir
@@ -32,7 +33,8 @@ def measure(method: str, backbone: str, batch_size: int, writes: int, steps: int
         f"train.batch_size={batch_size}", f"train.train_subset={batch_size * 2}",
         f"train.device={device}"], dataset="synthetic", backbone=backbone)
     with tempfile.TemporaryDirectory() as folder:
-        trainer = trainer_module.build_trainer(config, registry, RunDir(Path(folder)))
+        parts = assemble(config, registry)
+        trainer = trainer_module.build_trainer(parts, registry, RunDir(Path(folder)))
         generator = torch.Generator(trainer.device).manual_seed(0)
         batch = trainer.images[:batch_size]
         labels = None if trainer.labels is None else trainer.labels[:batch_size]

@@ -48,8 +48,8 @@ Split = tuple[torch.Tensor, torch.Tensor]
 def run_features(run_dir: Path) -> tuple[dict[str, Split], str]:
     """The train, val and test features of a finished run at its own evaluation sizes."""
     from sslreg.engine.checkpoint import load_checkpoint
+    from sslreg.engine.parts import build_method
     from sslreg.engine.splits import load_run_data
-    from sslreg.engine.trainer import build_method
     from sslreg.plugins import load_registry
     from sslreg.runs import RunDir
 

@@ -62,8 +62,9 @@ from sslreg.data.synthetic import generate
 from sslreg.engine.device import resolve_device, use_bf16
 from sslreg.engine.mfu import mfu, peak_flops, training_flops_per_image
 from sslreg.engine.optim import build_optimizer, param_groups
+from sslreg.engine.parts import assemble
 from sslreg.engine.splits import RunData
-from sslreg.engine.trainer import Trainer, build_policy, build_trainer, train_step
+from sslreg.engine.trainer import Trainer, build_trainer, epoch_batches, train_step
 from sslreg.errors import SslregError
 from sslreg.plugins import load_registry
 from sslreg.runs import RunDir
@@ -150,42 +151,41 @@ def simclr_config(registry: Any, backbone: str, batch: int, device: torch.device
                            dataset="synthetic")
 
 
-def pool(batch: int) -> Any:
-    """``POOL_BATCHES`` batches of Fashion-MNIST-sized images, the same for both sides."""
-    return generate(POOL_BATCHES * batch, seed=0, name="synthetic/throughput")
+def pool(batch: int) -> RunData:
+    """``POOL_BATCHES`` batches of Fashion-MNIST-sized images as every split of a run,
+    the same for both sides."""
+    images = generate(POOL_BATCHES * batch, seed=0, name="synthetic/throughput")
+    return RunData(train=images, val=images, test=images, stats=images.channel_stats())
 
 
 def our_views(registry: Any, device: torch.device, batch: int, batches: int,
               warmup: int) -> Row:
     """Two SimCLR views of ``batch`` images on the device, with the run's own policy."""
     data = pool(batch)
-    config = simclr_config(registry, "resnet18-narrow", batch, device)
-    policy = build_policy(config, registry, data, data.channel_stats())
-    images = data.images[:batch].to(device)
+    policy = assemble(simclr_config(registry, "resnet18-narrow", batch, device), registry,
+                      data).policy
+    images = data.train.images[:batch].to(device)
     generator = torch.Generator(device=device).manual_seed(0)
     seconds = timed(device, lambda: policy(images, generator), warmup, batches)
     return Row("views", "sslreg", "-", batch, batch * batches / seconds)
 
 
-def model_flops_per_image(registry: Any, backbone: str, config: RunConfig) -> float:
+def model_flops_per_image(registry: Any, config: RunConfig) -> float:
     """Training FLOPs per source image of SimCLR's backbone and projector, counted on the CPU.
 
     The NT-Xent logits are left out: 8 x batch x 128 FLOPs per image, 1.6% of the narrow
     model's forward at batch 512 and 0.03% of resnet18's.
     """
-    net = registry.backbones.create(backbone, in_channels=1, image_size=IMAGE_SIZE)
-    method = registry.build_method("simclr", config.method_config, net)
+    method = assemble(config, registry, pool(config.train.batch_size)).method
     forward = forward_flops(nn.Sequential(method.backbone, method.projector), 1, IMAGE_SIZE)
     return training_flops_per_image(forward, VIEWS)
 
 
-def batches_like_run_epoch(trainer: Trainer, generator: torch.Generator) -> Iterator[Any]:
-    """Row indices as ``run_epoch`` draws them: one device permutation per pass, sliced."""
-    count, batch = len(trainer.images), trainer.config.train.batch_size
-    while True:
-        order = torch.randperm(count, device=trainer.device, generator=generator)
-        for start in range(0, count - batch + 1, batch):
-            yield order[start:start + batch]
+def batches_like_run_epoch(trainer: Trainer) -> Iterator[torch.Tensor]:
+    """Row indices as ``run_epoch`` draws them (its own ``epoch_batches``), epoch after
+    epoch."""
+    for epoch in itertools.count():
+        yield from epoch_batches(trainer, epoch)
 
 
 def our_training(registry: Any, backbone: str, device: torch.device, batch: int, steps: int,
@@ -195,11 +195,9 @@ def our_training(registry: Any, backbone: str, device: torch.device, batch: int,
     config = simclr_config(registry, backbone, batch, device, warmup + steps, compile)
     # build_trainer writes nothing: the run directory is only named.
     run = RunDir(Path(tempfile.gettempdir()) / "sslreg-throughput")
-    images = pool(batch)
-    data = RunData(train=images, val=images, test=images, stats=images.channel_stats())
-    trainer = build_trainer(config, registry, run, data=data)
+    trainer = build_trainer(assemble(config, registry, pool(batch)), registry, run)
     trainer.method.train()
-    rows = batches_like_run_epoch(trainer, torch.Generator(device=device).manual_seed(0))
+    rows = batches_like_run_epoch(trainer)
     views_rng = torch.Generator(device=device).manual_seed(1)
 
     def step() -> None:
@@ -209,7 +207,7 @@ def our_training(registry: Any, backbone: str, device: torch.device, batch: int,
 
     seconds = timed(device, step, warmup, steps)
     rate = batch * steps / seconds
-    flops = model_flops_per_image(registry, backbone, config)
+    flops = model_flops_per_image(registry, config)
     return Row("train step", "sslreg", backbone, batch, rate,
                mfu(rate, flops, peak_flops(device)), peak_memory_mb(device), compile)
 
@@ -272,9 +270,9 @@ def lightly_loader(registry: Any, device: torch.device, batch: int, batches: int
                    workers: int) -> DataLoader:
     """lightly's views through a DataLoader, as its examples feed a model."""
     data = pool(batch)
-    config = simclr_config(registry, "resnet18-narrow", batch, device)
-    policy = build_policy(config, registry, data, data.channel_stats())
-    dataset = PilImages(data.images, lightly_transform(policy), batch * batches)
+    policy = assemble(simclr_config(registry, "resnet18-narrow", batch, device), registry,
+                      data).policy
+    dataset = PilImages(data.train.images, lightly_transform(policy), batch * batches)
     return DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
                       num_workers=workers, pin_memory=device.type == "cuda",
                       prefetch_factor=PREFETCH if workers else None)
@@ -368,7 +366,7 @@ def lightly_training(registry: Any, backbone: str, device: torch.device, batch: 
 
     seconds = timed(device, step, warmup, steps, drain(loader, workers))
     rate = batch * steps / seconds
-    flops = model_flops_per_image(registry, backbone, config)
+    flops = model_flops_per_image(registry, config)
     return Row("train step", "lightly", backbone, batch, rate,
                mfu(rate, flops, peak_flops(device)), peak_memory_mb(device), compile)
 

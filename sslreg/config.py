@@ -197,6 +197,10 @@ class RunConfig:
     dataset: str = field(default="fashion-mnist", validator=instance_of(str))
     backbone: str = field(default="resnet18", validator=instance_of(str))
     views: str = field(default="", validator=instance_of(str))  # "" = the method's default
+    # The method's default policy when the run took it (``build`` resolves ``views`` to
+    # it, so config.json names the policy that ran), "" when ``views`` was named. The
+    # digest keys a default ``views`` as "", as before, so run directories keep names.
+    default_views: str = field(default="", validator=instance_of(str))
     data_root: str = field(default="", validator=instance_of(str))
     # 0 keeps the stored size; N resizes every image of the run (pretraining and
     # evaluation) so its shorter side is N, then centre-crops N x N.
@@ -220,7 +224,15 @@ class RunConfig:
         config = _evolve(config, "", top_level)
         config = apply_overrides(config, overrides)
         config.check_names(registry)
-        return config
+        return config.resolved(registry)
+
+    def resolved(self, registry: Registry) -> RunConfig:
+        """This config with ``views`` naming the policy that runs (the method's default
+        when it is "")."""
+        if self.views:
+            return self
+        default = registry.methods.get(self.method).views
+        return attrs.evolve(self, views=default, default_views=default)
 
     def check_names(self, registry: Registry) -> None:
         """Refuse names no plugin registered, listing the valid choices."""
@@ -230,10 +242,9 @@ class RunConfig:
             registry.datasets.get(self.eval.dataset)
         backbone = registry.backbones.get(self.backbone)
         registry.views.get(self.views_name(registry))
-        families = registry.methods.get(self.method).backbone_families
-        if families is not None and backbone.family not in families:
-            fitting = [n for n in registry.backbones.names()
-                       if registry.backbones.get(n).family in families]
+        if not registry.backbones_for(self.method, [self.backbone]):
+            families = registry.methods.get(self.method).backbone_families or ()
+            fitting = registry.backbones_for(self.method)
             raise ConfigError(
                 f"method '{self.method}' needs a {' or '.join(families)} backbone "
                 f"({', '.join(fitting) or 'none registered'}); got '{self.backbone}' "
@@ -272,11 +283,12 @@ class RunConfig:
         """Rebuild a config written by :meth:`to_dict` (e.g. from a run directory)."""
         try:
             spec = registry.methods.get(data["method"])
-            return cls(
+            config = cls(
                 method=data["method"],
                 dataset=data["dataset"],
                 backbone=data["backbone"],
                 views=data["views"],
+                default_views=data.get("default_views", ""),
                 data_root=data["data_root"],
                 image_size=data.get("image_size", 0),
                 method_config=spec.config_class(**data["method_config"]),
@@ -286,6 +298,7 @@ class RunConfig:
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ConfigError(f"config does not match this sslreg version: {error}") from None
+        return config.resolved(registry)  # written before views were resolved: views ""
 
     def digest(self) -> str:
         """A short hash of everything that changes the result (not the device, not the
@@ -299,10 +312,14 @@ class RunConfig:
     def keyed_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` without the newer keys that are at their "as before" value,
         so hashes of configs written before those keys existed do not change, and
-        without the evaluation keys that only add metrics (:data:`METRIC_ONLY_KEYS`)."""
+        without the evaluation keys that only add metrics (:data:`METRIC_ONLY_KEYS`).
+        ``views`` taken by default is keyed as "", as it was stored before it was
+        resolved."""
         data = self.to_dict()
         for key in METRIC_ONLY_KEYS:
             del data["eval"][key]
+        if data["views"] == data.pop("default_views"):  # the method's default, keyed as ""
+            data["views"] = ""
         for path, default in _NEW_KEYS.items():
             *sections, key = path
             holder = data

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
@@ -194,6 +194,14 @@ class Registry:
         if "objective" in inspect.signature(factory).parameters:
             return factory(config, backbone, objective=self.build_objective(name, config))
         return factory(config, backbone)
+
+    def backbones_for(self, method: str, names: Iterable[str] | None = None) -> list[str]:
+        """The backbones, of ``names`` (default: every registered one) in their order,
+        whose family ``method`` takes (its ``backbone_families``; ``None``: any). The one
+        rule config checks, suites and the conformance kit pick backbones by."""
+        families = self.methods.get(method).backbone_families
+        return [name for name in (self.backbones.names() if names is None else names)
+                if families is None or self.backbones.get(name).family in families]
 
     def check_objectives(self) -> list[PluginFailure]:
         """Drop every method whose objective is not registered or does not build from

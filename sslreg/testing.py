@@ -54,7 +54,10 @@ from sslreg.contracts import (  # noqa: F401
     monitor_names,
     view_policy_names,
 )
-from sslreg.interfaces import Clock, Method, RunContext, StepCall, StepOutput
+from sslreg.data import ImageDataset
+from sslreg.engine.parts import assemble
+from sslreg.engine.splits import RunData
+from sslreg.interfaces import Clock, Method, StepCall, StepOutput
 from sslreg.plugins import load_registry, pm
 from sslreg.schedules import Timeline
 
@@ -102,46 +105,49 @@ def tiny_backbone(name: str, registry: Registry | None = None) -> str:
     """The CPU-sized backbone a method works with: ``resnet18-narrow`` if it takes a
     convnet, else ``vit-mini`` if it takes a ViT, else the first that fits."""
     registry = registry or load_registry()
-    families = registry.methods.get(name).backbone_families
-    for backbone in (TINY_BACKBONE, TINY_VIT, *registry.backbones.names()):
-        if families is None or registry.backbones.get(backbone).family in families:
-            return backbone
-    raise AssertionError(f"{name}: no registered backbone fits {families}")
+    fitting = registry.backbones_for(name, [TINY_BACKBONE, TINY_VIT, *registry.backbones.names()])
+    if not fitting:
+        families = registry.methods.get(name).backbone_families
+        raise AssertionError(f"{name}: no registered backbone fits {families}")
+    return fitting[0]
 
 
 def tiny_backbones(name: str, registry: Registry | None = None) -> list[str]:
     """The CPU-sized backbone of each family ``name`` takes: ``resnet18-narrow`` and/or
     ``vit-mini``."""
     registry = registry or load_registry()
-    families = registry.methods.get(name).backbone_families
-    return [backbone for backbone in (TINY_BACKBONE, TINY_VIT)
-            if families is None or registry.backbones.get(backbone).family in families]
+    return registry.backbones_for(name, [TINY_BACKBONE, TINY_VIT])
 
 
 def build(name: str, *, channels: int = 1, size: int = 28, seed: int = 0,
           backbone: str | None = None, registry: Registry | None = None,
           shape: DataShape | None = None) -> tuple[Method, Any]:
     """The method with its default config and its default view policy, for
-    ``channels`` x ``size`` px images (or ``shape``)."""
+    ``channels`` x ``size`` px images (or ``shape``), assembled as the engine assembles
+    a run (:func:`sslreg.engine.assemble`): 2 epochs of 4 steps on :func:`tiny_data`."""
     if shape is not None:
         channels, size = shape
     registry = registry or load_registry()
     backbone = backbone or tiny_backbone(name, registry)
-    config = RunConfig.build(registry, name, backbone=backbone)
-    torch.manual_seed(seed)
-    net = registry.backbones.create(backbone, in_channels=channels, image_size=size)
-    method = registry.build_method(name, config.method_config, net)
-    assert isinstance(method, Method), f"{name}'s factory must return an sslreg.Method"
-    assert hasattr(method.backbone, "output_dim"), "the backbone needs an output_dim"
-    method.setup(RunContext(epochs=2, steps_per_epoch=4, channels=channels, image_size=size,
-                            class_names=CLASS_NAMES))
-    spec = registry.methods.get(name)
-    family = registry.backbones.get(backbone).family
-    options = spec.policy_options(config.method_config, family)
-    policy = registry.views.create(config.views_name(registry), channels=channels,
-                                   image_size=size, mean=(0.5,) * channels,
-                                   std=(0.25,) * channels, **options)
-    return method, policy
+    config = RunConfig.build(registry, name, [*CHECK_RUN, f"train.seed={seed}"],
+                             backbone=backbone)
+    parts = assemble(config, registry, tiny_data(DataShape(channels, size)))
+    assert isinstance(parts.method, Method), f"{name}'s factory must return an sslreg.Method"
+    assert hasattr(parts.method.backbone, "output_dim"), "the backbone needs an output_dim"
+    return parts.method, parts.policy
+
+
+# The checks' run: 2 epochs of 4 steps of 2 of tiny_data's 8 images.
+CHECK_RUN = ("train.epochs=2", "train.batch_size=2")
+
+
+def tiny_data(shape: DataShape = DEFAULT_SHAPE) -> RunData:
+    """8 labelled :func:`tiny_images` as every split of a run, normalised by mean 0.5
+    and std 0.25 (round numbers: the checks need no real statistics)."""
+    images = ImageDataset(images=tiny_images(shape=shape), labels=tiny_labels(),
+                          classes=CLASS_NAMES, name="tiny")
+    stats = ((0.5,) * shape.channels, (0.25,) * shape.channels)
+    return RunData(train=images, val=images, test=images, stats=stats)
 
 
 def tiny_labels(batch: int = 8) -> torch.Tensor:

@@ -10,6 +10,7 @@ import pickle
 import struct
 from pathlib import Path
 
+import attrs
 import datafiles
 import numpy as np
 import pandas as pd
@@ -23,8 +24,8 @@ from sslreg.cli import cli
 from sslreg.config import METRIC_ONLY_KEYS, RunConfig
 from sslreg.data import ImageDataset, checked_load, cifar, imagefolder, load_dataset, stl10
 from sslreg.data.dataset import resize_center_crop
+from sslreg.engine.parts import build_method
 from sslreg.engine.splits import load_run_data
-from sslreg.engine.trainer import build_method
 from sslreg.errors import ConfigError, PluginError
 from sslreg.runs import RunDir, open_index
 from sslreg.suites.leaderboard import summary
@@ -219,6 +220,8 @@ def test_config_digest_unchanged_while_new_keys_are_at_defaults(registry) -> Non
     for key in METRIC_ONLY_KEYS:  # these only add metrics, so they never enter the digest
         del old_style["eval"][key]
     del old_style["image_size"]
+    old_style["views"] = ""  # the method's default policy, stored unresolved before
+    del old_style["default_views"]
     for key in ("device", "checkpoint_every"):  # where and how often: never the result
         old_style["train"].pop(key)
     text = json.dumps(old_style, sort_keys=True, default=str)
@@ -226,6 +229,20 @@ def test_config_digest_unchanged_while_new_keys_are_at_defaults(registry) -> Non
     other = RunConfig.build(registry, "simclr", ["eval.dataset=synthetic"])
     assert other.digest() != config.digest()
     assert RunConfig.from_dict(other.to_dict(), registry) == other
+
+
+def test_config_names_the_view_policy_that_ran_and_keeps_its_digest(registry) -> None:
+    resolved = RunConfig.build(registry, "simclr")
+    assert resolved.views == "simclr" and resolved.to_dict()["views"] == "simclr"
+    as_stored_before = attrs.evolve(resolved, views="", default_views="")
+    assert resolved.digest() == as_stored_before.digest()
+    old_json = {**resolved.to_dict(), "views": ""}
+    del old_json["default_views"]
+    assert RunConfig.from_dict(old_json, registry) == resolved
+    # A policy named on the command line was keyed by its name, even the default one.
+    named = RunConfig.build(registry, "simclr", ["views=simclr"])
+    assert named.default_views == "" and named.digest() != resolved.digest()
+    assert RunConfig.build(registry, "simclr", ["views=byol"]).views == "byol"
 
 
 def test_unlabelled_folder_pretrains_and_labelled_dataset_scores(registry,

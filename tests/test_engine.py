@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sslreg import CheckpointError, DivergedError, OptimConfig, RunConfig, Schedule
-from sslreg.engine import pretrain
+from sslreg.engine import assemble, pretrain
 from sslreg.engine import trainer as trainer_module
 from sslreg.engine.checkpoint import load_checkpoint, save_checkpoint
 from sslreg.engine.optim import LARS, lr_schedule, param_groups
@@ -150,7 +150,7 @@ def test_learning_curve_is_logged_each_epoch_and_survives_resume(registry, tmp_p
     logged = [(e.step, round(e.value, 5)) for e in events.Scalars("curve/knn_acc")]
     assert logged == [tuple(point) for point in curve]
     # The last point is the kNN of the final weights on the curve's fixed images.
-    trainer = trainer_module.build_trainer(config, registry, straight)
+    trainer = trainer_module.build_trainer(assemble(config, registry), registry, straight)
     trainer_module.restore(trainer)
     trainer.method.eval()
     again = trainer_module.curve_point(trainer.curve, trainer.method.features, trainer.device)
@@ -183,8 +183,10 @@ def test_model_flops_per_image_count_the_backbone_over_every_view(registry, tmp_
 def test_compile_switch_compiles_the_backbone_in_place(registry, tmp_path):
     from sslreg.engine.trainer import build_trainer
 
-    eager = build_trainer(tiny_config(registry), registry, RunDir(tmp_path / "a"))
-    compiled = build_trainer(tiny_config(registry, extra=["train.compile=true"]), registry,
+    compiled_config = tiny_config(registry, extra=["train.compile=true"])
+    eager = build_trainer(assemble(tiny_config(registry), registry), registry,
+                          RunDir(tmp_path / "a"))
+    compiled = build_trainer(assemble(compiled_config, registry), registry,
                              RunDir(tmp_path / "b"))
     assert getattr(eager.method.backbone, "_compiled_call_impl", None) is None
     assert compiled.method.backbone._compiled_call_impl is not None

@@ -77,7 +77,7 @@ def test_engine_feeds_context_labels_view_options_and_collects_extras(tmp_path):
 
 
 def test_view_options_reach_the_policy():
-    from sslreg.engine.trainer import build_policy
+    from sslreg.engine.parts import build_policy
     from sslreg.views.policies import SimCLRViews
 
     with testing.registered(ProbePlugin(), "probe-plugin"):

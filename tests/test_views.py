@@ -498,9 +498,12 @@ def test_views_mae_in_a_config_runs_the_methods_policy_and_keeps_its_digest(regi
     aliased = RunConfig.build(registry, method, ["views=mae"], **backbone)
     assert registry.methods.get(method).views == "crop-flip"
     assert default.views_name(registry) == aliased.views_name(registry) == "crop-flip"
-    # The digest hashes `views` as written: "" (the method's default) or "mae", exactly
-    # as before the rename, so existing run directories keep their names.
-    assert (default.to_dict()["views"], aliased.to_dict()["views"]) == ("", "mae")
+    # config.json names the policy that ran; the digest hashes the method's default as
+    # "" and a policy named on the command line as written ("mae"), exactly as before
+    # the rename, so existing run directories keep their names.
+    assert (default.to_dict()["views"], aliased.to_dict()["views"]) == ("crop-flip", "mae")
+    assert default.keyed_dict()["views"] == ""
+    assert aliased.keyed_dict()["views"] == "mae"
     assert RunConfig.from_dict(aliased.to_dict(), registry) == aliased
 
 

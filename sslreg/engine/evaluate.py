@@ -20,8 +20,8 @@ from sslreg.data import ImageDataset
 from sslreg.engine.checkpoint import load_checkpoint
 from sslreg.engine.device import resolve_device
 from sslreg.engine.finetune import finetune, finetune_settings
-from sslreg.engine.splits import EVAL_SUBSET_SEED, LABEL_SUBSET_SEED, RunData, load_run_data
-from sslreg.engine.trainer import build_method
+from sslreg.engine.parts import RunParts, assemble
+from sslreg.engine.splits import EVAL_SUBSET_SEED, LABEL_SUBSET_SEED, RunData
 from sslreg.errors import CheckpointError, ConfigError, SslregError
 from sslreg.evaluation import (
     SubsetProbeResult,
@@ -119,7 +119,7 @@ def up_to_date(result: dict[str, Any], config: RunConfig, finetuned: bool = True
     return True
 
 
-def evaluate_run(run: RunDir, registry: Registry, method: Method | None = None,
+def evaluate_run(run: RunDir, registry: Registry, parts: RunParts | None = None,
                  config: RunConfig | None = None) -> dict[str, Any]:
     """Score the final checkpoint of ``run``, write ``result.json`` and update the run's
     row in its folder's index: ``metrics`` are the test split's (tables),
@@ -127,17 +127,19 @@ def evaluate_run(run: RunDir, registry: Registry, method: Method | None = None,
 
     ``config``, when given, is the run's own with other metric-only evaluation keys
     (:data:`~sslreg.config.METRIC_ONLY_KEYS`, e.g. ``sslreg eval --set eval.shots=1,5``);
-    it replaces ``config.json`` once the evaluation has succeeded."""
+    it replaces ``config.json`` once the evaluation has succeeded. ``parts``, when given,
+    is the run's, its method trained (pretraining hands its own over); else the run is
+    assembled and the checkpoint's weights loaded."""
     stored = run.load_config(registry)
     config = stored if config is None else same_run(stored, config)
     started = time.perf_counter()
-    data = load_run_data(config, registry)
     state = run_checkpoint(run, config)
-    if method is None:
-        method = build_method(config, registry, data)
-        method.load_state_dict(state["model"])
+    if parts is None:
+        parts = assemble(config, registry)
+        parts.method.load_state_dict(state["model"])
+    data = parts.data
     device = resolve_device(config.train.device)
-    method = method.to(device).eval()
+    method = parts.method.to(device).eval()
     splits = data.evaluation(config)
     scored = _merge(score(method.features, config, data),
                     {"test": extra_metrics(method, splits["test"], data, device),
@@ -215,12 +217,13 @@ def floors(config: RunConfig, registry: Registry, out: Path | str,
     ``config`` asks for metrics its result lacks. Returns ``{floor: result}``, each
     result with ``metrics`` (test) and ``val_metrics``.
     """
+    parts = assemble(config, registry)  # its method is the random init
     results = {}
     for kind in (RAW_PIXELS, RANDOM_INIT):
-        run, description = floor_dir(out, config, registry, kind)
+        run, description = floor_dir(out, parts, kind)
         if not run.result.exists() or not up_to_date(run.read_json(run.result), config,
                                                      finetuned=kind == RANDOM_INIT):
-            write_floor(run, config, registry, kind, description)
+            write_floor(run, parts, kind, description)
         if suite is not None:
             readout = description["readout"]
             add_suite(run, suite, "" if readout in ("pixels", "backbone") else readout)
@@ -229,10 +232,11 @@ def floors(config: RunConfig, registry: Registry, out: Path | str,
     return results
 
 
-def write_floor(run: RunDir, config: RunConfig, registry: Registry, kind: str,
+def write_floor(run: RunDir, parts: RunParts, kind: str,
                 description: dict[str, Any]) -> dict[str, Any]:
     """Score one floor and write its directory: config, ``floor.json``, result."""
-    result = {**_floor_result(config, registry, kind, run.path.name),
+    config = parts.config
+    result = {**_floor_result(parts, kind, run.path.name),
               "pretrain_dataset": config.dataset, "eval_dataset": config.eval_dataset,
               "provenance": provenance()}
     write_json(run.config, config.to_dict())
@@ -247,18 +251,18 @@ def evaluate_floor(run: RunDir, registry: Registry, config: RunConfig | None = N
     stored = run.load_config(registry)
     config = stored if config is None else same_run(stored, config)
     kind = run.read_json(run.path / FLOOR_FILE)["floor"]
-    expected, description = floor_dir(run.path.parent, config, registry, kind)
+    parts = assemble(config, registry)
+    expected, description = floor_dir(run.path.parent, parts, kind)
     if expected.path.name != run.path.name:
         raise SslregError(f"{run.path.name} was keyed by another evaluation protocol than "
                           f"this sslreg's ({expected.path.name}); score the floors again "
                           "with `sslreg bench`")
-    return write_floor(run, config, registry, kind, description)
+    return write_floor(run, parts, kind, description)
 
 
-def floor_dir(out: Path | str, config: RunConfig, registry: Registry,
-              kind: str) -> tuple[RunDir, dict[str, Any]]:
+def floor_dir(out: Path | str, parts: RunParts, kind: str) -> tuple[RunDir, dict[str, Any]]:
     """The directory of one floor, named from everything that changes its scores."""
-    random_init = kind == RANDOM_INIT
+    config, random_init = parts.config, kind == RANDOM_INIT
     keyed = config.keyed_dict()  # eval.dataset, image_size: only when set, as digests
     e = keyed["eval"]
     for key in ("curve_every", "curve_images", "batch_size"):  # do not change scores
@@ -268,7 +272,7 @@ def floor_dir(out: Path | str, config: RunConfig, registry: Registry,
     description = {
         "floor": kind, "dataset": config.dataset, "data_root": config.data_root, "eval": e,
         "backbone": config.backbone if random_init else "-",
-        "readout": readout_of(config, registry) if random_init else "pixels",
+        "readout": parts.method.readout if random_init else "pixels",
         "seed": config.train.seed if random_init else 0,
         **({"image_size": keyed["image_size"]} if "image_size" in keyed else {}),
     }
@@ -281,29 +285,29 @@ def floor_dir(out: Path | str, config: RunConfig, registry: Registry,
 
 def readout_of(config: RunConfig, registry: Registry) -> str:
     """How ``config``'s method reads features (:attr:`Method.readout`)."""
-    return build_method(config, registry, load_run_data(config, registry)).readout
+    return assemble(config, registry).method.readout
 
 
-def _floor_result(config: RunConfig, registry: Registry, kind: str, name: str) -> dict[str, Any]:
-    key = f"{name} {[getattr(config.eval, k) for k in METRIC_ONLY_KEYS]}"
+def _floor_result(parts: RunParts, kind: str, name: str) -> dict[str, Any]:
+    key = f"{name} {[getattr(parts.config.eval, k) for k in METRIC_ONLY_KEYS]}"
     if key not in _SCORED_FLOORS:
         started = time.perf_counter()
-        scored = _score_floor(config, registry, kind)
+        scored = _score_floor(parts, kind)
         _SCORED_FLOORS[key] = {"metrics": scored["test"], "val_metrics": scored["val"],
                                "eval_seconds": round(time.perf_counter() - started, 2),
                                **scored["details"]}
     return _SCORED_FLOORS[key]
 
 
-def _score_floor(config: RunConfig, registry: Registry, kind: str) -> dict[str, dict[str, Any]]:
-    data = load_run_data(config, registry)
+def _score_floor(parts: RunParts, kind: str) -> dict[str, dict[str, Any]]:
+    config, data = parts.config, parts.data
     device = resolve_device(config.train.device)
     if kind == RAW_PIXELS:
         splits = data.evaluation(config)
         features = {name: pixel_features(split.images) for name, split in splits.items()}
         return _evaluate(config, features, splits, device)
-    torch.manual_seed(config.train.seed)  # the very initialisation the run starts from
-    method = build_method(config, registry, data).to(device).eval()
+    # assemble built it as the run's own: the very initialisation the run starts from.
+    method = parts.method.to(device).eval()
     scored = score(method.features, config, data)
     if not config.eval.finetune_epochs:
         return scored

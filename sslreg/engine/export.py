@@ -28,8 +28,8 @@ from torch import nn
 
 from sslreg.config import RunConfig, spelled
 from sslreg.engine.checkpoint import load_checkpoint
-from sslreg.engine.splits import load_run_data
-from sslreg.engine.trainer import build_method, input_spec
+from sslreg.engine.parts import assemble
+from sslreg.engine.trainer import input_spec
 from sslreg.errors import SslregError
 from sslreg.interfaces import BackboneExport, Method
 from sslreg.runs import RunDir, write_json, write_text
@@ -71,11 +71,12 @@ def load_trained(run_dir: Path | str, registry: Registry, *, device: str = "cpu"
             f"{run.path} is unfinished (epoch {state['epoch']} of {config.train.epochs}); "
             f"finish it with `{pretrain_command(config, registry, run.path.parent)} "
             "--resume`")
-    data = load_run_data(config, registry)  # the method's setup reads it
+    parts = assemble(config, registry)  # the method's setup reads the data
+    data = parts.data
     pool = data.train if data.pretrain is None else data.pretrain
     # Checkpoints written before they kept their inputs: read them off the data.
     inputs = state.get("inputs") or input_spec(pool.images[:1], data.stats)
-    method = build_method(config, registry, data)
+    method = parts.method
     method.load_state_dict(state["model"])
     return TrainedRun(run=run, config=config, method=method.to(device).eval(),
                       epoch=state["epoch"], images_seen=state["images_seen"], inputs=inputs)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
@@ -14,7 +15,7 @@ from sslreg import distributed
 from sslreg.config import RunConfig
 from sslreg.engine.checkpoint import remove_stale_temporaries
 from sslreg.engine.evaluate import evaluate_run
-from sslreg.engine.splits import RunData, load_run_data
+from sslreg.engine.parts import RunParts, assemble
 from sslreg.engine.trainer import build_trainer, fit, restore
 from sslreg.errors import SslregError, WriteError
 from sslreg.runs import RunDir, write_json
@@ -38,15 +39,17 @@ def prepare_run_dir(run: RunDir, config: RunConfig, resume: bool) -> None:
 
 def pretrain(config: RunConfig, registry: Registry, out: Path | str, *, resume: bool = False,
              evaluate: bool = True, progress: bool = True,
-             data: RunData | None = None) -> RunDir:
+             parts: RunParts | None = None) -> RunDir:
     """Train (or continue) the run for ``config`` under ``out`` and evaluate it.
 
     Under ``torchrun`` every rank trains; rank 0 alone writes the run directory,
     TensorBoard, checkpoints and the index, and evaluates, while the other ranks return
-    once training is done.
+    once training is done. ``parts`` (from :func:`~sslreg.engine.parts.assemble` of
+    ``config``) is assembled here when not given; evaluation and the projector reuse it.
     """
     run = RunDir.for_config(out, config)
-    trainer = build_trainer(config, registry, run, data)  # fails before writing
+    parts = parts if parts is not None else assemble(config, registry)
+    trainer = build_trainer(parts, registry, run)  # fails before writing
     distributed.on_main(prepare_run_dir, run, config, resume)  # a refusal stops every rank
     main = distributed.is_main()
     try:
@@ -57,9 +60,11 @@ def pretrain(config: RunConfig, registry: Registry, out: Path | str, *, resume: 
                 fit(trainer, writer, progress=progress and main)
             distributed.barrier()  # every rank is past its last step
             if evaluate and main:
-                result = evaluate_run(run, registry, method=trainer.method)
+                # The trained module (sync_batchnorm may have replaced the built one).
+                parts = attrs.evolve(parts, method=trainer.method)
+                result = evaluate_run(run, registry, parts=parts)
                 log_hparams(writer, config, result)
-                log_embeddings(writer, trainer, config, registry)
+                log_embeddings(writer, parts, trainer.device, trainer.epoch)
     except WriteError as error:  # disk full: what was written before is intact
         if main:
             record_stopped(out, run, f"failed: {error}")
@@ -88,21 +93,20 @@ PROJECTOR_IMAGES = 1000
 
 
 @torch.no_grad()
-def log_embeddings(writer: SummaryWriter, trainer: Any, config: RunConfig,
-                   registry: Registry) -> None:
+def log_embeddings(writer: SummaryWriter, parts: RunParts, device: torch.device,
+                   epoch: int) -> None:
     """The frozen features of the first test images, for TensorBoard's projector, with
     class names as labels and the images as sprites."""
-    data = load_run_data(config, registry)
-    images = data.test.images[:PROJECTOR_IMAGES]
-    pictures = images.float().div_(255)
-    method = trainer.method.eval()
+    test, stats = parts.data.test, parts.data.stats
+    pictures = test.images[:PROJECTOR_IMAGES].float().div_(255)
+    method = parts.method.eval()
     features = torch.cat([
-        method.features(normalize(batch.to(trainer.device), *data.stats)).float().cpu()
-        for batch in pictures.split(config.eval.batch_size)])
-    labels = data.test.labels[:PROJECTOR_IMAGES].tolist()
-    names = [data.test.classes[y] if y < len(data.test.classes) else str(y) for y in labels]
+        method.features(normalize(batch.to(device), *stats)).float().cpu()
+        for batch in pictures.split(parts.config.eval.batch_size)])
+    labels = test.labels[:PROJECTOR_IMAGES].tolist()
+    names = [test.classes[y] if y < len(test.classes) else str(y) for y in labels]
     writer.add_embedding(features, metadata=names, label_img=pictures,
-                         global_step=trainer.epoch, tag="test_features")
+                         global_step=epoch, tag="test_features")
 
 
 def log_hparams(writer: SummaryWriter, config: RunConfig, result: dict[str, Any]) -> None:

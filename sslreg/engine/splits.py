@@ -55,7 +55,9 @@ class RunData:
 
 
 def load_run_data(config: RunConfig, registry: Registry) -> RunData:
-    """The run's data; decoded files are kept for the process (they never change).
+    """The run's data: each split loaded once, the channel statistics computed once.
+    Decoded files are kept for the process (they never change), so the runs of a suite
+    share them.
 
     Raises:
         DataError: an unlabelled evaluation dataset, or evaluation images whose channels
@@ -64,11 +66,12 @@ def load_run_data(config: RunConfig, registry: Registry) -> RunData:
     source = _key(registry, config.dataset, config.data_root, config.image_size)
     target = _key(registry, config.eval_dataset, config.eval_data_root, config.image_size)
     pool = _load(*source, "train")
-    _require_labels(_load(*target, "train"), config)
-    train, val = _train_val(*target, config.eval.val_fraction)
+    labelled = pool if target == source else _load(*target, "train")
+    _require_labels(labelled, config)
+    train, val = labelled.split(config.eval.val_fraction, seed=VAL_SEED)
     _check_same_shape(pool, train)
     return RunData(train=train, val=val, test=_load(*target, "test"),
-                   stats=_train_stats(*source), pretrain=None if source == target else pool)
+                   stats=pool.channel_stats(), pretrain=None if source == target else pool)
 
 
 def _key(registry: Registry, name: str, root: str, image_size: int) -> tuple[Any, ...]:
@@ -100,18 +103,6 @@ def _size(dataset: ImageDataset) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _train_val(spec: Any, root: str | None, image_size: int,
-               fraction: float) -> tuple[ImageDataset, ImageDataset]:
-    # A run asks for its splits several times (trainer, evaluation, floors): draw once.
-    return _load(spec, root, image_size, "train").split(fraction, seed=VAL_SEED)
-
-
-@functools.lru_cache(maxsize=8)
 def _load(spec: Any, root: str | None, image_size: int, split: str) -> ImageDataset:
     return checked_load(spec.loader, spec.name, split, root, spec=spec, image_size=image_size)
 
-
-@functools.lru_cache(maxsize=8)
-def _train_stats(spec: Any, root: str | None,
-                 image_size: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    return _load(spec, root, image_size, "train").channel_stats()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -23,16 +24,16 @@ from sslreg.engine.device import device_name, resolve_device, use_bf16
 from sslreg.engine.interrupt import Cadence, StopRequest, signal_name
 from sslreg.engine.mfu import backbone_flops_per_image, mfu, peak_flops
 from sslreg.engine.optim import build_optimizer, lr_schedule, set_hyperparameters
+from sslreg.engine.parts import RunParts
 from sslreg.engine.splits import RunData, load_run_data
 from sslreg.errors import (
     CheckpointError,
-    ConfigError,
     DivergedError,
     PluginError,
     RunInterrupted,
     SslregError,
 )
-from sslreg.interfaces import Method, RunContext, StepCall
+from sslreg.interfaces import Method, StepCall
 from sslreg.runs import RunDir, write_json
 from sslreg.schedules import Timeline
 from sslreg.views import normalize
@@ -95,30 +96,6 @@ class Trainer:
 PREVIEW_IMAGES = 8
 
 
-def build_method(config: RunConfig, registry: Registry, data: RunData) -> Method:
-    """The method with a fresh backbone, set up with the run's context."""
-    # The evaluation split has the pretraining images' channels and size (load_run_data).
-    channels, image_size = data.train.channels, data.train.images.shape[-1]
-    backbone = registry.backbones.create(
-        config.backbone, in_channels=channels, image_size=image_size)
-    method = registry.build_method(config.method, config.method_config, backbone)
-    pool = data.train if data.pretrain is None else data.pretrain
-    if StepCall.of(method).labels and not pool.labelled:
-        raise ConfigError(
-            f"method '{config.method}' trains with labels but {pool.name} has none; "
-            "pretrain it on a labelled dataset or choose a self-supervised method")
-    method.setup(run_context(config, data))
-    return method
-
-
-def run_context(config: RunConfig, data: RunData) -> RunContext:
-    channels, image_size = data.train.channels, data.train.images.shape[-1]
-    return RunContext(
-        epochs=config.train.epochs,
-        steps_per_epoch=len(data.pretraining(config)) // config.train.batch_size,
-        channels=channels, image_size=image_size, class_names=_class_names(data))
-
-
 def build_timeline(config: RunConfig, method: Method, steps_per_epoch: int) -> Timeline:
     """The learning rate and the method's schedules, for every step of the run."""
     lr = lr_schedule(config.optim, config.train.batch_size, steps_per_epoch,
@@ -130,42 +107,23 @@ def build_timeline(config: RunConfig, method: Method, steps_per_epoch: int) -> T
         raise PluginError(f"method '{config.method}': {error}") from None
 
 
-def _class_names(data: RunData) -> tuple[str, ...]:
-    # What the pretraining labels mean, for methods that train with them.
-    return (data.train if data.pretrain is None else data.pretrain).classes
-
-
-def build_policy(config: RunConfig, registry: Registry, data: ImageDataset,
-                 stats: tuple[tuple[float, ...], tuple[float, ...]]) -> Any:
-    """The run's view policy; the method's view options apply to its default policy."""
-    name = config.views_name(registry)
-    spec = registry.methods.get(config.method)
-    family = registry.backbones.get(config.backbone).family
-    options = spec.policy_options(config.method_config, family) if name == spec.views else {}
-    mean, std = stats
-    return registry.views.create(name, channels=data.channels,
-                                 image_size=data.images.shape[-1], mean=mean, std=std,
-                                 **options)
-
-
 def load_split(config: RunConfig, registry: Registry, split: str) -> ImageDataset:
     """One split of the run's data: ``train`` (without validation), ``val`` or ``test``."""
     return getattr(load_run_data(config, registry), split)
 
 
-def build_trainer(config: RunConfig, registry: Registry, run: RunDir,
-                  data: RunData | None = None) -> Trainer:
-    """Load the data, build the method, views, monitors, optimizer and schedule."""
+def build_trainer(parts: RunParts, registry: Registry, run: RunDir) -> Trainer:
+    """Put the assembled method on the device and build the monitors, optimizer and
+    schedules around it."""
+    config = parts.config
     device = distributed.init(resolve_device(config.train.device))  # joins torchrun's group
     distributed.check_batch_size(config.train.batch_size)  # the global batch
-    torch.manual_seed(config.train.seed)
-    data = data if data is not None else load_run_data(config, registry)
-    pool = data.pretraining(config)
+    pool = parts.pool
     steps_per_epoch = len(pool) // config.train.batch_size
     if steps_per_epoch == 0:
         raise SslregError(f"train.batch_size={config.train.batch_size} is larger than the "
                           f"{len(pool)} training images; lower it")
-    method = distributed.sync_batchnorm(build_method(config, registry, data).to(device), device)
+    method = distributed.sync_batchnorm(parts.method.to(device), device)
     distributed.seed_rank(config.train.seed)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
@@ -173,24 +131,23 @@ def build_trainer(config: RunConfig, registry: Registry, run: RunDir,
         # In place, so checkpoints keep the eager module's state_dict keys; the heads
         # and the method's own step logic stay eager (queues, EMA, Sinkhorn).
         method.backbone.compile()
-    policy = build_policy(config, registry, pool, data.stats)
     optimizer = build_optimizer(method, config.optim, device)
     return Trainer(
-        config=config, run=run, method=method, policy=policy,
+        config=config, run=run, method=method, policy=parts.policy,
         monitors=[registry.monitors.create(name) for name in registry.monitors.names()],
         images=pool.images.to(device), device=device,
         labels=None if pool.labels is None else pool.labels.to(device),
-        preview=preview_images(method, data, device),
+        preview=preview_images(method, parts.data, device),
         optimizer=optimizer, timeline=build_timeline(config, method, steps_per_epoch),
         calls=StepCall.of(method),
         base_decay=[group["weight_decay"] for group in optimizer.param_groups],
         bf16=use_bf16(config.train.precision, device), steps_per_epoch=steps_per_epoch,
-        curve=curve_probe(config, data) if config.eval.curve_every else None,
+        curve=curve_probe(config, parts.data) if config.eval.curve_every else None,
         parallel=distributed.data_parallel(method, device),
-        flops_per_image=backbone_flops_per_image(method.backbone, policy, pool.images[:2]
-                                                 .to(device)),
+        flops_per_image=backbone_flops_per_image(method.backbone, parts.policy,
+                                                 pool.images[:2].to(device)),
         peak_flops=_peak(device),
-        inputs=input_spec(pool.images, data.stats),
+        inputs=input_spec(pool.images, parts.data.stats),
         cadence=Cadence.parse(config.train.checkpoint_every),
     )
 
@@ -342,16 +299,13 @@ def run_epoch(trainer: Trainer, epoch: int, writer: SummaryWriter, bar: tqdm) ->
     """The steps of ``epoch`` from ``trainer.epoch_step`` on (0 unless resuming inside
     it); a mid-epoch checkpoint when one is due or a stop was asked for."""
     config = trainer.config.train
-    order_seed, view_seed = _epoch_seeds(config.seed, epoch)
-    order = torch.randperm(len(trainer.images), device=trainer.device,
-                           generator=_generator(trainer.device, order_seed))
-    views_rng = _views_generator(trainer, view_seed)
+    views_rng = _views_generator(trainer, _epoch_seeds(config.seed, epoch)[1])
     non_finite = torch.zeros((), dtype=torch.bool, device=trainer.device)
     started = window_start = time.perf_counter()
     window_images = 0
     trainer.method.train()
-    for index in range(trainer.epoch_step, trainer.steps_per_epoch):
-        rows = order[index * config.batch_size:(index + 1) * config.batch_size]
+    first = trainer.epoch_step
+    for index, rows in enumerate(epoch_batches(trainer, epoch, first), start=first):
         mine = distributed.shard(rows)  # this rank's slice of the global batch
         labels = None if trainer.labels is None else trainer.labels[mine]
         output = train_step(trainer, trainer.images[mine], labels, views_rng)
@@ -381,6 +335,18 @@ def run_epoch(trainer: Trainer, epoch: int, writer: SummaryWriter, bar: tqdm) ->
             started = time.perf_counter()
             window_start += started - paused  # the write is not training time
     trainer.elapsed += time.perf_counter() - started
+
+
+def epoch_batches(trainer: Trainer, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+    """The global batches (row indices on the device) of ``epoch`` from batch ``start``
+    on: slices of one permutation seeded by (seed, epoch) alone, so a resumed run sees
+    the same batches."""
+    size = trainer.config.train.batch_size
+    order_seed = _epoch_seeds(trainer.config.train.seed, epoch)[0]
+    order = torch.randperm(len(trainer.images), device=trainer.device,
+                           generator=_generator(trainer.device, order_seed))
+    for index in range(start, trainer.steps_per_epoch):
+        yield order[index * size:(index + 1) * size]
 
 
 def _views_generator(trainer: Trainer, view_seed: int) -> torch.Generator:

@@ -18,7 +18,7 @@ import torch
 
 from sslreg import distributed
 from sslreg.config import RunConfig
-from sslreg.engine import floors, pretrain
+from sslreg.engine import assemble, floors, pretrain
 from sslreg.engine.device import device_name, resolve_device
 from sslreg.engine.evaluate import (
     RANDOM_INIT,
@@ -134,7 +134,8 @@ def floor_task(config: RunConfig, registry: Registry, out: Path) -> Task:
     """Raw pixels and random init for ``config``'s backbone, readout and seed, claimed
     together (the raw-pixels floor is shared: its claim makes a second worker wait for
     it rather than score it again)."""
-    dirs = tuple(floor_dir(out, config, registry, kind)[0] for kind in (RAW_PIXELS, RANDOM_INIT))
+    parts = assemble(config, registry)  # the floors' directories name its readout
+    dirs = tuple(floor_dir(out, parts, kind)[0] for kind in (RAW_PIXELS, RANDOM_INIT))
     return Task(f"floors: raw pixels and random init ({config.backbone}, {config.method}'s "
                 f"readout), seed {config.train.seed}", dirs, config, floors=True)
 
@@ -288,11 +289,11 @@ def floor_configs(configs: list[RunConfig], registry: Registry) -> list[RunConfi
 
 def backbone_for(registry: Registry, method: str, budget: Budget) -> str:
     """The budget's backbone, or its ViT one for methods that only take a ViT."""
+    fitting = registry.backbones_for(
+        method, [name for name in (budget.backbone, budget.vit_backbone) if name])
+    if fitting:
+        return fitting[0]
     families = registry.methods.get(method).backbone_families
-    for backbone in (budget.backbone, budget.vit_backbone):
-        if backbone and (families is None or registry.backbones.get(backbone).family
-                         in families):
-            return backbone
     raise SslregError(f"the suite's budget has no backbone for method '{method}' (it needs "
                       f"a {' or '.join(families or ())} backbone); set vit_backbone in "
                       "[budget.cpu] and [budget.gpu]")

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from sslreg import ConfigError, OptimConfig, RunConfig, RunContext, load_registry, testing
 from sslreg.backbones import sizes
 from sslreg.engine import pretrain
-from sslreg.engine.trainer import build_policy
+from sslreg.engine.parts import build_policy
 
 
 def _method(backbone: str = "resnet18-narrow", **options) -> DINO:
