@@ -35,14 +35,16 @@ def measure(method: str, backbone: str, batch_size: int, writes: int, steps: int
     with tempfile.TemporaryDirectory() as folder:
         parts = assemble(config, registry)
         trainer = trainer_module.build_trainer(parts, registry, RunDir(Path(folder)))
-        generator = torch.Generator(trainer.device).manual_seed(0)
-        batch = trainer.images[:batch_size]
-        labels = None if trainer.labels is None else trainer.labels[:batch_size]
+        setup = trainer.setup
+        generator = torch.Generator(setup.device).manual_seed(0)
+        batch = setup.images[:batch_size]
+        labels = None if setup.labels is None else setup.labels[:batch_size]
         step_times = [_timed(lambda: trainer_module.train_step(
-            trainer, batch, labels, generator), trainer.device) for _ in range(steps + 1)]
+            trainer, batch, labels, generator), setup.device) for _ in range(steps + 1)]
+        trainer.progress.epoch_step = 1  # a mid-epoch checkpoint, with the view generator
         write_times = [_timed(lambda: trainer_module.checkpoint(
-            trainer, generator, epoch_step=1), trainer.device) for _ in range(writes + 1)]
-        size = trainer.run.checkpoint.stat().st_size
+            trainer, generator), setup.device) for _ in range(writes + 1)]
+        size = setup.run.checkpoint.stat().st_size
     return {"write_s": statistics.median(write_times[1:]),
             "step_s": statistics.median(step_times[1:]), "mb": size / 1e6}
 

@@ -136,7 +136,7 @@ def _views(step, batch):
 def method_steps(name, rows, parallel):
     """STEPS engine steps; losses, the last gradients, the state after them."""
     method = _method(name)
-    step = distributed.data_parallel(method, torch.device("cpu")) if parallel else None
+    step = distributed.current().for_training(method)[1] if parallel else None
     optimizer = torch.optim.SGD(method.parameters(), lr=0.1)
     losses = []
     for index in range(STEPS):
@@ -228,7 +228,7 @@ def rank_main(rank, port, folder, local):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
-    distributed.init(torch.device("cpu"))
+    distributed.join(torch.device("cpu"))
     if local:
         rank_local()
     torch.save(compute(rank, parallel=True), Path(folder) / f"rank{rank}.pt")

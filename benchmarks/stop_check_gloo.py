@@ -1,5 +1,6 @@
-"""What the per-step stop/clock agreement costs under torchrun: ``max_over_ranks`` of
-two integers on the CPU gloo group, 2 processes on this machine.
+"""What the per-step stop/clock agreement costs under torchrun:
+``Topology.max_over_ranks`` of two integers on the CPU gloo group, 2 processes on this
+machine.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/stop_check_gloo.py [--port 29533]``.
 """
@@ -19,11 +20,12 @@ CALLS = 2000
 def work(rank: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
+    topology = distributed.current()
     for _ in range(50):  # warm-up, and the group is made
-        distributed.max_over_ranks(0, 0)
+        topology.max_over_ranks(0, 0)
     started = time.perf_counter()
     for _ in range(CALLS):
-        distributed.max_over_ranks(0, 1)
+        topology.max_over_ranks(0, 1)
     if rank == 0:
         spent = (time.perf_counter() - started) / CALLS
         print(f"{spent * 1e6:.0f} us per max_over_ranks, 2 gloo processes")

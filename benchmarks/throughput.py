@@ -185,7 +185,7 @@ def batches_like_run_epoch(trainer: Trainer) -> Iterator[torch.Tensor]:
     """Row indices as ``run_epoch`` draws them (its own ``epoch_batches``), epoch after
     epoch."""
     for epoch in itertools.count():
-        yield from epoch_batches(trainer, epoch)
+        yield from epoch_batches(trainer.setup, epoch)
 
 
 def our_training(registry: Any, backbone: str, device: torch.device, batch: int, steps: int,
@@ -196,14 +196,15 @@ def our_training(registry: Any, backbone: str, device: torch.device, batch: int,
     # build_trainer writes nothing: the run directory is only named.
     run = RunDir(Path(tempfile.gettempdir()) / "sslreg-throughput")
     trainer = build_trainer(assemble(config, registry, pool(batch)), registry, run)
-    trainer.method.train()
+    setup = trainer.setup
+    setup.method.train()
     rows = batches_like_run_epoch(trainer)
     views_rng = torch.Generator(device=device).manual_seed(1)
 
     def step() -> None:
         index = next(rows)
-        train_step(trainer, trainer.images[index], trainer.labels[index], views_rng)
-        trainer.step += 1  # as run_epoch: the schedule is read at trainer.step
+        train_step(trainer, setup.images[index], setup.labels[index], views_rng)
+        trainer.progress.step += 1  # as run_epoch: the schedule is read at progress.step
 
     seconds = timed(device, step, warmup, steps)
     rate = batch * steps / seconds

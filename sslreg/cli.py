@@ -27,7 +27,7 @@ class Cli(click.Group):
         except RunInterrupted as error:
             from sslreg import distributed
 
-            if not distributed.is_main():  # under torchrun, rank 0 alone says it
+            if not distributed.current().is_main:  # under torchrun, rank 0 alone says it
                 raise click.exceptions.Exit(error.exit_code) from None
             stopped = click.ClickException(str(error))
             stopped.exit_code = error.exit_code
@@ -163,7 +163,7 @@ def pretrain(method: str, dataset: str, backbone: str, epochs: int | None,
                        progress=not quiet)
     from sslreg import distributed
 
-    if not distributed.is_main():
+    if not distributed.current().is_main:
         return  # under torchrun, rank 0 alone reports the run
     click.echo(f"run directory: {run.path}")
     if run.result.exists():
@@ -265,7 +265,7 @@ def bench(suite: str, out: str, quiet: bool, table_file: str | None, workers: in
     started = time.perf_counter()
     loaded = load_suite(suite)
     table, failed = _bench(suite, loaded, out, quiet, workers, executor, scheduling)
-    if not distributed.is_main() or no_table:
+    if not distributed.current().is_main or no_table:
         return  # under torchrun, rank 0 alone prints and writes the table
     if table:
         click.echo(table)

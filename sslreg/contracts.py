@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from sslreg.errors import DataError
-from sslreg.interfaces import Monitor, ViewPolicy, ViTBackbone
+from sslreg.interfaces import Monitor, ViewPolicy, ViTBackbone, is_vit
 from sslreg.plugins import load_registry
 from sslreg.views import ops
 
@@ -71,7 +71,8 @@ def check_backbone(name: str, registry: Registry | None = None) -> None:
     ``output_dim``, deterministic in eval mode, the same after a state_dict round trip
     into a differently seeded copy, and a gradient on every trainable parameter.
     Backbones of family ``"vit"`` also implement :class:`sslreg.interfaces.ViTBackbone`
-    with the shapes its docstrings give."""
+    with the shapes its docstrings give, and no other family does (methods tell a ViT
+    by :func:`sslreg.interfaces.is_vit`)."""
     registry = registry or load_registry()
     for channels, size in SHAPES:
         where = f"{name} at {channels}x{size}x{size}"
@@ -82,8 +83,13 @@ def check_backbone(name: str, registry: Registry | None = None) -> None:
             continue
         _check_round_trip(where, net, _new_backbone(name, registry, channels, size, 1), images)
         _check_gradients(where, net, images)
-        if registry.backbones.get(name).family == "vit":
+        family = registry.backbones.get(name).family
+        if family == "vit":
             check_vit_tokens(where, net, images)
+        assert is_vit(net) == (family == "vit"), (
+            f"{where}: registered as family {family!r} but is_vit says {is_vit(net)}: "
+            "methods pick their ViT recipe by is_vit, so the token API of "
+            "sslreg.interfaces.ViTBackbone belongs to 'vit' backbones alone")
 
 
 def _check_features(where: str, net: nn.Module, images: Tensor) -> None:

@@ -43,24 +43,145 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def is_main() -> bool:
-    """Only the main rank writes files, logs and evaluates."""
-    return rank() == 0
-
-
 def launched() -> bool:
     """Whether torchrun started this process as one of several (before joining)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init(device: torch.device) -> torch.device:
-    """Join torchrun's process group when WORLD_SIZE > 1; return this rank's device.
+@attrs.frozen
+class Topology:
+    """This process's place among the processes of a run: its rank, how many there are,
+    and its device. The engine and the suite runner ask it every distributed question;
+    with one process (``Topology()``) every answer is local: no collective, no device
+    synchronisation, the single-process path unchanged. Methods' objectives use the
+    module's collectives (:func:`gather_with_grad`, :func:`all_reduce_sum`, ...)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main rank writes files, logs and evaluates."""
+        return self.rank == 0
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """``train.batch_size`` is the global batch: it must split evenly among the ranks."""
+        if batch_size % self.world_size:
+            raise SslregError(f"train.batch_size={batch_size} does not split among "
+                              f"{self.world_size} processes; make it a multiple of "
+                              f"{self.world_size}")
+
+    def shard(self, rows: Tensor) -> Tensor:
+        """This rank's disjoint slice of a global batch (a view, no copy)."""
+        if self.world_size == 1:
+            return rows
+        per_rank = len(rows) // self.world_size
+        return rows[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def rank_seed(self, seed: int) -> int:
+        """A seed of this rank's own, so ranks draw different augmentations; rank 0 keeps
+        the single-process seed."""
+        return seed + self.rank * 2**40
+
+    def seed_rank(self, seed: int) -> None:
+        """Each rank its own global random stream (MAE's masks, dropout), set once the
+        model is built: DDP gives every rank rank 0's weights. One process keeps its
+        stream."""
+        if self.world_size > 1:
+            torch.manual_seed(self.rank_seed(seed) % 2**63)
+
+    def describe(self, device: str) -> str:
+        """The device a run used, with the number of processes when there are several."""
+        return device if self.world_size == 1 else f"{self.world_size} x {device}"
+
+    def for_training(self, method: nn.Module) -> tuple[nn.Module, Callable[..., Any] | None]:
+        """The method with BatchNorm over the global batch, and its ``training_step``
+        through DistributedDataParallel (``None`` with one process)."""
+        method = _sync_batchnorm(method, self)
+        return method, _data_parallel(method, self)
+
+    def max_over_ranks(self, *values: int) -> tuple[int, ...]:
+        """Each host-side value's maximum over the ranks, so every rank takes the same
+        branch at the same step (a signal or a clock only one rank saw). The values
+        themselves with one process: no collective, no device synchronisation. With
+        several, one small all-reduce on the CPU (gloo) group, which does not wait for
+        the device's queue."""
+        if self.world_size == 1:
+            return values
+        peak = torch.tensor(values, dtype=torch.int64)
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=_waiting_group())
+        return tuple(peak.tolist())
+
+    def any_rank(self, flag: Tensor) -> Tensor:
+        """``flag`` (a bool tensor) true on any rank, so every rank takes the same branch."""
+        if self.world_size == 1:
+            return flag
+        count = flag.to(torch.int32)
+        dist.all_reduce(count)
+        return count > 0
+
+    def all_objects(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (any picklable object) in rank order, on every rank;
+        ``[value]`` with one process."""
+        if self.world_size == 1:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value, group=_waiting_group())
+        return gathered
+
+    def main_value(self, value: Any) -> Any:
+        """Rank 0's ``value`` (any picklable object) on every rank, so every rank takes
+        the branch rank 0 chose (e.g. whether a run is already finished); ``value``
+        itself with one process. Every rank waits here for rank 0, however long it
+        takes."""
+        if self.world_size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=_waiting_group())
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def wait_for_main(self) -> None:
+        """Every rank waits for rank 0 (evaluating, writing), however long it takes."""
+        if self.world_size > 1:
+            dist.barrier(group=_waiting_group())
+
+    def on_main(self, function: Callable[..., Any], *args: Any) -> None:
+        """Run ``function`` on the main rank only; if it fails there with an
+        SslregError, every rank raises it, so no rank waits for a run that will not
+        start."""
+        error = None
+        if self.is_main:
+            try:
+                function(*args)
+            except SslregError as caught:
+                error = caught
+        if self.world_size > 1:
+            message = [str(error) if error is not None else None]
+            dist.broadcast_object_list(message, src=0)
+            if error is None and message[0] is not None:
+                raise SslregError(message[0])
+        if error is not None:
+            raise error
+
+
+def current(device: torch.device | None = None) -> Topology:
+    """This process's topology as it stands (one process unless a group was joined)."""
+    return Topology(rank(), world_size(), device or torch.device("cpu"))
+
+
+def join(device: torch.device) -> Topology:
+    """Join torchrun's process group when WORLD_SIZE > 1; this process's topology.
 
     NCCL on CUDA, with the device chosen by LOCAL_RANK; gloo on the CPU. A group that is
     already initialised (by a caller or an earlier run in this process) is kept.
     """
     if not launched() and world_size() == 1:
-        return device
+        return current(device)
     if not dist.is_available():
         raise SslregError("WORLD_SIZE > 1 but this torch build has no torch.distributed; "
                           "run one process, or install a torch with distributed support")
@@ -71,7 +192,7 @@ def init(device: torch.device) -> torch.device:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
         atexit.register(_shutdown)  # NCCL warns at exit otherwise
-    return device
+    return current(device)
 
 
 def _shutdown() -> None:
@@ -79,45 +200,6 @@ def _shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
     _wait_group = None
-
-
-def barrier() -> None:
-    if world_size() > 1:
-        dist.barrier()
-
-
-def check_batch_size(batch_size: int) -> None:
-    """``train.batch_size`` is the global batch: it must split evenly among the ranks."""
-    if batch_size % world_size():
-        raise SslregError(f"train.batch_size={batch_size} does not split among "
-                          f"{world_size()} processes; make it a multiple of {world_size()}")
-
-
-def shard(rows: Tensor) -> Tensor:
-    """This rank's disjoint slice of a global batch (a view, no copy)."""
-    size = world_size()
-    if size == 1:
-        return rows
-    per_rank = len(rows) // size
-    return rows[rank() * per_rank:(rank() + 1) * per_rank]
-
-
-def rank_seed(seed: int) -> int:
-    """A seed of this rank's own, so ranks draw different augmentations; rank 0 keeps
-    the single-process seed."""
-    return seed + rank() * 2**40
-
-
-def seed_rank(seed: int) -> None:
-    """Each rank its own global random stream (MAE's masks, dropout), set once the model
-    is built: DDP gives every rank rank 0's weights. One process keeps its stream."""
-    if world_size() > 1:
-        torch.manual_seed(rank_seed(seed) % 2**63)
-
-
-def describe(device: str) -> str:
-    """The device a run used, with the number of processes when there are several."""
-    return device if world_size() == 1 else f"{world_size()} x {device}"
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -207,45 +289,14 @@ def global_batch_mean(rows: Tensor) -> Tensor:
     return all_reduce_sum(rows.sum(dim=0, keepdim=True)) / (len(rows) * world_size())
 
 
-def any_rank(flag: Tensor) -> Tensor:
-    """``flag`` (a bool tensor) true on any rank, so every rank takes the same branch."""
-    if world_size() == 1:
-        return flag
-    count = flag.to(torch.int32)
-    dist.all_reduce(count)
-    return count > 0
-
-
-def max_over_ranks(*values: int) -> tuple[int, ...]:
-    """Each host-side value's maximum over the ranks, so every rank takes the same branch
-    at the same step (a signal or a clock only one rank saw). The values themselves with
-    one process: no collective, no device synchronisation. With several, one small
-    all-reduce on the CPU (gloo) group, which does not wait for the device's queue."""
-    if world_size() == 1:
-        return values
-    peak = torch.tensor(values, dtype=torch.int64)
-    dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=_waiting_group())
-    return tuple(peak.tolist())
-
-
-def all_objects(value: Any) -> list[Any]:
-    """Every rank's ``value`` (any picklable object) in rank order, on every rank;
-    ``[value]`` with one process."""
-    if world_size() == 1:
-        return [value]
-    gathered: list[Any] = [None] * world_size()
-    dist.all_gather_object(gathered, value, group=_waiting_group())
-    return gathered
-
-
-def sync_batchnorm(method: nn.Module, device: torch.device) -> nn.Module:
+def _sync_batchnorm(method: nn.Module, topology: Topology) -> nn.Module:
     """BatchNorm over the global batch, as one process on all B images would compute it.
 
     Only on CUDA: torch's SyncBatchNorm refuses CPU tensors, so CPU (gloo) runs keep
     per-rank batch statistics. The parameter and buffer names are unchanged, so
     checkpoints load into a one-process model.
     """
-    if world_size() == 1 or device.type != "cuda":
+    if topology.world_size == 1 or topology.device.type != "cuda":
         return method
     return nn.SyncBatchNorm.convert_sync_batchnorm(method)
 
@@ -265,7 +316,7 @@ class _Step(nn.Module):
         return output.loss, output
 
 
-def data_parallel(method: nn.Module, device: torch.device) -> Callable[..., Any] | None:
+def _data_parallel(method: nn.Module, topology: Topology) -> Callable[..., Any] | None:
     """``training_step`` through DistributedDataParallel, or ``None`` with one process.
 
     find_unused_parameters: methods leave parameters out of some steps (SwAV and DINO
@@ -276,8 +327,9 @@ def data_parallel(method: nn.Module, device: torch.device) -> Callable[..., Any]
     across ranks, and rank 0's queue of keys (MoCo) should not overwrite the others'
     every step.
     """
-    if world_size() == 1:
+    if topology.world_size == 1:
         return None
+    device = topology.device
     ddp = nn.parallel.DistributedDataParallel(
         _Step(method), device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=True, forward_sync_buffers=False)
@@ -302,41 +354,6 @@ def _waiting_group() -> Any:
     if _wait_group is None:
         _wait_group = dist.new_group(backend="gloo", timeout=MAIN_WAIT)
     return _wait_group
-
-
-def main_value(value: Any) -> Any:
-    """Rank 0's ``value`` (any picklable object) on every rank, so every rank takes the
-    branch rank 0 chose (e.g. whether a run is already finished); ``value`` itself with
-    one process. Every rank waits here for rank 0, however long it takes."""
-    if world_size() == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0, group=_waiting_group())
-    return box[0]
-
-
-def wait_for_main() -> None:
-    """Every rank waits for rank 0 (evaluating, writing), however long it takes."""
-    if world_size() > 1:
-        dist.barrier(group=_waiting_group())
-
-
-def on_main(function: Callable[..., Any], *args: Any) -> None:
-    """Run ``function`` on the main rank only; if it fails there with an SslregError,
-    every rank raises it, so no rank waits for a run that will not start."""
-    error = None
-    if is_main():
-        try:
-            function(*args)
-        except SslregError as caught:
-            error = caught
-    if world_size() > 1:
-        message = [str(error) if error is not None else None]
-        dist.broadcast_object_list(message, src=0)
-        if error is None and message[0] is not None:
-            raise SslregError(message[0])
-    if error is not None:
-        raise error
 
 
 class NullWriter:

@@ -285,3 +285,10 @@ class ViTBackbone(Protocol):
         """(B, C, H, W) -> (B, heads, 1 + N, 1 + N) softmax attention weights of the last
         block ([CLS] first); each row sums to 1."""
         ...
+
+
+def is_vit(backbone: nn.Module) -> bool:
+    """Whether ``backbone`` is of family ``"vit"``: it offers the token API of
+    :class:`ViTBackbone` (``sslreg.contracts.check_backbone`` holds every registered
+    ``"vit"`` backbone to it). The one test methods use to pick a ViT recipe."""
+    return isinstance(backbone, ViTBackbone)

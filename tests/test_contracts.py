@@ -147,6 +147,8 @@ def _small_vit(cls):
      r"\['unused.weight', 'unused.bias'\]"),
     (_backbone("noisy", NoisyResNet),
      "noisy at 1x28x28: two eval-mode forward passes differ"),
+    (_backbone("vit-as-convnet", _small_vit(ViT)),
+     r"vit-as-convnet at 1x28x28: registered as family 'convnet' but is_vit says True"),
 ], ids=lambda value: value.name if isinstance(value, BackboneSpec) else "")
 def test_check_backbone_rejects(spec, message):
     with testing.registered(Registers(spec), "broken-backbone"):

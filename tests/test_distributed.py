@@ -153,7 +153,7 @@ def _method_steps(name, rows, parallel):
     under torchrun, then on_step_end); the losses, the last step's gradients and the
     state (weights, DINO's centre and teacher, SwAV's queue) after them."""
     method = _method(name)
-    step = distributed.data_parallel(method, torch.device("cpu")) if parallel else None
+    step = distributed.current().for_training(method)[1] if parallel else None
     optimizer = torch.optim.SGD(method.parameters(), lr=0.5)
     losses = []
     for index in range(METHOD_STEPS):
@@ -189,21 +189,22 @@ def _worker(rank, port, folder):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
-    distributed.init(torch.device("cpu"))
+    topology = distributed.join(torch.device("cpu"))
+    assert (topology.rank, topology.world_size) == (rank, WORLD)
     x1, x2, queue = _inputs()
-    rows = distributed.shard(torch.arange(BATCH))
-    swav_queue = _swav_inputs()[1][:, distributed.shard(torch.arange(SWAV_QUEUE))]
+    rows = topology.shard(torch.arange(BATCH))
+    swav_queue = _swav_inputs()[1][:, topology.shard(torch.arange(SWAV_QUEUE))]
     results = {}
     for name in NAMES:
         model = nn.parallel.DistributedDataParallel(_layer())
         results[name] = _step(model, name, x1[rows], x2[rows], queue, swav_queue)
     toy = _Toy()
-    step = distributed.data_parallel(toy, torch.device("cpu"))
+    step = topology.for_training(toy)[1]
     results["engine"] = _engine_steps(step, toy, x1[rows], x2[rows])
-    results.update(_codes(distributed.shard(torch.arange(CODES_BATCH)),
-                          distributed.shard(torch.arange(2 * CODES_BATCH))))
+    results.update(_codes(topology.shard(torch.arange(CODES_BATCH)),
+                          topology.shard(torch.arange(2 * CODES_BATCH))))
     results["center"] = distributed.global_batch_mean(
-        _teacher_rows()[distributed.shard(torch.arange(CODES_BATCH))])
+        _teacher_rows()[topology.shard(torch.arange(CODES_BATCH))])
     for name in ("dino", "swav"):
         results[f"{name}_steps"] = _method_steps(name, rows, parallel=True)
     torch.save(results, Path(folder) / f"rank{rank}.pt")
@@ -317,11 +318,15 @@ def test_method_steps_through_ddp_match_one_process(two_ranks, name):
 
 
 def test_one_process_is_untouched():
-    assert distributed.world_size() == 1 and distributed.is_main()
+    topology = distributed.join(torch.device("cpu"))
+    assert topology == distributed.Topology() and topology.is_main
     rows = torch.arange(6)
     z = torch.randn(4, 3)
-    assert distributed.shard(rows) is rows and distributed.gather_with_grad(z) is z
-    assert distributed.data_parallel(nn.Linear(2, 2), torch.device("cpu")) is None
+    assert topology.shard(rows) is rows and distributed.gather_with_grad(z) is z
+    linear = nn.Linear(2, 2)
+    assert topology.for_training(linear) == (linear, None)
+    assert topology.max_over_ranks(3, 0) == (3, 0) and topology.all_objects("a") == ["a"]
+    assert topology.describe("cpu") == "cpu" and topology.rank_seed(5) == 5
 
 
 def _tool(name):

@@ -152,8 +152,9 @@ def test_learning_curve_is_logged_each_epoch_and_survives_resume(registry, tmp_p
     # The last point is the kNN of the final weights on the curve's fixed images.
     trainer = trainer_module.build_trainer(assemble(config, registry), registry, straight)
     trainer_module.restore(trainer)
-    trainer.method.eval()
-    again = trainer_module.curve_point(trainer.curve, trainer.method.features, trainer.device)
+    trainer.setup.method.eval()
+    again = trainer_module.curve_point(trainer.logbook.curve, trainer.setup.method.features,
+                                       trainer.setup.device)
     assert round(again, 5) == curve[-1][1]
     # Interrupted after epoch 1 and resumed: the same curve.
     with interrupt_second_epoch():
@@ -188,10 +189,11 @@ def test_compile_switch_compiles_the_backbone_in_place(registry, tmp_path):
                           RunDir(tmp_path / "a"))
     compiled = build_trainer(assemble(compiled_config, registry), registry,
                              RunDir(tmp_path / "b"))
-    assert getattr(eager.method.backbone, "_compiled_call_impl", None) is None
-    assert compiled.method.backbone._compiled_call_impl is not None
+    eager, compiled = eager.setup.method, compiled.setup.method
+    assert getattr(eager.backbone, "_compiled_call_impl", None) is None
+    assert compiled.backbone._compiled_call_impl is not None
     # Checkpoints of compiled and eager runs stay interchangeable.
-    assert list(compiled.method.state_dict()) == list(eager.method.state_dict())
+    assert list(compiled.state_dict()) == list(eager.state_dict())
 
 
 def test_existing_run_is_not_overwritten(registry, tmp_path):
@@ -209,7 +211,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(registry, tmp_path
 
     def poisoned(trainer, batch, labels, views_rng):
         output = original(trainer, batch, labels, views_rng)
-        if trainer.epoch == 1:
+        if trainer.progress.epoch == 1:
             output = type(output)(loss=output.loss * math.nan, embeddings=output.embeddings)
         return output
 

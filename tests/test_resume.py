@@ -104,7 +104,7 @@ def crash_before_step(monkeypatch, step):
     original = trainer_module.train_step
 
     def crashing(trainer, *args):
-        if trainer.step == step:
+        if trainer.progress.step == step:
             raise Crash
         return original(trainer, *args)
 
@@ -224,7 +224,7 @@ def signal_during_step(monkeypatch, step, *numbers):
 
     def signalled(trainer, *args):
         output = original(trainer, *args)
-        if trainer.step == step:
+        if trainer.progress.step == step:
             for number in numbers:
                 os.kill(os.getpid(), number)
         return output
@@ -411,7 +411,7 @@ def test_a_non_finite_loss_stops_keeping_the_last_good_checkpoint(registry, tmp_
 
     def poisoned(trainer, batch, labels, views_rng):
         output = original(trainer, batch, labels, views_rng)
-        if trainer.step >= 6:  # the 7th step's loss and every later one
+        if trainer.progress.step >= 6:  # the 7th step's loss and every later one
             output = type(output)(loss=output.loss * math.nan, embeddings=output.embeddings)
         return output
 
@@ -640,9 +640,9 @@ def _faulty_main():
     elif fault == "between-epochs":
         checkpoint = trainer_module.checkpoint
 
-        def then_die(trainer, views_rng=None, epoch_step=0):
-            checkpoint(trainer, views_rng, epoch_step)
-            if epoch_step == 0:
+        def then_die(trainer, views_rng=None):
+            checkpoint(trainer, views_rng)
+            if trainer.progress.epoch_step == 0:  # an epoch's end
                 os.kill(os.getpid(), signal.SIGKILL)
 
         trainer_module.checkpoint = then_die

@@ -50,21 +50,22 @@ def pretrain(config: RunConfig, registry: Registry, out: Path | str, *, resume: 
     run = RunDir.for_config(out, config)
     parts = parts if parts is not None else assemble(config, registry)
     trainer = build_trainer(parts, registry, run)  # fails before writing
-    distributed.on_main(prepare_run_dir, run, config, resume)  # a refusal stops every rank
-    main = distributed.is_main()
+    topology = trainer.setup.topology
+    topology.on_main(prepare_run_dir, run, config, resume)  # a refusal stops every rank
+    main = topology.is_main
     try:
         if resume and run.checkpoint.exists():
             restore(trainer)
         with SummaryWriter(str(run.tensorboard)) if main else distributed.NullWriter() as writer:
-            if trainer.epoch < config.train.epochs:
+            if trainer.progress.epoch < config.train.epochs:
                 fit(trainer, writer, progress=progress and main)
-            distributed.barrier()  # every rank is past its last step
+            topology.barrier()  # every rank is past its last step
             if evaluate and main:
                 # The trained module (sync_batchnorm may have replaced the built one).
-                parts = attrs.evolve(parts, method=trainer.method)
+                parts = attrs.evolve(parts, method=trainer.setup.method)
                 result = evaluate_run(run, registry, parts=parts)
                 log_hparams(writer, config, result)
-                log_embeddings(writer, parts, trainer.device, trainer.epoch)
+                log_embeddings(writer, parts, topology.device, trainer.progress.epoch)
     except WriteError as error:  # disk full: what was written before is intact
         if main:
             record_stopped(out, run, f"failed: {error}")

@@ -56,19 +56,20 @@ def run_suite(suite: Suite, registry: Registry, out: Path, *, progress: bool = T
     table (the other ranks return ``""`` once it is done).
     """
     jobs, configs, backbones = plan(suite, registry)
-    if distributed.launched():  # join torchrun's group now: every choice below is rank 0's
-        distributed.init(resolve_device(configs[0].train.device))
+    # Under torchrun, join the group now: every choice below is rank 0's.
+    topology = (distributed.join(resolve_device(configs[0].train.device))
+                if distributed.launched() else distributed.current())
     worker = worker or this_worker()
     tasks = suite_tasks(jobs, configs, backbones, registry, out)
     started = time.perf_counter()
-    if distributed.is_main():
+    if topology.is_main:
         open_index(out)  # a missing or damaged index is rebuilt before any claim
-    with Heartbeat(out, worker, enabled=distributed.is_main()) as heartbeat:
+    with Heartbeat(out, worker, enabled=topology.is_main) as heartbeat:
         shift = Shift(suite.name, registry, RunIndex(out), progress, worker, heartbeat,
-                      started)
+                      started, topology)
         left = shift.work(tasks, wait)
     table = ""
-    if distributed.is_main():
+    if topology.is_main:
         trained = sum(1 for task in shift.mine if not task.floors)
         elapsed = time.perf_counter() - started
         if left:
@@ -79,7 +80,7 @@ def run_suite(suite: Suite, registry: Registry, out: Path, *, progress: bool = T
                  f"{trained} of {len(jobs)} runs)")
             table = render_table(leaderboard_frame(out, suite.name,
                                                    readouts=method_readouts(registry)), suite)
-    distributed.wait_for_main()  # the index is complete when any rank returns
+    topology.wait_for_main()  # the index is complete when any rank returns
     return table
 
 
@@ -151,6 +152,7 @@ class Shift:
     worker: Worker
     heartbeat: Heartbeat
     started: float
+    topology: distributed.Topology
     mine: list[Task] = attrs.field(factory=list)
 
     @property
@@ -169,8 +171,8 @@ class Shift:
         while pending:
             claimed = False
             for task in list(pending):
-                state, other = distributed.main_value(self.claim(task) if distributed.is_main()
-                                                      else None)
+                state, other = self.topology.main_value(
+                    self.claim(task) if self.topology.is_main else None)
                 if first or state == "mine":
                     _say(self.line(task, state, other))
                 if state == "mine":
@@ -239,15 +241,15 @@ class Shift:
         try:
             if not task.floors:
                 outcome = _run_one(task.config, self.registry, self.out, self.progress,
-                                   (self.suite, task.variant))
-            elif distributed.is_main():  # evaluation only: rank 0 alone
+                                   (self.suite, task.variant), self.topology)
+            elif self.topology.is_main:  # evaluation only: rank 0 alone
                 floors(task.config, self.registry, self.out, suite=self.suite)
                 outcome = "scored"
         except BaseException as error:
             outcome = f"stopped: {type(error).__name__}"
             raise
         finally:
-            if distributed.is_main():
+            if self.topology.is_main:
                 self.heartbeat.drop(task.names)
                 self.index.release(task.names, self.worker.id)
                 for directory in task.dirs:
@@ -300,18 +302,18 @@ def backbone_for(registry: Registry, method: str, budget: Budget) -> str:
 
 
 def _run_one(config: RunConfig, registry: Registry, out: Path, progress: bool,
-             suite: tuple[str, str]) -> str:
+             suite: tuple[str, str], topology: distributed.Topology) -> str:
     """Pretrain and evaluate one run (unless finished before) and record it in the
     index; ``suite`` is the suite's name and the run's variant in it. A finished run
     whose result lacks metrics the config asks for (label-efficient probes,
     fine-tuning) is evaluated again, not retrained. Returns how it ended:
     ``evaluated``, ``finished before`` or the failure recorded."""
     run = RunDir.for_config(out, config)
-    main = distributed.is_main()
+    main = topology.is_main
     try:
         # Finished runs are skipped on a re-run. Rank 0 decides, so every rank trains the
         # same runs; the others wait here while it evaluates the previous run.
-        finished = distributed.main_value(run.result.exists())
+        finished = topology.main_value(run.result.exists())
         if not finished:
             pretrain(config, registry, out, resume=True, progress=progress)
         elif main and not up_to_date(run.read_json(run.result), config):
@@ -373,14 +375,14 @@ def render_table(frame: pd.DataFrame, suite: Suite) -> str:
 
 
 def _say(message: str) -> None:
-    if distributed.is_main():  # one voice under torchrun
+    if distributed.current().is_main:  # one voice under torchrun
         click.echo(message, err=True)
 
 
 def provenance(command: str, seconds: float) -> str:
     """One line saying how and where a table was made, for files that keep it."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    where = distributed.describe(device_name(device))  # "2 x ..." under torchrun
+    where = distributed.current().describe(device_name(device))  # "2 x ..." under torchrun
     return (f"Made by `{command}` in {seconds:.0f} s on {where} "
             f"({os.cpu_count()} CPU cores), torch {torch.__version__}, "
             f"{datetime.date.today().isoformat()}.")

@@ -31,6 +31,7 @@ from sslreg import (
     hookimpl,
 )
 from sslreg.distributed import global_batch_mean
+from sslreg.interfaces import is_vit
 from sslreg.nn import ema_update, make_target
 from sslreg_dino.loss import DINOLoss, teacher_probabilities
 
@@ -165,15 +166,15 @@ class DINO(Method):
 
     def __init__(self, config: DINOConfig, backbone: nn.Module, objective: nn.Module) -> None:
         super().__init__(config, backbone, objective)  # objective: dino at student_temp
+        self.vit = is_vit(backbone)
         use_bn = config.use_bn_in_head
         if use_bn is None:  # the paper's two recipes: BN for its ResNet-50, none for ViTs
-            use_bn = not hasattr(backbone, "last_self_attention")
+            use_bn = not self.vit
         self.head = DINOHead(backbone.output_dim, config.hidden_dim, config.bottleneck_dim,
                              config.out_dim, use_bn=use_bn)
         self.teacher_backbone = make_target(backbone)
         self.teacher_head = make_target(self.head)
         self.register_buffer("center", torch.zeros(1, config.out_dim))
-        self.vit = hasattr(backbone, "last_self_attention")
         self._pending_teacher: Tensor | None = None  # this step's teacher output
 
     def schedules(self, context: RunContext) -> dict[str, Schedule]:
@@ -265,7 +266,7 @@ class DINO(Method):
         """On a ViT, the [CLS] token's last-layer attention to the patches: ``attention``
         (N, 1, H, W) averaged over heads and ``attention_heads`` (N * heads, 1, H, W),
         image by image; nothing on a convnet."""
-        if not hasattr(self.evaluated_backbone, "last_self_attention"):
+        if not self.vit:
             return {}
         maps = attention_maps(self.evaluated_backbone, images)  # (N, heads, H, W)
         return {"attention": _unit_range(maps.mean(dim=1, keepdim=True)),

@@ -30,7 +30,7 @@ from sslreg import (
     fields,
     hookimpl,
 )
-from sslreg.interfaces import ViTBackbone
+from sslreg.interfaces import is_vit
 from sslreg.nn import ema_update, make_target, mlp
 from sslreg.nn.split_bn import convert_split_batchnorm
 from sslreg.objectives import infonce_bound
@@ -150,7 +150,7 @@ class MoCo(Method):
             self.queue = KeyQueue(config.queue_length, out)
         else:
             self.projector, self.predictor = v3_heads(backbone.output_dim, hidden, out,
-                                                      vit=isinstance(backbone, ViTBackbone))
+                                                      vit=is_vit(backbone))
         if config.uses_shuffle_bn:  # before the key encoder copies them
             self.backbone = convert_split_batchnorm(self.backbone, config.bn_splits)
             self.projector = convert_split_batchnorm(self.projector, config.bn_splits)
