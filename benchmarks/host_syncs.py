@@ -113,21 +113,22 @@ def make_trainer(config: RunConfig, registry: Registry, data: RunData | None,
 def engine_steps(trainer: Trainer) -> tuple[Callable[[], None], torch.optim.Optimizer]:
     """A function taking one step as ``run_epoch`` does, and the trainer's optimizer.
 
-    The one function here that reads the Trainer's fields (its images, labels, method,
-    optimizer and step count): adapt it when the engine's Trainer changes shape.
+    The one function here that reads the Trainer's fields (its setup's images, labels,
+    method and optimizer, and the progress record's step).
     """
-    views_rng = torch.Generator(device=trainer.images.device).manual_seed(1)
-    rows = itertools.chain.from_iterable(epoch_batches(trainer, epoch)
+    setup = trainer.setup
+    views_rng = torch.Generator(device=setup.device).manual_seed(1)
+    rows = itertools.chain.from_iterable(epoch_batches(setup, epoch)
                                          for epoch in itertools.count())
-    trainer.method.train()
+    setup.method.train()
 
     def step() -> None:
         index = next(rows)
-        labels = None if trainer.labels is None else trainer.labels[index]
-        train_step(trainer, trainer.images[index], labels, views_rng)
-        trainer.step += 1  # as run_epoch: the schedule is read at trainer.step
+        labels = None if setup.labels is None else setup.labels[index]
+        train_step(trainer, setup.images[index], labels, views_rng)
+        trainer.progress.step += 1  # as run_epoch: the schedule is read at progress.step
 
-    return step, trainer.optimizer
+    return step, setup.optimizer
 
 
 def count_steps(trainer: Trainer, device: torch.device, steps: int,
