@@ -37,9 +37,10 @@
 # without a known bf16 peak (no MFU).
 #
 # Time budget, 480 s in all (the guard: each step runs under `timeout` with what is left
-# of it; exhausting it fails the check). The sizes below are not measured yet (no GPU had
-# been lent when this was written): they are what the budget was sized by, for one
-# H100/H200 with 16 CPU cores.
+# of it; exhausting it fails the check). The sizes below are what the budget was sized
+# by, for one H100/H200 with 16 CPU cores. Measured on one H200 (2026-12-04,
+# benchmarks/results/gpu-check-h200.md): (a) 6 s, (b1) 40 s, (b2) 54 s, (c1) 29 s,
+# (c2) 12 s (failed, since fixed), (d) 11 of 12 runs in 89 s before a lowered guard.
 #   (0)+(a) inputs and environment: one Python start-up                        ~  15 s
 #   (b1) eager throughput: per side 260 view batches and 60 train steps of 512
 #        images (a resnet18 step at 28 px is ~2.8 TFLOP: ~10 ms at 30% MFU);

@@ -202,6 +202,17 @@ def _shutdown() -> None:
     _wait_group = None
 
 
+def newest(*names: str) -> Callable[..., Any]:
+    """The first of ``names`` this torch's ``torch.distributed`` has: torch 2.14 renamed
+    ``all_gather_into_tensor`` and ``reduce_scatter_tensor`` to ``all_gather_single`` and
+    ``reduce_scatter_single`` (deprecating the old names), which torch 2.11 lacks."""
+    for name in names:
+        if hasattr(dist, name):
+            return getattr(dist, name)
+    raise SslregError(f"this torch's torch.distributed has none of {', '.join(names)}; "
+                      "install torch>=2.4")
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather along dim 0; the backward sums the gradient of the gathered tensor over
     all ranks (every rank's loss used every rank's rows) and hands each rank its slice.
@@ -215,14 +226,15 @@ class _GatherWithGrad(torch.autograd.Function):
     def forward(ctx: Any, tensor: Tensor) -> Tensor:
         tensor = tensor.contiguous()
         gathered = tensor.new_empty((world_size() * tensor.shape[0], *tensor.shape[1:]))
-        dist.all_gather_single(gathered, tensor)
+        newest("all_gather_single", "all_gather_into_tensor")(gathered, tensor)
         return gathered
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         grad = grad.contiguous()
         mine = grad.new_empty((grad.shape[0] // world_size(), *grad.shape[1:]))
-        dist.reduce_scatter_single(mine, grad)  # sum over ranks, then this rank's rows
+        # Sum over the ranks, then this rank's rows.
+        newest("reduce_scatter_single", "reduce_scatter_tensor")(mine, grad)
         return mine
 
 

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from sslreg_dino import DINO, DINOConfig, DINOLoss
 from sslreg_swav import SwAV, SwAVConfig, SwAVLoss, sinkhorn
 from torch import nn
 
 from sslreg import RunContext, StepOutput, distributed, testing
+from sslreg.errors import SslregError
 from sslreg.objectives import BarlowTwinsLoss, InfoNCELoss, NTXentLoss, VICRegLoss
 
 WORLD = 2
@@ -315,6 +317,18 @@ def test_method_steps_through_ddp_match_one_process(two_ranks, name):
         for key, value in state.items():
             torch.testing.assert_close(value, expected["state"][key], atol=1e-5, rtol=1e-5,
                                        msg=f"{name} rank {rank} {key}")
+
+
+def test_collectives_take_the_names_this_torch_has(monkeypatch):
+    # torch 2.11 (a GPU machine's) has only the older names; 2.14 has both and warns on
+    # the older ones.
+    monkeypatch.delattr(dist, "all_gather_single", raising=False)
+    assert distributed.newest("all_gather_single", "all_gather_into_tensor") is \
+        dist.all_gather_into_tensor
+    monkeypatch.setattr(dist, "all_gather_single", print, raising=False)
+    assert distributed.newest("all_gather_single", "all_gather_into_tensor") is print
+    with pytest.raises(SslregError, match="has none of gone_a, gone_b; install torch>=2.4"):
+        distributed.newest("gone_a", "gone_b")
 
 
 def test_one_process_is_untouched():
