@@ -51,8 +51,11 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "byol": (-0.14, -0.12),  # -8.1 (3.0), -10.4 (0.8), one forward pass per view
 }
 # Methods whose collapse monitors warned in the measured runs: CLIP in every seed (its
-# zero-shot accuracy stayed at 10-20%), MAE in one.
-WARNS = ("clip", "mae")
+# zero-shot accuracy stayed at 10-20%), MAE in one. SimSiam, below its floor at this
+# budget, ends near RankMe's threshold of 2 and which side it lands on follows the
+# arithmetic: seed 0 on 2026-12-04 (2-core AMD EPYC, torch 2.14.1) ended at 1.75 with 2
+# threads (a warning) and 2.77 with 1, after 2.85 and 2.47 at step 23.
+WARNS = ("clip", "mae", "simsiam")
 
 
 @pytest.mark.slow
